@@ -1,0 +1,33 @@
+# tfads: `make demo` runs the whole pipeline on embedded defaults; `make test` runs the test suite.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_out
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tfads demo --out $(DEMO_DIR)
+
+lint: $(STAMP)
+	$(BIN)/ruff check tfads beam_jobs serving tests benchmarks
+
+test: $(STAMP) lint
+	# pytest exits 5 when it collects no tests: not a failure of the code.
+	$(BIN)/python -m pytest -q tests; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

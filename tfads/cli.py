@@ -1,0 +1,77 @@
+"""The ``tfads`` command line: one subcommand per job, each living in its own module.
+
+Subcommand modules are imported only when chosen, so ``tfads datagen`` never loads TensorFlow.
+Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from tfads.configtools import ConfigError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "datagen": ("tfads.datagen.cli", "write synthetic ad logs (impressions, clicks, conversions) with ground truth"),
+    "build": ("beam_jobs.build_examples", "Beam job: logs -> TFRecords, vocabularies, posterior stats, manifest"),
+    "train": ("tfads.train_cli", "train a CTR/CVR model from a manifest"),
+    "evaluate": ("tfads.evaluate_cli", "evaluate a trained model: metrics JSON and plots"),
+    "calibrate": ("tfads.calibrate_cli", "train AdaCalib on the calib split and write the combined model"),
+    "export": ("serving.export", "export a model as a TF Serving version directory"),
+    "serve": ("serving.server.main", "run the embedded TF-Serving-compatible model server"),
+    "bid": ("serving.bid_cli", "send bid requests through the gRPC bidding client"),
+    "simulate-ab": ("serving.simulate_ab", "replay held-out traffic through the A/B arms"),
+    "tune": ("tfads.tune_cli", "keras-tuner sweep over a YAML search space"),
+    "online": ("tfads.online_cli", "incremental online learning over new shards"),
+    "demo": ("tfads.demo", "run the whole pipeline end to end on embedded defaults"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    epilog = "commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items())
+    epilog += "\n\nRun `tfads <command> --help` for the options of one command."
+    parser = argparse.ArgumentParser(
+        prog="tfads",
+        description="CTR/CVR prediction for online advertising.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tfads`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    command = top.parse_args(argv[:1]).command
+    module_name, help_text = COMMANDS[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            print(f"tfads {command}: not available in this build ({module_name} is missing)", file=sys.stderr)
+            return 2
+        raise
+    parser = argparse.ArgumentParser(prog=f"tfads {command}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(module.run(args) or 0)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"tfads {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tfads {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -82,8 +82,7 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
             raise _fail(where, key, f"expected a mapping, got {value!r}")
         k_type, v_type = args if args else (Any, Any)
         return {
-            _convert(k_type, k, where, f"{key}.{k}"): _convert(v_type, v, where, f"{key}.{k}")
-            for k, v in value.items()
+            _convert(k_type, k, where, f"{key}.{k}"): _convert(v_type, v, where, f"{key}.{k}") for k, v in value.items()
         }
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

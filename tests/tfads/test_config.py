@@ -1,0 +1,65 @@
+"""The schema and experiment configs load, and mistakes are reported with file and key."""
+
+from pathlib import Path
+
+import pytest
+
+from tfads.configtools import ConfigError
+from tfads.experiment import load_experiment
+from tfads.schema import DEFAULT_SCHEMA, load_schema
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_default_schema_loads():
+    schema = load_schema()
+    assert schema.key == "trace_id"
+    assert set(schema.domain_features) == {"media", "slot", "scenario"}
+    assert schema.calibration_fields == ["advertiser_id", "scenario"]
+    assert schema.fields["user_id"].feature == "hashed"
+    assert "scenario" in schema.vocab_features and "price" not in schema.vocab_features
+
+
+def test_default_experiment_loads_and_resolves_schema():
+    config = load_experiment(CONFIGS / "default.yaml")
+    assert config.model.backbone == "dcnv2"
+    assert config.model.adasparse.form == "fusion"
+    assert Path(config.schema) == DEFAULT_SCHEMA
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model: {backbon: dnn}\n", "bad.yaml: model.backbon: unknown key"),
+        ("model: {embedding_dim: sixteen}\n", "model.embedding_dim: expected an integer"),
+        ("model: {backbone: resnet}\n", "model.backbone: expected one of"),
+        ("train: {learning_rate: true}\n", "train.learning_rate: expected a number"),
+        ("model: {adasparse: {r_min: 0.5, r_max: 0.2}}\n", "model.adasparse: need 0 <= r_min <= r_max"),
+        ("- a list\n", "top level must be a mapping"),
+        ("model: {deep_units: [1, x]}\n", "model.deep_units[1]: expected an integer"),
+    ],
+)
+def test_experiment_mistakes_name_file_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_experiment(_write(tmp_path, text))
+
+
+def test_schema_missing_key_and_unknown_field(tmp_path):
+    text = DEFAULT_SCHEMA.read_text()
+    with pytest.raises(ConfigError, match="timestamp: missing required key"):
+        load_schema(_write(tmp_path, text.replace("timestamp: ts\n", "")))
+    with pytest.raises(ConfigError, match=r"fields\.age\.typo: unknown key"):
+        load_schema(_write(tmp_path, text.replace("age:           {type: int,", "age:           {typo: 1, type: int,")))
+    with pytest.raises(ConfigError, match="derived.scenario.concat names unknown fields"):
+        load_schema(_write(tmp_path, text.replace("concat: [media, slot]", "concat: [media, slott]")))
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_schema(tmp_path / "nope.yaml")

@@ -1,0 +1,104 @@
+"""tf.data input pipeline over the Beam job's TFRecords: interleave, shuffle, batch, parse, prefetch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from tfads.manifest import Manifest
+
+DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
+DEFAULTS = {"string": "", "int64": 0, "float32": 0.0}
+META = {"trace_id": ("string", ""), "ts": ("int64", 0), "sample_source": ("string", "ad")}
+OUTPUTS = ("ctr", "cvr", "ctcvr")
+
+
+def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: bool = False) -> dict[str, Any]:
+    """``tf.io.parse_example`` spec for the model's raw features (and labels / metadata)."""
+    spec = {
+        name: tf.io.FixedLenFeature([], DTYPES[f["dtype"]], default_value=DEFAULTS[f["dtype"]])
+        for name, f in manifest.features.items()
+    }
+    if with_labels:
+        for label in manifest.labels:
+            spec[label] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
+        spec[manifest.data.get("weight", "weight")] = tf.io.FixedLenFeature([], tf.float32, default_value=1.0)
+    if with_meta:
+        for name, (dtype, default) in META.items():
+            spec[name] = tf.io.FixedLenFeature([], DTYPES[dtype], default_value=default)
+    return spec
+
+
+def to_targets(parsed: dict[str, tf.Tensor], *, use_sample_weight: bool = True):
+    """Split a parsed batch into (features, labels, sample weights) for the ESMM heads.
+
+    ``ctr`` learns the click, ``ctcvr`` click-and-conversion over all impressions; ``cvr`` carries
+    the conversion label weighted by the click, used only when the direct CVR loss is on.
+    """
+    parsed = dict(parsed)
+    click = tf.cast(parsed.pop("click"), tf.float32)
+    conversion = tf.cast(parsed.pop("conversion"), tf.float32)
+    weight = parsed.pop("weight")
+    if not use_sample_weight:
+        weight = tf.ones_like(weight)
+    labels = {"ctr": click, "cvr": conversion, "ctcvr": conversion}
+    weights = {"ctr": weight, "cvr": weight * click, "ctcvr": weight}
+    return parsed, labels, weights
+
+
+def make_dataset(
+    files: list[str],
+    manifest: Manifest,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    shuffle_buffer: int = 50_000,
+    seed: int | None = None,
+    repeat: bool = False,
+    scenarios: list[str] | None = None,
+    with_meta: bool = False,
+    for_training: bool = True,
+    use_sample_weight: bool = True,
+) -> tf.data.Dataset:
+    """Dataset of parsed batches from gzipped TFRecord ``files``.
+
+    Args:
+      files: TFRecord paths (local or gs://), e.g. ``manifest.split_files("train")``.
+      manifest: gives the feature names and dtypes.
+      batch_size: examples per batch (the last batch may be smaller).
+      shuffle: shuffle files and records (training).
+      scenarios: keep only examples whose ``scenario`` is in this list (fine-tuning on a scene).
+      with_meta: also parse ``trace_id``, ``ts`` and ``sample_source``.
+      for_training: yield ``(features, labels, sample_weights)``; otherwise the parsed dict.
+    """
+    if not files:
+        raise ValueError("make_dataset: no input files")
+    spec = feature_spec(manifest, with_meta=with_meta)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(4, len(files)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not shuffle,
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size).map(
+        lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle
+    )
+    if scenarios:
+        keep = tf.constant(sorted(scenarios))
+
+        def _filter(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            mask = tf.reduce_any(tf.equal(batch["scenario"][:, None], keep[None, :]), axis=1)
+            return {k: tf.boolean_mask(v, mask) for k, v in batch.items()}
+
+        ds = ds.map(_filter).filter(lambda b: tf.size(b["click"]) > 0)
+    if for_training:
+        ds = ds.map(lambda b: to_targets(b, use_sample_weight=use_sample_weight))
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,111 @@
+"""Experiment config: which model to build and how to train it (``configs/<exp>.yaml``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tfads.configtools import from_dict, read_yaml
+
+
+@dataclass(frozen=True)
+class CrossConfig:
+    """DCNv2 cross network: ``layers`` tfrs Cross layers (full rank when ``projection_dim`` is
+    null, low rank otherwise) or, with ``num_experts`` > 0, our DCN-Mix layers."""
+
+    layers: int = 3
+    projection_dim: int | None = None
+    structure: Literal["stacked", "parallel"] = "stacked"
+    num_experts: int = 0
+    expert_rank: int = 32
+
+    def __post_init__(self) -> None:
+        if self.layers < 1:
+            raise ValueError(f"cross.layers must be >= 1, got {self.layers}")
+
+
+@dataclass(frozen=True)
+class AdaSparseConfig:
+    """AdaSparse domain-aware pruners on the deep layers (see METHODS.md)."""
+
+    enabled: bool = True
+    form: Literal["fusion", "binarization", "scaling"] = "fusion"
+    r_min: float = 0.15
+    r_max: float = 0.25
+    eps: float = 0.25
+    beta: float = 2.0
+    alpha_start: float = 0.1
+    alpha_end: float = 5.0
+    lambda_start: float = 0.01
+    lambda_growth: float = 2.0
+    lambda_growth_steps: int = 1000
+    on_embedding: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.r_min <= self.r_max < 1.0:
+            raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={self.r_min}, r_max={self.r_max}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: embeddings, backbone, AdaSparse and ESMM heads."""
+
+    backbone: Literal["dnn", "dcnv2", "star", "shared_bottom"] = "dcnv2"
+    embedding_dim: int = 16
+    deep_units: list[int] = field(default_factory=lambda: [256, 128])
+    tower_units: list[int] = field(default_factory=lambda: [64])
+    dropout: float = 0.0
+    cross: CrossConfig = field(default_factory=CrossConfig)
+    adasparse: AdaSparseConfig = field(default_factory=AdaSparseConfig)
+    direct_cvr_loss: bool = False
+    cvr_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and input pipeline settings."""
+
+    batch_size: int = 1024
+    epochs: int = 3
+    learning_rate: float = 1e-3
+    shuffle_buffer: int = 50_000
+    steps_per_epoch: int | None = None
+    early_stopping_patience: int = 2
+    seed: int = 0
+    use_sample_weight: bool = True
+    scenarios: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Root of an experiment YAML: the schema file, the model and the training settings."""
+
+    schema: str = "schema.yaml"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (YAML-ready); ``load_experiment`` of it gives the same config."""
+        return dataclasses.asdict(self)
+
+
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def load_experiment(path: str | Path = DEFAULT_EXPERIMENT) -> ExperimentConfig:
+    """Load an experiment YAML; the ``schema`` path is resolved relative to the YAML's folder."""
+    path = Path(path)
+    config = from_dict(ExperimentConfig, read_yaml(path), where=str(path))
+    schema_path = (path.parent / config.schema).resolve()
+    return dataclasses.replace(config, schema=str(schema_path))
+
+
+def experiment_from_dict(data: dict[str, Any], where: str = "<dict>") -> ExperimentConfig:
+    """Build an experiment config from a mapping (used by the tuner and by saved model cards)."""
+    return from_dict(ExperimentConfig, data, where=where)

@@ -1,0 +1,52 @@
+"""ESMM heads over a shared backbone: pCTR, pCVR and pCTCVR = pCTR * pCVR."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfads.experiment import ModelConfig
+from tfads.features import embed_features, feature_inputs
+from tfads.manifest import Manifest
+from tfads.models.backbones import backbone, mlp
+
+
+def _tower(h: tf.Tensor, units: list[int], name: str) -> tf.Tensor:
+    return keras.layers.Dense(1, name=f"{name}_logit")(mlp(h, units, f"{name}_tower"))
+
+
+def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
+    """Build the model: raw features in, ``{"ctr", "cvr", "ctcvr"}`` probabilities out.
+
+    STAR and shared-bottom add a per-domain logit (STAR's auxiliary network; shared-bottom's
+    domain-specific head) to both towers.
+    """
+    inputs = feature_inputs(manifest)
+    feats = embed_features(inputs, manifest, cfg.embedding_dim)
+    h = backbone(feats.stacked(), feats, cfg)
+    logits = {}
+    for task in ("ctr", "cvr"):
+        logit = _tower(h, cfg.tower_units, task)
+        if cfg.backbone in ("star", "shared_bottom"):
+            aux = keras.layers.Dense(1, name=f"{task}_domain_logit")(mlp(feats.domain, [16], f"{task}_domain_net"))
+            logit = keras.layers.Add(name=f"{task}_logit_total")([logit, aux])
+        logits[task] = logit
+    ctr = keras.layers.Activation("sigmoid", name="ctr_sigmoid")(logits["ctr"])
+    cvr = keras.layers.Activation("sigmoid", name="cvr_sigmoid")(logits["cvr"])
+    ctcvr = keras.layers.Multiply(name="ctcvr_product")([ctr, cvr])
+    outputs = {
+        name: keras.layers.Reshape((), name=name)(p) for name, p in [("ctr", ctr), ("cvr", cvr), ("ctcvr", ctcvr)]
+    }
+    return keras.Model(inputs=inputs, outputs=outputs, name=f"tfads_{cfg.backbone}")
+
+
+def compile_model(model: keras.Model, cfg: ModelConfig, learning_rate: float) -> None:
+    """ESMM losses: CE(click, pCTR) + CE(click & conversion, pCTCVR) over all impressions, plus an
+    optional direct CE(conversion, pCVR) on clicked samples (its sample weight is the click)."""
+    bce = keras.losses.BinaryCrossentropy()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss={"ctr": bce, "cvr": bce, "ctcvr": bce},
+        loss_weights={"ctr": 1.0, "ctcvr": 1.0, "cvr": cfg.cvr_loss_weight if cfg.direct_cvr_loss else 0.0},
+        weighted_metrics={"ctr": [keras.metrics.AUC(name="auc")], "ctcvr": [keras.metrics.AUC(name="auc")]},
+    )

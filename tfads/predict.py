@@ -1,0 +1,45 @@
+"""Score a split of the manifest with a model and return one row per example (for evaluation,
+calibration and replay)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfads.data import make_dataset
+from tfads.manifest import Manifest
+
+KEEP_COLUMNS = ("trace_id", "ts", "sample_source", "click", "conversion", "weight")
+
+
+def predict_files(model: keras.Model, manifest: Manifest, files: list[str], *, batch_size: int = 4096) -> pd.DataFrame:
+    """Run ``model`` over ``files``; columns: every raw feature, labels, metadata and each model
+    output (``ctr``, ``cvr``, ``ctcvr`` and, for calibrated models, ``*_raw``)."""
+    ds = make_dataset(files, manifest, batch_size, with_meta=True, for_training=False)
+    feature_names = list(manifest.features)
+
+    @tf.function(reduce_retracing=True)
+    def score(batch):
+        return model({k: batch[k] for k in feature_names}, training=False)
+
+    parts: list[dict[str, np.ndarray]] = []
+    for batch in ds:
+        out = score(batch)
+        row = {k: v.numpy() for k, v in batch.items()}
+        row.update({k: v.numpy().reshape(-1) for k, v in out.items()})
+        parts.append(row)
+    if not parts:
+        raise ValueError(f"no examples in {files[:3]}...")
+    frame = pd.DataFrame({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    for col, dtype in frame.dtypes.items():
+        if dtype == object:
+            frame[col] = frame[col].str.decode("utf-8")
+    return frame
+
+
+def predict_split(model: keras.Model, manifest: Manifest, split: str, *, batch_size: int = 4096) -> pd.DataFrame:
+    """:func:`predict_files` over one split of the manifest."""
+    return predict_files(model, manifest, manifest.split_files(split), batch_size=batch_size)

@@ -1,0 +1,179 @@
+"""Training: Keras fit over the manifest's TFRecords with checkpoints, resume, early stopping and
+optional multi-worker distribution (``TF_CONFIG``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+import yaml
+
+from tfads.data import make_dataset
+from tfads.experiment import ExperimentConfig
+from tfads.manifest import Manifest, load_manifest
+from tfads.models import build_model, compile_model
+from tfads.experiment import AdaSparseConfig
+from tfads.layers import AlphaAnnealer, SparsityLambdaScheduler
+
+log = logging.getLogger(__name__)
+MODEL_SUBDIR = "model"
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    model_path: str
+    epochs_run: int
+
+
+def make_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy when ``TF_CONFIG`` names a cluster, else the default strategy."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that writes the final model (task 0, or a single process)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint prefix from a model dir (its latest checkpoint), a checkpoints dir, or a prefix."""
+    for candidate in (os.path.join(path, CHECKPOINT_SUBDIR), path):
+        latest = tf.train.latest_checkpoint(candidate) if tf.io.gfile.isdir(candidate) else None
+        if latest:
+            return latest
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    raise FileNotFoundError(f"--init-from {path}: no checkpoint found there")
+
+
+def train(
+    config: ExperimentConfig,
+    manifest: Manifest | str,
+    model_dir: str,
+    *,
+    init_from: str | None = None,
+    verbose: int | str = "auto",
+) -> TrainResult:
+    """Train ``config`` on ``manifest``'s train split, validating on the valid split.
+
+    Writes under ``model_dir``: ``model/`` (Keras SavedModel), ``checkpoints/`` (weights per
+    epoch), ``backup/`` (resume state while running), ``logs/`` (TensorBoard),
+    ``experiment.yaml`` and ``history.json``.
+    """
+    if isinstance(manifest, str):
+        manifest = load_manifest(manifest)
+    tc = config.train
+    keras.utils.set_random_seed(tc.seed)
+    strategy = make_strategy()
+    workers = strategy.num_replicas_in_sync
+    global_batch = tc.batch_size
+    train_files = manifest.split_files("train")
+    train_ds = make_dataset(
+        train_files,
+        manifest,
+        global_batch,
+        shuffle=True,
+        shuffle_buffer=tc.shuffle_buffer,
+        seed=tc.seed,
+        repeat=tc.scenarios is None,
+        scenarios=tc.scenarios,
+        use_sample_weight=tc.use_sample_weight,
+    )
+    valid_ds = make_dataset(
+        manifest.split_files("valid"),
+        manifest,
+        global_batch,
+        scenarios=tc.scenarios,
+        use_sample_weight=tc.use_sample_weight,
+    )
+    if workers > 1 or os.environ.get("TF_CONFIG"):
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, valid_ds = train_ds.with_options(options), valid_ds.with_options(options)
+    steps = tc.steps_per_epoch
+    if steps is None and tc.scenarios is None:
+        steps = max(1, math.ceil(manifest.split_count("train") / global_batch))
+
+    with strategy.scope():
+        model = build_model(manifest, config.model)
+        compile_model(model, config.model, tc.learning_rate)
+        if init_from:
+            checkpoint = resolve_checkpoint(init_from)
+            model.load_weights(checkpoint).expect_partial()
+            log.info("initialised weights from %s", checkpoint)
+
+    chief = is_chief(strategy)
+    out_dir = model_dir if chief else tempfile.mkdtemp(prefix="tfads-worker-")
+    tf.io.gfile.makedirs(out_dir)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(out_dir, CHECKPOINT_SUBDIR, "ckpt-{epoch:02d}"), save_weights_only=True
+        ),
+        keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq=100, profile_batch=0),
+        keras.callbacks.EarlyStopping(
+            monitor="val_ctr_auc", mode="max", patience=tc.early_stopping_patience, restore_best_weights=True
+        ),
+        *adasparse_callbacks(config.model.adasparse, total_steps=steps * tc.epochs if steps else None),
+    ]
+    history = model.fit(
+        train_ds,
+        validation_data=valid_ds,
+        epochs=tc.epochs,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    model_path = os.path.join(out_dir, MODEL_SUBDIR)
+    model.save(model_path, include_optimizer=False)
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    if chief:
+        with tf.io.gfile.GFile(os.path.join(model_dir, "experiment.yaml"), "w") as f:
+            yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+        with tf.io.gfile.GFile(os.path.join(model_dir, "history.json"), "w") as f:
+            json.dump({"history": hist, "manifest": manifest.path, "workers": workers}, f, indent=2)
+    return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=len(history.epoch))
+
+
+def adasparse_callbacks(cfg: AdaSparseConfig, total_steps: int | None) -> list[keras.callbacks.Callback]:
+    """Alpha annealing and lambda growth for the AdaSparse pruners (none when AdaSparse is off)."""
+    if not cfg.enabled:
+        return []
+    return [
+        AlphaAnnealer(cfg.alpha_start, cfg.alpha_end, total_steps=total_steps or 10_000),
+        SparsityLambdaScheduler(growth=cfg.lambda_growth, growth_steps=cfg.lambda_growth_steps),
+    ]
+
+
+def load_trained_model(model_dir: str) -> keras.Model:
+    """Load the Keras model a training run saved under ``model_dir``."""
+    import tfads.layers  # noqa: F401  (registers the custom layers)
+
+    path = model_dir if Path(model_dir).name == MODEL_SUBDIR else os.path.join(model_dir, MODEL_SUBDIR)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path}: no trained model (run `tfads train` first)")
+    return keras.models.load_model(path, compile=False)
+
+
+def summary_line(history: dict[str, Any]) -> str:
+    """One readable line of the last epoch's losses and AUCs."""
+    keys = ("loss", "ctr_auc", "ctcvr_auc", "val_loss", "val_ctr_auc", "val_ctcvr_auc")
+    return "  ".join(f"{k}={history[k][-1]:.4f}" for k in keys if k in history)

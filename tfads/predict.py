@@ -35,7 +35,7 @@ def predict_files(model: keras.Model, manifest: Manifest, files: list[str], *, b
         raise ValueError(f"no examples in {files[:3]}...")
     frame = pd.DataFrame({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
     for col, dtype in frame.dtypes.items():
-        if dtype == object:
+        if pd.api.types.is_object_dtype(dtype):
             frame[col] = frame[col].str.decode("utf-8")
     return frame
 

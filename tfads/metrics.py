@@ -3,8 +3,8 @@
 Definitions follow METHODS.md "Calibration and ranking metrics". Every metric takes 1-D arrays of
 binary labels ``y`` and probabilities ``p``; grouped metrics take a same-length ``field``/``groups``
 array of any hashable values. Equal-frequency bins are formed by sorting ``p`` (within each field
-value for the Field-* metrics) and cutting the sorted rows into ``bins`` chunks whose sizes differ by
-at most one, so tied predictions at a cut may land in adjacent bins.
+value for the Field-* metrics) and cutting the sorted rows into ``bins`` chunks as ``np.array_split``
+does (sizes differ by at most one), so tied predictions at a cut may land in adjacent bins.
 """
 
 from __future__ import annotations
@@ -170,7 +170,12 @@ def calibration_bins(y: ArrayLike, p: ArrayLike, bins: int = 10, field: ArrayLik
     sizes = np.bincount(codes, minlength=uniques.size)
     start = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     position = np.arange(y.size) - start[c_s]
-    key = c_s * bins + (position * bins) // sizes[c_s]
+    # As np.array_split: the first (n % bins) bins of a value hold one row more than the others.
+    n = sizes[c_s]
+    small, extra = n // bins, n % bins
+    cut = extra * (small + 1)
+    bin_id = np.where(position < cut, position // (small + 1), extra + (position - cut) // np.maximum(small, 1))
+    key = c_s * bins + bin_id
     n_keys = uniques.size * bins
     count = np.bincount(key, minlength=n_keys)
     sum_p = np.bincount(key, weights=p[order], minlength=n_keys)

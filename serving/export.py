@@ -1,0 +1,218 @@
+"""``tfads export``: write a trained (optionally calibrated) model as a TF Serving version directory.
+
+Layout: ``<model_base_path>/<version>/`` holding the SavedModel (signatures below), its vocabulary
+assets, ``assets.extra/tf_serving_warmup_requests`` and ``model_card.json``. The version is built in
+a hidden temporary directory beside it and renamed into place, so a half-written version is never
+visible to a polling server.
+
+Signatures:
+  serving_default          raw feature tensors by name (batch dimension) -> ctr, cvr, ctcvr (calibrated)
+                           and ctr_raw, cvr_raw, ctcvr_raw (uncalibrated)
+  predict_examples         ``examples``: serialized tf.Example -> the same outputs
+  regress                  method tensorflow/serving/regress: ``inputs`` (tf.Example) -> ``outputs`` (pCTR)
+  classify                 method tensorflow/serving/classify: ``inputs`` -> ``scores`` [1-p, p], ``classes``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+import tf_keras as keras
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from tfads.data import DTYPES, feature_spec
+from tfads.manifest import Manifest
+
+log = logging.getLogger(__name__)
+OUTPUTS = ("ctr", "cvr", "ctcvr")
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MODEL_CARD = "model_card.json"
+
+
+class ServingModule(tf.Module):
+    """Wraps a Keras model with TF Serving signatures; the model's own preprocessing layers do the
+    vocabulary lookups, so serving takes raw values exactly as logged."""
+
+    def __init__(self, model: keras.Model, manifest: Manifest) -> None:
+        super().__init__()
+        self.model = model
+        self.feature_names = list(manifest.features)
+        self.example_spec = feature_spec(manifest, with_labels=False)
+        specs = {name: tf.TensorSpec([None], DTYPES[f["dtype"]], name=name) for name, f in manifest.features.items()}
+        self.serving_default = tf.function(self._serve_features).get_concrete_function(**specs)
+        examples = tf.TensorSpec([None], tf.string, name="examples")
+        inputs = tf.TensorSpec([None], tf.string, name="inputs")
+        self.predict_examples = tf.function(self._serve_examples).get_concrete_function(examples)
+        self.regress = tf.function(self._regress).get_concrete_function(inputs)
+        self.classify = tf.function(self._classify).get_concrete_function(inputs)
+
+    def _outputs(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        out = self.model({k: features[k] for k in self.feature_names}, training=False)
+        result = {k: tf.reshape(out[k], [-1]) for k in OUTPUTS}
+        for k in OUTPUTS:
+            result[f"{k}_raw"] = tf.reshape(out[f"{k}_raw"], [-1]) if f"{k}_raw" in out else result[k]
+        return result
+
+    def _serve_features(self, **features: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._outputs(features)
+
+    def _serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._outputs(tf.io.parse_example(examples, self.example_spec))
+
+    def _regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"outputs": self._serve_examples(inputs)["ctr"]}
+
+    def _classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        p = self._serve_examples(inputs)["ctr"]
+        scores = tf.stack([1.0 - p, p], axis=1)
+        classes = tf.tile(tf.constant([["0", "1"]]), [tf.shape(p)[0], 1])
+        return {"scores": scores, "classes": classes}
+
+
+def next_version(model_base_path: str) -> int:
+    """One more than the highest integer version under ``model_base_path`` (1 if none)."""
+    if not tf.io.gfile.isdir(model_base_path):
+        return 1
+    versions = [int(d.rstrip("/")) for d in tf.io.gfile.listdir(model_base_path) if re.fullmatch(r"\d+/?", d)]
+    return max(versions, default=0) + 1
+
+
+def export_model(
+    model: keras.Model,
+    manifest: Manifest,
+    model_base_path: str,
+    *,
+    version: int | None = None,
+    model_name: str = "ctr",
+    card: dict[str, Any] | None = None,
+    warmup_examples: int = 32,
+) -> str:
+    """Export ``model`` as ``<model_base_path>/<version>/`` atomically; return the version path.
+
+    Raises:
+      FileExistsError: if that version already exists.
+    """
+    version = version or next_version(model_base_path)
+    final = os.path.join(model_base_path, str(version))
+    if tf.io.gfile.exists(final):
+        raise FileExistsError(f"{final} already exists; pick another --version")
+    tmp = os.path.join(model_base_path, f".tmp-{version}-{os.getpid()}")
+    if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    module = ServingModule(model, manifest)
+    signatures = {
+        "serving_default": module.serving_default,
+        "predict_examples": module.predict_examples,
+        "regress": module.regress,
+        "classify": module.classify,
+    }
+    tf.saved_model.save(module, tmp, signatures=signatures)
+    _set_method_names(
+        tmp, {"regress": tf.saved_model.REGRESS_METHOD_NAME, "classify": tf.saved_model.CLASSIFY_METHOD_NAME}
+    )
+    _write_warmup(tmp, manifest, model_name, warmup_examples)
+    card = {
+        "model_name": model_name,
+        "version": version,
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "date_range": manifest.data.get("date_range"),
+        "signatures": sorted(signatures),
+        **(card or {}),
+    }
+    with tf.io.gfile.GFile(os.path.join(tmp, MODEL_CARD), "w") as f:
+        json.dump(card, f, indent=2, default=str)
+    tf.io.gfile.rename(tmp, final)
+    log.info("exported %s version %d to %s", model_name, version, final)
+    return final
+
+
+def _set_method_names(path: str, methods: dict[str, str]) -> None:
+    """TF2's saver marks every signature as Predict; TF Serving's Regress/Classify APIs need the
+    regress/classify method names, so set them in saved_model.pb."""
+    pb_path = os.path.join(path, "saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(pb_path, "rb") as f:
+        proto.ParseFromString(f.read())
+    for meta_graph in proto.meta_graphs:
+        for name, method in methods.items():
+            meta_graph.signature_def[name].method_name = method
+    with tf.io.gfile.GFile(pb_path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def _write_warmup(path: str, manifest: Manifest, model_name: str, count: int) -> None:
+    """Warmup requests: Predict calls on ``serving_default`` built from real test examples."""
+    spec = feature_spec(manifest, with_labels=False)
+    records = tf.data.TFRecordDataset(manifest.split_files("test")[:1], compression_type="GZIP").batch(count)
+    batch = tf.io.parse_example(next(iter(records)), spec)
+    tf.io.gfile.makedirs(os.path.join(path, "assets.extra"))
+    with tf.io.TFRecordWriter(os.path.join(path, WARMUP_FILE)) as writer:
+        for size in (1, count):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
+            )
+            for name in manifest.features:
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(batch[name][:size].numpy()))
+            writer.write(
+                prediction_log_pb2.PredictionLog(
+                    predict_log=prediction_log_pb2.PredictLog(request=request)
+                ).SerializeToString()
+            )
+
+
+def check_export(
+    model: keras.Model, manifest: Manifest, version_path: str, *, rows: int = 2048, atol: float = 1e-5
+) -> float:
+    """Largest |SavedModel - Keras| over the outputs on test rows; raises if above ``atol``."""
+    spec = feature_spec(manifest, with_labels=False)
+    records = tf.data.TFRecordDataset(manifest.split_files("test"), compression_type="GZIP").batch(rows)
+    serialized = next(iter(records))
+    features = tf.io.parse_example(serialized, spec)
+    loaded = tf.saved_model.load(version_path)
+    by_features = loaded.signatures["serving_default"](**features)
+    by_examples = loaded.signatures["predict_examples"](examples=serialized)
+    expected = model(features, training=False)
+    worst = 0.0
+    for k in OUTPUTS:
+        want = np.reshape(expected[k].numpy(), -1)
+        for got in (by_features[k], by_examples[k]):
+            worst = max(worst, float(np.max(np.abs(got.numpy() - want))))
+    if worst > atol:
+        raise AssertionError(f"export check failed: SavedModel differs from Keras by {worst:.2e} > {atol}")
+    return worst
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", required=True, help="a `tfads train` or `tfads calibrate` output dir")
+    parser.add_argument("--data", required=True, help="manifest.json (feature specs, warmup examples)")
+    parser.add_argument("--model-base-path", required=True, help="TF Serving model_base_path to add a version to")
+    parser.add_argument("--version", type=int, default=None, help="version number (default: next after highest)")
+    parser.add_argument("--model-name", default="ctr", help="model name used in warmup requests")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tfads.manifest import load_manifest
+    from tfads.train import load_trained_model
+
+    manifest = load_manifest(args.data)
+    model = load_trained_model(args.model_dir)
+    card_path = os.path.join(args.model_dir, "model_card_extra.json")
+    card = json.load(open(card_path)) if os.path.exists(card_path) else {}
+    path = export_model(
+        model, manifest, args.model_base_path, version=args.version, model_name=args.model_name, card=card
+    )
+    worst = check_export(model, manifest, path)
+    print(f"exported {path} (SavedModel vs Keras max abs diff {worst:.1e})")
+    return 0
+

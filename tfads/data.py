@@ -37,13 +37,13 @@ def to_targets(parsed: dict[str, tf.Tensor], *, use_sample_weight: bool = True):
     the conversion label weighted by the click, used only when the direct CVR loss is on.
     """
     parsed = dict(parsed)
-    click = tf.cast(parsed.pop("click"), tf.float32)
-    conversion = tf.cast(parsed.pop("conversion"), tf.float32)
+    click = tf.cast(parsed.pop("click"), tf.float32)[:, None]
+    conversion = tf.cast(parsed.pop("conversion"), tf.float32)[:, None]
     weight = parsed.pop("weight")
     if not use_sample_weight:
         weight = tf.ones_like(weight)
     labels = {"ctr": click, "cvr": conversion, "ctcvr": conversion}
-    weights = {"ctr": weight, "cvr": weight * click, "ctcvr": weight}
+    weights = {"ctr": weight, "cvr": weight * click[:, 0], "ctcvr": weight}
     return parsed, labels, weights
 
 

@@ -35,9 +35,9 @@ class Evaluation:
         """Readable table: one row per task (model and oracle)."""
         rows = {}
         for task, m in self.metrics.items():
-            rows[task] = {k: m[k] for k in ("auc", "logloss", "gauc", "pcoc", "ece", "field_rce") if k in m}
-            if "oracle_auc" in m:
-                rows[f"{task} (oracle)"] = {"auc": m["oracle_auc"], "logloss": m["oracle_logloss"]}
+            rows[task] = {k: v for k, v in m.items() if not k.startswith(("Oracle", "MAE", "RMSE"))}
+            if "Oracle AUC" in m:
+                rows[f"{task} (oracle)"] = {"AUC": m["Oracle AUC"], "LogLoss": m["Oracle LogLoss"]}
         return metrics.metrics_table(rows)
 
 

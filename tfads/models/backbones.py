@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 import tf_keras as keras
-from tensorflow_recommenders.layers.dcn import Cross
+from tensorflow_recommenders.layers.feature_interaction.dcn import Cross
 
 from tfads.experiment import ModelConfig
 from tfads.features import EmbeddedFeatures

@@ -16,7 +16,7 @@ def _tower(h: tf.Tensor, units: list[int], name: str) -> tf.Tensor:
 
 
 def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
-    """Build the model: raw features in, ``{"ctr", "cvr", "ctcvr"}`` probabilities out.
+    """Build the model: raw features in, ``{"ctr", "cvr", "ctcvr"}`` probabilities (batch, 1) out.
 
     STAR and shared-bottom add a per-domain logit (STAR's auxiliary network; shared-bottom's
     domain-specific head) to both towers.
@@ -31,12 +31,9 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
             aux = keras.layers.Dense(1, name=f"{task}_domain_logit")(mlp(feats.domain, [16], f"{task}_domain_net"))
             logit = keras.layers.Add(name=f"{task}_logit_total")([logit, aux])
         logits[task] = logit
-    ctr = keras.layers.Activation("sigmoid", name="ctr_sigmoid")(logits["ctr"])
-    cvr = keras.layers.Activation("sigmoid", name="cvr_sigmoid")(logits["cvr"])
-    ctcvr = keras.layers.Multiply(name="ctcvr_product")([ctr, cvr])
-    outputs = {
-        name: keras.layers.Reshape((), name=name)(p) for name, p in [("ctr", ctr), ("cvr", cvr), ("ctcvr", ctcvr)]
-    }
+    ctr = keras.layers.Activation("sigmoid", name="ctr")(logits["ctr"])
+    cvr = keras.layers.Activation("sigmoid", name="cvr")(logits["cvr"])
+    outputs = {"ctr": ctr, "cvr": cvr, "ctcvr": keras.layers.Multiply(name="ctcvr")([ctr, cvr])}
     return keras.Model(inputs=inputs, outputs=outputs, name=f"tfads_{cfg.backbone}")
 
 

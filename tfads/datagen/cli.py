@@ -30,20 +30,25 @@ def _rate(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``tfads datagen``."""
-    parser.add_argument("--out", required=True,
-                        help="output directory (replaced if it holds a previous datagen output)")
+    parser.add_argument(
+        "--out", required=True, help="output directory (replaced if it holds a previous datagen output)"
+    )
     parser.add_argument("--days", type=_positive_int, default=7, help="number of days (default 7)")
-    parser.add_argument("--impressions-per-day", type=_positive_int, default=20000,
-                        help="impression lines per day (default 20000)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="random seed: same seed, byte-identical files (default 0)")
-    parser.add_argument("--corrupt-rate", type=_rate, default=0.0,
-                        help="share of malformed / orphan lines injected per log, in [0, 0.5] (default 0)")
+    parser.add_argument(
+        "--impressions-per-day", type=_positive_int, default=20000, help="impression lines per day (default 20000)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, byte-identical files (default 0)")
+    parser.add_argument(
+        "--corrupt-rate",
+        type=_rate,
+        default=0.0,
+        help="share of malformed / orphan lines injected per log, in [0, 0.5] (default 0)",
+    )
     parser.add_argument("--with-feed", action="store_true", help="also write the organic-feed log")
-    parser.add_argument("--start-date", default="2026-01-01",
-                        help="first day, YYYY-MM-DD (default 2026-01-01)")
-    parser.add_argument("--schema", default=str(DEFAULT_SCHEMA),
-                        help="feature/schema YAML (default configs/schema.yaml)")
+    parser.add_argument("--start-date", default="2026-01-01", help="first day, YYYY-MM-DD (default 2026-01-01)")
+    parser.add_argument(
+        "--schema", default=str(DEFAULT_SCHEMA), help="feature/schema YAML (default configs/schema.yaml)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -53,13 +58,21 @@ def run(args: argparse.Namespace) -> int:
 
     schema = load_schema(args.schema)
     try:
-        info = generate(args.out, days=args.days, impressions_per_day=args.impressions_per_day,
-                        seed=args.seed, corrupt_rate=args.corrupt_rate, with_feed=args.with_feed,
-                        start_date=args.start_date, schema=schema, progress=not args.no_progress)
+        info = generate(
+            args.out,
+            days=args.days,
+            impressions_per_day=args.impressions_per_day,
+            seed=args.seed,
+            corrupt_rate=args.corrupt_rate,
+            with_feed=args.with_feed,
+            start_date=args.start_date,
+            schema=schema,
+            progress=not args.no_progress,
+        )
     except ValueError as e:
         print(f"tfads datagen: error: {e}", file=sys.stderr)
         return 2
-    lines = ", ".join(f"{log} {n}" for log, n in info["lines"].items())
+    lines = ", ".join(f"{log} {n}" for log, n in info["counts"].items())
     bad = ", ".join(f"{reason} {n}" for reason, n in info["corruptions"].items()) or "none"
     rates = info["true_rates"]
     print(f"wrote {args.out}: {info['days']} days from {info['start_date']} (seed {info['seed']})")
@@ -67,6 +80,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"  true mean pCTR {rates['mean_p_ctr']:.4f}, post-click pCVR {rates['mean_p_cvr_post_click']:.4f}")
     print(f"  recorded bad lines (corruptions.jsonl): {bad}")
     dropped = info["dropped_after_last_day"]
-    print(f"  events after the last day, not written: clicks {dropped['clicks']}, "
-          f"conversions {dropped['conversions']}")
+    print(f"  events after the last day, not written: clicks {dropped['clicks']}, conversions {dropped['conversions']}")
     return 0

@@ -36,10 +36,10 @@ class LogSpec:
     def for_impressions(cls, schema: Schema) -> LogSpec:
         """The impression log: every schema field, with its enum values and range."""
         return cls(
-            "impressions", {n: f.type for n, f in schema.fields.items()},
+            "impressions",
+            {n: f.type for n, f in schema.fields.items()},
             enums={n: f.values for n, f in schema.fields.items() if f.values},
-            ranges={n: (f.min, f.max) for n, f in schema.fields.items()
-                    if f.min is not None or f.max is not None},
+            ranges={n: (f.min, f.max) for n, f in schema.fields.items() if f.min is not None or f.max is not None},
         )
 
     @classmethod

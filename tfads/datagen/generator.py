@@ -31,8 +31,17 @@ OWNED = ("impressions", "clicks", "conversions", "feed", "truth", "corruptions.j
 # Trace-id index namespaces: impressions use [0, 2**40); injected orphans and feed lines their own.
 NAMESPACE = {"clicks": 1 << 40, "conversions": 2 << 40, "feed": 3 << 40}
 NAMES = {"media": W.MEDIA, "slot": W.SLOTS, "city": W.CITIES, "category": W.CATEGORIES}
-NUMBERS = {"user_id": "int", "age": "int", "hour": "int", "weekday": "int", "ad_id": "int",
-           "advertiser_id": "int", "campaign_id": "int", "price": "float", "clicked": "int"}
+NUMBERS = {
+    "user_id": "int",
+    "age": "int",
+    "hour": "int",
+    "weekday": "int",
+    "ad_id": "int",
+    "advertiser_id": "int",
+    "campaign_id": "int",
+    "price": "float",
+    "clicked": "int",
+}
 EVENT_TYPES = {"clicks": {"ts": "int"}, "conversions": {"ts": "int", "value": "float"}}
 
 
@@ -44,6 +53,7 @@ def _column_type(name: str) -> str | None:
 
 def check_schema(schema: Schema) -> None:
     """Raise ValueError naming the schema key if the generator cannot write what the schema asks."""
+
     def fail(key: str, msg: str) -> None:
         raise ValueError(f"schema: {key}: {msg}")
 
@@ -67,14 +77,18 @@ def check_schema(schema: Schema) -> None:
 def _check_ranges(df: pd.DataFrame, schema: Schema) -> None:
     for name, spec in schema.fields.items():
         col = df[name]
-        if spec.type != "string" and ((spec.min is not None and col.min() < spec.min)
-                                      or (spec.max is not None and col.max() > spec.max)):
-            raise ValueError(f"schema: fields.{name}: range [{spec.min}, {spec.max}] excludes values datagen "
-                             f"generates ({col.min()} .. {col.max()})")
+        if spec.type != "string" and (
+            (spec.min is not None and col.min() < spec.min) or (spec.max is not None and col.max() > spec.max)
+        ):
+            raise ValueError(
+                f"schema: fields.{name}: range [{spec.min}, {spec.max}] excludes values datagen "
+                f"generates ({col.min()} .. {col.max()})"
+            )
 
 
-def _columns(x: dict[str, np.ndarray], names: list[str], key: str, tid: np.ndarray, timestamp: str,
-             ts: np.ndarray) -> pd.DataFrame:
+def _columns(
+    x: dict[str, np.ndarray], names: list[str], key: str, tid: np.ndarray, timestamp: str, ts: np.ndarray
+) -> pd.DataFrame:
     """A frame of output columns in ``names`` order from the world's value indices."""
     cols: dict[str, Any] = {}
     for name in names:
@@ -94,10 +108,17 @@ def _columns(x: dict[str, np.ndarray], names: list[str], key: str, tid: np.ndarr
 class _Run:
     """State of one ``generate`` call: output paths, corruption records and counts."""
 
-    def __init__(self, out: Path, schema: Schema, seed: int, corrupt_rate: float, dates: list[str],
-                 epoch0: int) -> None:
+    def __init__(
+        self, out: Path, schema: Schema, seed: int, corrupt_rate: float, dates: list[str], epoch0: int
+    ) -> None:
         self.out, self.schema, self.seed, self.rate, self.dates, self.epoch0 = (
-            out, schema, seed, corrupt_rate, dates, epoch0)
+            out,
+            schema,
+            seed,
+            corrupt_rate,
+            dates,
+            epoch0,
+        )
         self.specs = {
             "impressions": LogSpec.for_impressions(schema),
             "clicks": LogSpec.for_events(schema, "clicks", "orphan_click"),
@@ -128,8 +149,8 @@ class _Run:
                 ids = trace_ids(self.seed, NAMESPACE[log] + day * 2**24 + np.arange(n_orphans))
                 when = self.epoch0 + day * DAY_S + rng.integers(0, DAY_S, n_orphans)
                 orphans = df.iloc[rng.integers(0, len(df), n_orphans)].assign(
-                    reason=spec.orphan_reason, corruptible=False,
-                    **{self.schema.key: ids, self.schema.timestamp: when})
+                    reason=spec.orphan_reason, corruptible=False, **{self.schema.key: ids, self.schema.timestamp: when}
+                )
                 df = pd.concat([df, orphans], ignore_index=True)
             df = df.sort_values(self.schema.timestamp, kind="stable", ignore_index=True)
             lines = json_lines(df[list(spec.types)], spec.optional)
@@ -175,9 +196,18 @@ def _validate_args(days: int, impressions_per_day: int, corrupt_rate: float, sta
         raise ValueError(f"start_date must be YYYY-MM-DD, got {start_date!r}") from e
 
 
-def generate(out_dir: str, *, days: int = 7, impressions_per_day: int = 20000, seed: int = 0,
-             corrupt_rate: float = 0.0, with_feed: bool = False, start_date: str = "2026-01-01",
-             schema: Schema | None = None, progress: bool = True) -> dict:
+def generate(
+    out_dir: str,
+    *,
+    days: int = 7,
+    impressions_per_day: int = 20000,
+    seed: int = 0,
+    corrupt_rate: float = 0.0,
+    with_feed: bool = False,
+    start_date: str = "2026-01-01",
+    schema: Schema | None = None,
+    progress: bool = True,
+) -> dict:
     """Write synthetic ad logs with ground truth to ``out_dir`` (layout: BUILD.md "Raw logs").
 
     Args:
@@ -219,8 +249,9 @@ def generate(out_dir: str, *, days: int = 7, impressions_per_day: int = 20000, s
         x = world.sample(rng, impressions_per_day, day, weekday)
         ts = epoch0 + day * DAY_S + x["second"]
         tid = trace_ids(seed, day * impressions_per_day + np.arange(impressions_per_day))
-        events: Events = make_events(rng, tid, ts, x["p_ctr"], x["p_cvr"], window.click_window_s,
-                                     window.conversion_window_s)
+        events: Events = make_events(
+            rng, tid, ts, x["p_ctr"], x["p_cvr"], window.click_window_s, window.conversion_window_s
+        )
         for log in EVENT_LOGS:
             df = getattr(events, log)
             for d, part in df.groupby((df[tcol] - epoch0) // DAY_S):
@@ -238,25 +269,43 @@ def generate(out_dir: str, *, days: int = 7, impressions_per_day: int = 20000, s
             f = world.sample_feed(rng, n, day, weekday)
             f["clicked"] = (rng.random(n) < f["p_click"]).astype(np.int64)
             feed_ids = trace_ids(seed, NAMESPACE["feed"] + day * 2**24 + np.arange(n))
-            run.emit("feed", day, _columns(f, list(schema.feed.fields), key, feed_ids, tcol,
-                                           epoch0 + day * DAY_S + f["second"]))
+            run.emit(
+                "feed",
+                day,
+                _columns(f, list(schema.feed.fields), key, feed_ids, tcol, epoch0 + day * DAY_S + f["second"]),
+            )
     with open(out / "corruptions.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in run.records)
     result = {
-        "version": 1, "seed": seed, "days": days, "start_date": dates[0], "dates": dates,
-        "settings": {"impressions_per_day": impressions_per_day, "corrupt_rate": corrupt_rate,
-                     "with_feed": with_feed, "feed_share": FEED_SHARE if with_feed else 0.0,
-                     "scenarios": W.N_SCENARIOS, "users": W.N_USERS, "ads": W.N_ADS,
-                     "campaigns": W.N_CAMPAIGNS, "advertisers": W.N_ADVERTISERS, "clusters": W.N_CLUSTERS,
-                     "click_window_s": window.click_window_s,
-                     "conversion_window_s": window.conversion_window_s},
-        "lines": {log: sum(per_day.values()) for log, per_day in run.lines.items()},
-        "lines_by_day": dict(run.lines),
+        "version": 1,
+        "seed": seed,
+        "days": days,
+        "start_date": dates[0],
+        "dates": dates,
+        "settings": {
+            "impressions_per_day": impressions_per_day,
+            "corrupt_rate": corrupt_rate,
+            "with_feed": with_feed,
+            "feed_share": FEED_SHARE if with_feed else 0.0,
+            "scenarios": W.N_SCENARIOS,
+            "users": W.N_USERS,
+            "ads": W.N_ADS,
+            "campaigns": W.N_CAMPAIGNS,
+            "advertisers": W.N_ADVERTISERS,
+            "clusters": W.N_CLUSTERS,
+            "click_window_s": window.click_window_s,
+            "conversion_window_s": window.conversion_window_s,
+        },
+        "counts": {log: sum(per_day.values()) for log, per_day in run.lines.items()},
+        "counts_by_day": dict(run.lines),
         "corruptions": dict(sorted(run.reasons.items())),
-        "dropped_after_last_day": {log: int(sum(len(p) for parts in pending[log].values() for p in parts))
-                                   for log in EVENT_LOGS},
-        "true_rates": {"mean_p_ctr": sums["p_ctr"] / (days * impressions_per_day),
-                       "mean_p_cvr_post_click": sums["p_ctcvr"] / max(sums["p_ctr"], 1e-12)},
+        "dropped_after_last_day": {
+            log: int(sum(len(p) for parts in pending[log].values() for p in parts)) for log in EVENT_LOGS
+        },
+        "true_rates": {
+            "mean_p_ctr": sums["p_ctr"] / (days * impressions_per_day),
+            "mean_p_cvr_post_click": sums["p_ctcvr"] / max(sums["p_ctr"], 1e-12),
+        },
         "files": run.files,
     }
     (out / "datagen.json").write_text(json.dumps(result, indent=2) + "\n")

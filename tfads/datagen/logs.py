@@ -35,8 +35,15 @@ def _lognormal_s(rng: np.random.Generator, median: float, sigma: float, n: int) 
     return np.round(np.exp(rng.normal(np.log(median), sigma, n))).astype(np.int64)
 
 
-def make_events(rng: np.random.Generator, trace_id: np.ndarray, ts: np.ndarray, p_ctr: np.ndarray,
-                p_cvr: np.ndarray, click_window_s: int, conversion_window_s: int) -> Events:
+def make_events(
+    rng: np.random.Generator,
+    trace_id: np.ndarray,
+    ts: np.ndarray,
+    p_ctr: np.ndarray,
+    p_cvr: np.ndarray,
+    click_window_s: int,
+    conversion_window_s: int,
+) -> Events:
     """Sample clicks from ``p_ctr`` and post-click conversions from ``p_cvr`` with realistic delays.
 
     Clicks follow their impression by seconds to minutes (a share arrive after ``click_window_s``);
@@ -46,8 +53,11 @@ def make_events(rng: np.random.Generator, trace_id: np.ndarray, ts: np.ndarray, 
     rows = np.flatnonzero(rng.random(len(ts)) < p_ctr)
     k = len(rows)
     late = rng.random(k) < LATE_CLICK_SHARE
-    delay = np.clip(_lognormal_s(rng, CLICK_DELAY_MEDIAN_S, CLICK_DELAY_SIGMA, k), 1,
-                    click_window_s - MARGIN_S - DUPLICATE_MAX_GAP_S)
+    delay = np.clip(
+        _lognormal_s(rng, CLICK_DELAY_MEDIAN_S, CLICK_DELAY_SIGMA, k),
+        1,
+        click_window_s - MARGIN_S - DUPLICATE_MAX_GAP_S,
+    )
     late_delay = rng.integers(click_window_s + MARGIN_S, click_window_s + 6 * 3600, k)
     click_ts = ts[rows] + np.where(late, late_delay, delay)
     dup = ~late & (rng.random(k) < DUPLICATE_CLICK_SHARE)
@@ -60,17 +70,36 @@ def make_events(rng: np.random.Generator, trace_id: np.ndarray, ts: np.ndarray, 
     value = np.round(np.exp(rng.normal(np.log(30.0), 1.0, k)), 2)
     value[rng.random(k) < MISSING_VALUE_SHARE] = np.nan
 
-    clicks = pd.concat([
-        pd.DataFrame({"trace_id": trace_id[rows], "ts": click_ts,
-                      "reason": np.where(late, "late_click", ""), "corruptible": ~late & ~dup & ~converts}),
-        pd.DataFrame({"trace_id": trace_id[rows][dup],
-                      "ts": click_ts[dup] + rng.integers(1, DUPLICATE_MAX_GAP_S + 1, int(dup.sum())),
-                      "reason": "duplicate_click", "corruptible": False}),
-    ], ignore_index=True)
-    conversions = pd.DataFrame({
-        "trace_id": trace_id[rows][converts], "ts": click_ts[converts] + conv_delay[converts],
-        "value": value[converts], "reason": np.where(conv_late[converts], "late_conversion", ""),
-        "corruptible": ~conv_late[converts]})
+    clicks = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "trace_id": trace_id[rows],
+                    "ts": click_ts,
+                    "reason": np.where(late, "late_click", ""),
+                    "corruptible": ~late & ~dup & ~converts,
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "trace_id": trace_id[rows][dup],
+                    "ts": click_ts[dup] + rng.integers(1, DUPLICATE_MAX_GAP_S + 1, int(dup.sum())),
+                    "reason": "duplicate_click",
+                    "corruptible": False,
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    conversions = pd.DataFrame(
+        {
+            "trace_id": trace_id[rows][converts],
+            "ts": click_ts[converts] + conv_delay[converts],
+            "value": value[converts],
+            "reason": np.where(conv_late[converts], "late_conversion", ""),
+            "corruptible": ~conv_late[converts],
+        }
+    )
     clicked = np.zeros(len(ts), bool)
     clicked[rows] = True
     return Events(clicked, clicks, conversions)

@@ -91,8 +91,9 @@ class Effects:
     intercept: float = 0.0
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, sizes: dict[str, int], cluster_dim: int, scale: float,
-             cluster_of: np.ndarray) -> Effects:
+    def draw(
+        cls, rng: np.random.Generator, sizes: dict[str, int], cluster_dim: int, scale: float, cluster_of: np.ndarray
+    ) -> Effects:
         """Random effects; ``scale`` multiplies every effect size."""
         rank = 4
         cluster_bias = _normal(rng, 0.4 * scale, N_CLUSTERS)
@@ -106,8 +107,9 @@ class Effects:
             scenario_bias=cluster_bias[cluster_of] + _normal(rng, 0.35 * scale, N_SCENARIOS),
         )
 
-    def logit(self, x: dict[str, np.ndarray], cluster_feats: np.ndarray, cluster: np.ndarray,
-              t: np.ndarray) -> np.ndarray:
+    def logit(
+        self, x: dict[str, np.ndarray], cluster_feats: np.ndarray, cluster: np.ndarray, t: np.ndarray
+    ) -> np.ndarray:
         """Logit for a batch: ``x`` maps feature name -> value index, ``t`` is time in days."""
         z = self.intercept + self.scenario_bias[x["scenario"]]
         for name, b in self.bias.items():
@@ -129,8 +131,7 @@ class World:
         self.user_gender = draw(rng, np.cumsum([0.48, 0.47, 0.05]), N_USERS)
         self.user_city = draw(rng, np.cumsum(zipf_weights(N_CITIES, 1.0, 3.0, rng)), N_USERS)
         self.user_device = draw(rng, np.cumsum([0.7, 0.1, 0.2]), N_USERS)
-        os_given_device = np.array([[0.6, 0.38, 0, 0, 0.02], [0.4, 0.58, 0, 0, 0.02],
-                                    [0, 0, 0.75, 0.2, 0.05]])
+        os_given_device = np.array([[0.6, 0.38, 0, 0, 0.02], [0.4, 0.58, 0, 0, 0.02], [0, 0, 0.75, 0.2, 0.05]])
         self.user_os = np.empty(N_USERS, np.int64)
         for d in range(3):
             idx = np.flatnonzero(self.user_device == d)
@@ -138,10 +139,8 @@ class World:
         self.user_group = np.searchsorted(AGE_EDGES, self.user_age, side="right") * 3 + self.user_gender
         self.user_bias = rng.normal(0.0, 0.3, N_USERS)
         # Ads: ad -> campaign -> advertiser -> category; Zipf traffic over ads.
-        self.advertiser_category = draw(rng, np.cumsum(zipf_weights(N_CATEGORIES, 0.8, 2.0, rng)),
-                                        N_ADVERTISERS)
-        self.campaign_advertiser = draw(rng, np.cumsum(zipf_weights(N_ADVERTISERS, 0.9, 5.0, rng)),
-                                        N_CAMPAIGNS)
+        self.advertiser_category = draw(rng, np.cumsum(zipf_weights(N_CATEGORIES, 0.8, 2.0, rng)), N_ADVERTISERS)
+        self.campaign_advertiser = draw(rng, np.cumsum(zipf_weights(N_ADVERTISERS, 0.9, 5.0, rng)), N_CAMPAIGNS)
         self.campaign_bid_type = draw(rng, np.cumsum([0.4, 0.4, 0.2]), N_CAMPAIGNS)
         self.campaign_price = np.exp(rng.normal(0.3, 0.7, N_CAMPAIGNS))
         self.ad_campaign = draw(rng, np.cumsum(zipf_weights(N_CAMPAIGNS, 0.8, 5.0, rng)), N_ADS)
@@ -156,20 +155,34 @@ class World:
         self.scenario_cluster = (media_group[:, None] * 2 + slot_group[None, :]).ravel()
         self.hour_cdf = np.cumsum(HOUR_PROFILE)
         # Embeddings the cluster weights act on, and the two small crosses.
-        self.emb = {n: rng.normal(0.0, 1.0, (k, 3)) for n, k in
-                    [("user_group", N_USER_GROUPS), ("category", N_CATEGORIES),
-                     ("creative_type", 4), ("device", 3)]}
+        self.emb = {
+            n: rng.normal(0.0, 1.0, (k, 3))
+            for n, k in [("user_group", N_USER_GROUPS), ("category", N_CATEGORIES), ("creative_type", 4), ("device", 3)]
+        }
         self.device_creative = (rng.normal(0, 0.45, (3, 3)), rng.normal(0, 0.45, (4, 3)))
         self.hour_media = (rng.normal(0, 0.35, (24, 3)), rng.normal(0, 0.35, (N_MEDIA, 3)))
-        sizes = {"gender": 3, "age_bucket": len(AGE_EDGES) + 1, "device": 3, "os": 5, "hour": 24,
-                 "weekday": 7, "media": N_MEDIA, "slot": N_SLOTS, "category": N_CATEGORIES,
-                 "city": N_CITIES, "creative_type": 4, "bid_type": 3, "advertiser_id": N_ADVERTISERS}
+        sizes = {
+            "gender": 3,
+            "age_bucket": len(AGE_EDGES) + 1,
+            "device": 3,
+            "os": 5,
+            "hour": 24,
+            "weekday": 7,
+            "media": N_MEDIA,
+            "slot": N_SLOTS,
+            "category": N_CATEGORIES,
+            "city": N_CITIES,
+            "creative_type": 4,
+            "bid_type": 3,
+            "advertiser_id": N_ADVERTISERS,
+        }
         cluster_dim = 3 * len(self.emb)
         self.ctr = Effects.draw(rng, sizes, cluster_dim, 1.0, self.scenario_cluster)
         self.cvr = Effects.draw(rng, sizes, cluster_dim, 1.0, self.scenario_cluster)
         self.cvr.bias["bid_type"] += np.array([0.0, 0.4, -0.3])  # oCPC campaigns optimise for conversions
-        self.feed = Effects.draw(rng, {"media": N_MEDIA, "category": N_CATEGORIES, "hour": 24}, cluster_dim,
-                                 0.8, self.scenario_cluster)
+        self.feed = Effects.draw(
+            rng, {"media": N_MEDIA, "category": N_CATEGORIES, "hour": 24}, cluster_dim, 0.8, self.scenario_cluster
+        )
         self.feed.cat_emb_a, self.feed.cat_emb_b = self.ctr.cat_emb_a, self.ctr.cat_emb_b  # shared tastes
         self.feed.group_emb = self.ctr.group_emb
         self._calibrate(np.random.default_rng([seed, 2]))
@@ -189,13 +202,25 @@ class World:
         advertiser = self.campaign_advertiser[campaign]
         scenario = draw(rng, self.scenario_cdf(day + 0.5), n)
         x = {
-            "second": second, "user_id": user, "age": self.user_age[user],
+            "second": second,
+            "user_id": user,
+            "age": self.user_age[user],
             "age_bucket": np.searchsorted(AGE_EDGES, self.user_age[user], side="right"),
-            "gender": self.user_gender[user], "city": self.user_city[user], "device": self.user_device[user],
-            "os": self.user_os[user], "user_group": self.user_group[user], "hour": second // 3600,
-            "weekday": np.full(n, weekday), "scenario": scenario, "media": scenario // N_SLOTS,
-            "slot": scenario % N_SLOTS, "ad_id": ad, "advertiser_id": advertiser, "campaign_id": campaign,
-            "category": self.advertiser_category[advertiser], "creative_type": self.ad_creative[ad],
+            "gender": self.user_gender[user],
+            "city": self.user_city[user],
+            "device": self.user_device[user],
+            "os": self.user_os[user],
+            "user_group": self.user_group[user],
+            "hour": second // 3600,
+            "weekday": np.full(n, weekday),
+            "scenario": scenario,
+            "media": scenario // N_SLOTS,
+            "slot": scenario % N_SLOTS,
+            "ad_id": ad,
+            "advertiser_id": advertiser,
+            "campaign_id": campaign,
+            "category": self.advertiser_category[advertiser],
+            "creative_type": self.ad_creative[ad],
             "bid_type": self.campaign_bid_type[campaign],
             "price": np.round(self.campaign_price[campaign] * np.exp(rng.normal(0, 0.2, n)), 2),
         }
@@ -208,10 +233,10 @@ class World:
         feats = np.concatenate([e[x[name]] for name, e in self.emb.items()], axis=1)
         dev, cre = self.device_creative
         hour, media = self.hour_media
-        shared = (np.einsum("nr,nr->n", dev[x["device"]], cre[x["creative_type"]])
-                  + np.einsum("nr,nr->n", hour[x["hour"]], media[x["media"]]))
-        z_ctr = (self.ctr.logit(x, feats, cluster, t) + shared + self.user_bias[x["user_id"]]
-                 + self.ad_bias[x["ad_id"]])
+        shared = np.einsum("nr,nr->n", dev[x["device"]], cre[x["creative_type"]]) + np.einsum(
+            "nr,nr->n", hour[x["hour"]], media[x["media"]]
+        )
+        z_ctr = self.ctr.logit(x, feats, cluster, t) + shared + self.user_bias[x["user_id"]] + self.ad_bias[x["ad_id"]]
         z_cvr = self.cvr.logit(x, feats, cluster, t) - 0.35 * np.log(x["price"] + 0.1)
         return sigmoid(z_ctr), sigmoid(z_cvr)
 
@@ -220,16 +245,26 @@ class World:
         second = np.sort(draw(rng, self.hour_cdf, n) * 3600 + rng.integers(0, 3600, n))
         user = draw(rng, self.user_cdf, n)
         scenario = draw(rng, self.scenario_cdf(day + 0.5), n)
-        x = {"second": second, "user_id": user, "user_group": self.user_group[user], "hour": second // 3600,
-             "weekday": np.full(n, weekday), "scenario": scenario, "media": scenario // N_SLOTS,
-             "slot": scenario % N_SLOTS, "category": rng.integers(0, N_CATEGORIES, n)}
+        x = {
+            "second": second,
+            "user_id": user,
+            "user_group": self.user_group[user],
+            "hour": second // 3600,
+            "weekday": np.full(n, weekday),
+            "scenario": scenario,
+            "media": scenario // N_SLOTS,
+            "slot": scenario % N_SLOTS,
+            "category": rng.integers(0, N_CATEGORIES, n),
+        }
         x["p_click"] = self._feed_prob(x, day + second / 86400.0)
         return x
 
     def _feed_prob(self, x: dict[str, np.ndarray], t: np.ndarray) -> np.ndarray:
         cluster = self.scenario_cluster[x["scenario"]]
-        return sigmoid(self.feed.logit(x, np.zeros((len(t), self.feed.cluster_w.shape[1])), cluster, t)
-                       + self.user_bias[x["user_id"]])
+        return sigmoid(
+            self.feed.logit(x, np.zeros((len(t), self.feed.cluster_w.shape[1])), cluster, t)
+            + self.user_bias[x["user_id"]]
+        )
 
     def _calibrate(self, rng: np.random.Generator) -> None:
         """Set the intercepts so day-0 rates hit the targets."""

@@ -1,0 +1,269 @@
+"""tfads datagen: layout, schema conformance, the corruption manifest, determinism, truth and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfads import cli
+from tfads.datagen import generate
+from tfads.datagen.world import World
+from tfads.schema import load_schema
+
+SCHEMA = load_schema()
+SETTINGS = {"days": 3, "impressions_per_day": 2000, "seed": 7, "corrupt_rate": 0.04, "with_feed": True}
+LINE_REASONS = {"bad_json", "missing_field", "wrong_type", "unknown_value", "out_of_range"}
+
+
+def _specs() -> dict[str, dict]:
+    """Per log: field types, required fields, enums, ranges (the contract of BUILD.md)."""
+    fields = SCHEMA.fields
+    imp = {
+        "types": {n: f.type for n, f in fields.items()},
+        "required": set(fields),
+        "enums": {n: f.values for n, f in fields.items() if f.values},
+        "ranges": {n: (f.min, f.max) for n, f in fields.items()},
+    }
+    out = {"impressions": imp}
+    for log in ("clicks", "conversions", "feed"):
+        spec = getattr(SCHEMA, log)
+        out[log] = {
+            "types": dict(spec.fields),
+            "required": set(spec.fields) - set(spec.optional),
+            "enums": {},
+            "ranges": {},
+        }
+    return out
+
+
+SPECS = _specs()
+
+
+def problems(obj: dict, spec: dict) -> list[str]:
+    """Every dead-letter reason a parsed line deserves (empty for a valid line)."""
+    out = ["missing_field" for n in spec["required"] if n not in obj]
+    for name, v in obj.items():
+        typ = spec["types"].get(name)
+        ok = {
+            "string": isinstance(v, str),
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, float),
+        }.get(typ, False)
+        if not ok:
+            out.append("wrong_type")
+            continue
+        if name in spec["enums"] and v not in spec["enums"][name]:
+            out.append("unknown_value")
+        lo, hi = spec["ranges"].get(name, (None, None))
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            out.append("out_of_range")
+    return out
+
+
+def read_lines(path: Path) -> list[bytes]:
+    with gzip.open(path, "rb") as f:
+        return f.read().splitlines()
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("dg") / "logs"
+    return out, generate(str(out), progress=False, **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def parsed(logs) -> dict:
+    """All lines: (log, file) -> list of raw lines; plus the manifest keyed by (file, line)."""
+    out, _ = logs
+    files = {p.relative_to(out).as_posix(): read_lines(p) for p in sorted(out.glob("*/*/*.jsonl.gz"))}
+    manifest = [json.loads(line) for line in (out / "corruptions.jsonl").read_text().splitlines()]
+    return {"files": files, "manifest": {(r["file"], r["line"]): r for r in manifest}}
+
+
+def _valid(parsed: dict, log: str) -> list[dict]:
+    """Parsed lines of ``log`` that the manifest does not list."""
+    return [
+        json.loads(line)
+        for rel, lines in parsed["files"].items()
+        if rel.startswith(log + "/")
+        for i, line in enumerate(lines, 1)
+        if (rel, i) not in parsed["manifest"]
+    ]
+
+
+def test_layout_and_datagen_json(logs, parsed):
+    out, info = logs
+    dates = ["2026-01-01", "2026-01-02", "2026-01-03"]
+    for log in ("impressions", "clicks", "conversions", "feed", "truth"):
+        assert [f"{log}/{d}/part-00000.jsonl.gz" for d in dates] == sorted(
+            rel for rel in parsed["files"] if rel.startswith(log + "/")
+        )
+        assert info["counts"][log] == sum(len(v) for k, v in parsed["files"].items() if k.startswith(log + "/"))
+    assert json.loads((out / "datagen.json").read_text()) == info
+    assert info["counts"]["impressions"] == 6000 and info["counts"]["feed"] == 3000
+    assert info["seed"] == 7 and info["dates"] == dates
+    assert info["corruptions"] == dict(Counter(r["reason"] for r in parsed["manifest"].values()))
+
+
+def test_every_unlisted_line_is_valid_and_in_its_day(parsed):
+    for rel, lines in parsed["files"].items():
+        log, day = rel.split("/")[:2]
+        if log == "truth":
+            continue
+        start = int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp())
+        for i, line in enumerate(lines, 1):
+            reason = parsed["manifest"].get((rel, i), {}).get("reason")
+            if reason in LINE_REASONS:
+                continue
+            obj = json.loads(line)
+            assert problems(obj, SPECS[log]) == [], (rel, i, line)
+            assert start <= obj["ts"] < start + 86400, (rel, i)
+
+
+def test_manifest_lines_are_malformed_exactly_as_stated(parsed):
+    impressions = {o["trace_id"]: o for o in _valid(parsed, "impressions")}
+    all_ids = {
+        json.loads(line)["trace_id"]
+        for rel, lines in parsed["files"].items()
+        if rel.startswith("truth/")
+        for line in lines
+    }
+    clicks: dict[str, list[int]] = {}
+    for rel, lines in sorted(parsed["files"].items()):
+        if rel.startswith("clicks/"):
+            for line in lines:
+                try:
+                    obj = json.loads(line)
+                    clicks.setdefault(obj["trace_id"], []).append(obj["ts"])
+                except (ValueError, KeyError, TypeError):
+                    pass
+    window = SCHEMA.attribution
+    seen = Counter()
+    for (rel, i), rec in parsed["manifest"].items():
+        log, reason = rec["log"], rec["reason"]
+        assert rel.startswith(log + "/")
+        line = parsed["files"][rel][i - 1]
+        seen[(log, reason)] += 1
+        if reason == "bad_json":
+            with pytest.raises(ValueError):
+                json.loads(line)
+            continue
+        obj = json.loads(line)
+        if reason in LINE_REASONS:
+            assert problems(obj, SPECS[log]) == [reason], (rec, line)
+            continue
+        assert problems(obj, SPECS[log]) == [], (rec, line)
+        tid, ts = obj["trace_id"], obj["ts"]
+        if reason in ("orphan_click", "orphan_conversion"):
+            assert tid not in all_ids
+        elif reason == "late_click":
+            assert ts - impressions[tid]["ts"] > window.click_window_s
+        elif reason == "duplicate_click":
+            assert min(clicks[tid]) < ts <= min(clicks[tid]) + 30
+        elif reason == "late_conversion":
+            assert ts - min(clicks[tid]) > window.conversion_window_s
+        else:
+            pytest.fail(f"unexpected reason {reason}")
+    assert {r for _, r in seen} >= LINE_REASONS | {"duplicate_click", "orphan_click"}
+
+
+def test_valid_events_join_cleanly(parsed):
+    """Unlisted clicks and conversions belong to a valid impression, within the windows, click first."""
+    window = SCHEMA.attribution
+    impressions = {o["trace_id"]: o["ts"] for o in _valid(parsed, "impressions")}
+    clicks = {}
+    for c in _valid(parsed, "clicks"):
+        assert c["trace_id"] not in clicks, "a second unlisted click for one trace_id"
+        assert 0 < c["ts"] - impressions[c["trace_id"]] <= window.click_window_s
+        clicks[c["trace_id"]] = c["ts"]
+    conversions = _valid(parsed, "conversions")
+    assert conversions, "no valid conversion in the sample"
+    for c in conversions:
+        assert 0 < c["ts"] - clicks[c["trace_id"]] <= window.conversion_window_s
+    assert len({c["trace_id"] for c in conversions}) == len(conversions)
+
+
+def test_same_seed_byte_identical_other_seed_differs(logs, tmp_path):
+    out, _ = logs
+    again = tmp_path / "again"
+    generate(str(again), progress=False, **SETTINGS)
+    for path in sorted(out.rglob("*")):
+        if path.is_file():
+            assert path.read_bytes() == (again / path.relative_to(out)).read_bytes(), path
+    other = tmp_path / "other"
+    generate(str(other), progress=False, **{**SETTINGS, "seed": 8, "days": 1})
+    rel = "impressions/2026-01-01/part-00000.jsonl.gz"
+    assert (other / rel).read_bytes() != (out / rel).read_bytes()
+
+
+def test_truth_covers_impressions_and_rates_are_realistic(logs, parsed):
+    _, info = logs
+    truth = [json.loads(line) for rel, lines in parsed["files"].items() if rel.startswith("truth/") for line in lines]
+    assert all(set(t) == {"trace_id", "p_ctr", "p_cvr"} for t in truth)
+    assert {t["trace_id"] for t in truth} >= {o["trace_id"] for o in _valid(parsed, "impressions")}
+    assert len(truth) == len({t["trace_id"] for t in truth}) == 6000
+    p_ctr = np.array([t["p_ctr"] for t in truth])
+    p_cvr = np.array([t["p_cvr"] for t in truth])
+    assert ((p_ctr > 0) & (p_ctr < 1) & (p_cvr > 0) & (p_cvr < 1)).all()
+    assert 0.015 < p_ctr.mean() < 0.05
+    assert 0.05 < np.average(p_cvr, weights=p_ctr) < 0.15
+    assert info["true_rates"]["mean_p_ctr"] == pytest.approx(p_ctr.mean(), rel=1e-4)
+    sampled_ctr = len(_valid(parsed, "clicks")) / 6000
+    assert abs(sampled_ctr - p_ctr.mean()) < 0.01
+    assert not ({"p_ctr", "p_cvr"} & set(SCHEMA.fields))
+
+
+def test_world_rates_drift_and_clusters():
+    """On a larger in-memory sample: rates in range, effects drift over days, clusters differ."""
+    world = World(3)
+    x = world.sample(np.random.default_rng(0), 50_000, 0, 0)
+    assert 0.02 < x["p_ctr"].mean() < 0.05
+    assert 0.05 < np.average(x["p_cvr"], weights=x["p_ctr"]) < 0.15
+    base = np.log(x["p_ctr"])
+    corr = [np.corrcoef(base, np.log(world.probabilities(x, x["second"] / 86400 + d)[0]))[0, 1] for d in (1, 10)]
+    assert 0.5 < corr[1] < corr[0] < 1.0
+    assert np.ptp(world.ctr.cluster_w, axis=0).max() > 0.3
+
+
+def test_scenario_traffic_is_long_tailed(parsed):
+    counts = Counter(f"{o['media']}|{o['slot']}" for o in _valid(parsed, "impressions"))
+    assert all(len(k) == 7 and k[0] == "m" and k[4] == "s" for k in counts)
+    top = sorted(counts.values(), reverse=True)
+    assert sum(top[:30]) > 0.5 * sum(top)  # 10 % of the 300 scenarios carry most traffic
+    assert sum(v < 10 for v in counts.values()) + 300 - len(counts) > 150  # most are long tail
+
+
+def test_cli_help_bad_flag_and_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["datagen", "--help"])
+    assert e.value.code == 0 and "--corrupt-rate" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["datagen", "--out", str(tmp_path / "x"), "--corrupt-rate", "2"])
+    assert e.value.code == 2 and "--corrupt-rate: expected a number in [0, 0.5], got 2.0" in capsys.readouterr().err
+    assert (
+        cli.main(
+            ["datagen", "--out", str(tmp_path / "y"), "--days", "1", "--impressions-per-day", "300", "--no-progress"]
+        )
+        == 0
+    )
+    assert "impressions 300" in capsys.readouterr().out
+    assert cli.main(["datagen", "--out", str(tmp_path / "y"), "--start-date", "2026-02-30"]) == 2
+    assert "start_date must be YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_generate_rejects_what_it_cannot_write(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        generate(str(tmp_path), days=1, impressions_per_day=10, progress=False)
+    fields = dict(SCHEMA.fields)
+    fields["device"] = dataclasses.replace(fields["device"], values=["phone", "watch"])
+    bad = dataclasses.replace(SCHEMA, fields=fields)
+    with pytest.raises(ValueError, match=r"fields\.device\.values"):
+        generate(str(tmp_path / "z"), days=1, impressions_per_day=10, schema=bad, progress=False)

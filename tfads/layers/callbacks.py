@@ -1,0 +1,115 @@
+"""Keras callbacks that drive AdaSparse's training schedules: the slope alpha and the regulariser's lambda.
+
+Both are functions of the optimizer's step counter, so a run resumed by ``BackupAndRestore`` (or a
+warm start) continues the schedule where it stopped, and both write non-trainable variables that are
+saved with the model, so inference uses the final values and never changes them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import tf_keras as keras
+
+from tfads.layers.adasparse import AdaSparsePruner, find_pruners
+
+
+class _PrunerSchedule(keras.callbacks.Callback):
+    """Sets one variable of every pruner from the optimizer step before each training batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pruners: list[AdaSparsePruner] = []
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._pruners = [p for p in find_pruners(self.model) if self._applies_to(p)]
+        if not self._pruners:
+            raise ValueError(f"{type(self).__name__}: the model has no AdaSparsePruner this schedule applies to.")
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        step = int(self.model.optimizer.iterations.numpy())
+        for p in self._pruners:
+            self._assign(p, step)
+
+    def _applies_to(self, pruner: AdaSparsePruner) -> bool:
+        return pruner.prunes
+
+    def _assign(self, pruner: AdaSparsePruner, step: int) -> None:
+        raise NotImplementedError
+
+
+class AlphaAnnealer(_PrunerSchedule):
+    """Anneals every pruner's slope ``alpha`` from ``start`` to ``end`` over ``total_steps`` optimizer steps.
+
+    ``alpha(t) = start * (end / start) ** min(t / total_steps, 1)`` (geometric: the slope multiplies by a
+    constant factor per step, so the early, soft phase and the late, near-step phase get equal time on a
+    log scale), or linear with ``schedule="linear"``. After ``total_steps`` alpha stays at ``end``.
+
+    Args:
+      start, end: first and final alpha (paper: 0.1 -> 5).
+      total_steps: steps over which to anneal; None uses ``epochs * steps`` from ``fit``.
+      schedule: "geometric" or "linear".
+    """
+
+    def __init__(
+        self, start: float = 0.1, end: float = 5.0, total_steps: int | None = None, schedule: str = "geometric"
+    ) -> None:
+        super().__init__()
+        if schedule not in ("geometric", "linear"):
+            raise ValueError(f"AlphaAnnealer: `schedule` must be 'geometric' or 'linear'. Received: {schedule!r}.")
+        if start <= 0 or end <= 0:
+            raise ValueError(f"AlphaAnnealer: alpha must be positive. Received: start={start}, end={end}.")
+        if total_steps is not None and total_steps <= 0:
+            raise ValueError(f"AlphaAnnealer: `total_steps` must be positive. Received: {total_steps}.")
+        self.start, self.end, self.total_steps, self.schedule = float(start), float(end), total_steps, schedule
+        self._total = 0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        if self.total_steps is not None:
+            self._total = self.total_steps
+            return
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        if not epochs or not steps:
+            raise ValueError("AlphaAnnealer: the number of steps is unknown; pass `total_steps`.")
+        self._total = int(epochs) * int(steps)
+
+    def alpha_at(self, step: int) -> float:
+        """The scheduled alpha at optimizer step ``step``."""
+        frac = min(step / self._total, 1.0) if self._total else 1.0
+        if self.schedule == "linear":
+            return self.start + (self.end - self.start) * frac
+        return self.start * (self.end / self.start) ** frac
+
+    def _assign(self, pruner: AdaSparsePruner, step: int) -> None:
+        pruner.alpha.assign(self.alpha_at(step))
+
+
+class SparsityLambdaScheduler(_PrunerSchedule):
+    """Grows every pruner's ``lambda_hat`` geometrically: ``lambda_init * growth ** (t / growth_steps)``.
+
+    Capped at ``max_lambda``. The regulariser is zero while a layer's sparsity is inside its range, so a
+    large lambda only acts on layers that leave it, pulling them back harder the longer training runs.
+
+    Args:
+      growth: multiplier per ``growth_steps`` optimizer steps (> 1).
+      growth_steps: steps per multiplication.
+      max_lambda: upper bound of lambda_hat.
+    """
+
+    def __init__(self, growth: float = 2.0, growth_steps: int = 1000, max_lambda: float = 10.0) -> None:
+        super().__init__()
+        if growth < 1.0:
+            raise ValueError(f"SparsityLambdaScheduler: `growth` must be >= 1. Received: growth={growth}.")
+        if growth_steps <= 0:
+            raise ValueError(f"SparsityLambdaScheduler: `growth_steps` must be positive. Received: {growth_steps}.")
+        self.growth, self.growth_steps, self.max_lambda = float(growth), int(growth_steps), float(max_lambda)
+
+    def lambda_at(self, lambda_init: float, step: int) -> float:
+        """The scheduled lambda_hat at optimizer step ``step`` for a pruner starting at ``lambda_init``."""
+        exponent = step / self.growth_steps * math.log(self.growth)
+        return min(self.max_lambda, lambda_init * math.exp(min(exponent, 700.0)))
+
+    def _assign(self, pruner: AdaSparsePruner, step: int) -> None:
+        pruner.lambda_hat.assign(self.lambda_at(pruner.lambda_init, step))

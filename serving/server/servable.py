@@ -1,0 +1,161 @@
+"""One loaded model version: its SavedModel, signatures and their input/output specs."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+
+from serving.server.errors import ServingError
+from serving.server.tensors import dtype_name
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class Signature:
+    """A serving signature: specs read from the SavedModel, and the concrete function that runs it."""
+
+    name: str
+    method_name: str
+    inputs: dict[str, tf.TensorSpec]
+    outputs: dict[str, tf.TensorSpec]
+    fn: Callable
+    runner: RunFn | None = field(default=None, repr=False)  # set by batching; defaults to run_direct
+
+    def run_direct(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call the concrete function on validated numpy inputs; TF errors become ServingErrors."""
+        try:
+            result = self.fn(**{k: tf.convert_to_tensor(v, self.inputs[k].dtype) for k, v in inputs.items()})
+        except tf.errors.OpError as e:
+            raise ServingError(_grpc_code(e.error_code), e.message) from e
+        except (TypeError, ValueError) as e:
+            raise ServingError.invalid_argument(str(e)) from e
+        return {k: v.numpy() for k, v in result.items()}
+
+    def run(self, inputs: dict[str, np.ndarray], output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Validate inputs like TF Serving's Predict, run (batched if enabled), keep filtered outputs."""
+        self.check_inputs(inputs)
+        for alias in output_filter:
+            if alias not in self.outputs:
+                raise ServingError.invalid_argument(
+                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                    f"{{{','.join(sorted(self.outputs))}}}."
+                )
+        outputs = (self.runner or self.run_direct)(inputs)
+        return {k: outputs[k] for k in output_filter} if output_filter else outputs
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """INVALID_ARGUMENT for missing/extra aliases, wrong dtype or incompatible shape."""
+        sent, expected = set(inputs), set(self.inputs)
+        if sent != expected:
+            raise ServingError.invalid_argument(
+                f"input size does not match signature: {len(sent)}!={len(expected)} "
+                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+                f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+                f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
+            )
+        for i, alias in enumerate(sorted(self.inputs)):
+            spec, value = self.inputs[alias], inputs[alias]
+            if not _dtype_matches(spec.dtype, value):
+                got = "string" if value.dtype == object else dtype_name(tf.as_dtype(value.dtype).as_datatype_enum)
+                raise ServingError.invalid_argument(
+                    f"Expects arg[{i}] to be {dtype_name(spec.dtype.as_datatype_enum)} but {got} is provided"
+                )
+            if not spec.shape.is_compatible_with(value.shape):
+                raise ServingError.invalid_argument(
+                    f"input '{alias}': shape {list(value.shape)} is not compatible with the signature's "
+                    f"shape {spec.shape.as_list() if spec.shape.rank is not None else 'unknown'}"
+                )
+
+
+def _dtype_matches(dtype: tf.DType, value: np.ndarray) -> bool:
+    if dtype == tf.string:
+        return value.dtype == object or value.dtype.kind in "SU"
+    return value.dtype != object and tf.as_dtype(value.dtype) == dtype
+
+
+def _grpc_code(tf_code: int) -> grpc.StatusCode:
+    return next((c for c in grpc.StatusCode if c.value[0] == tf_code), grpc.StatusCode.UNKNOWN)
+
+
+def _spec(info: meta_graph_pb2.TensorInfo) -> tf.TensorSpec:
+    shape = None if info.tensor_shape.unknown_rank else [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
+    return tf.TensorSpec(shape, tf.as_dtype(info.dtype))
+
+
+def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The ``serve``-tagged MetaGraph's SignatureDefs from ``<path>/saved_model.pb``."""
+    pb_path = os.path.join(path, "saved_model.pb")
+    saved = saved_model_pb2.SavedModel()
+    with open(pb_path, "rb") as f:
+        saved.ParseFromString(f.read())
+    for meta_graph in saved.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise ServingError.not_found(f"{pb_path}: no MetaGraph tagged 'serve'")
+
+
+@dataclass
+class Servable:
+    """A loaded (name, version) ready to answer requests."""
+
+    name: str
+    version: int
+    path: str
+    signatures: dict[str, Signature]
+    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+    load_seconds: float
+    _model: object = field(repr=False, default=None)  # keeps the loaded object (and its variables) alive
+
+    @classmethod
+    def load(cls, name: str, version: int, path: str) -> Servable:
+        """Load ``path`` as a SavedModel; any failure becomes a ServingError naming the path."""
+        start = time.perf_counter()
+        try:
+            signature_defs = read_signature_defs(path)
+            model = tf.saved_model.load(path, tags=["serve"])
+        except ServingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any load failure is reported in GetModelStatus
+            raise ServingError.internal(f"Failed to load SavedModel at {path}: {type(e).__name__}: {e}") from e
+        signatures = {}
+        for key, fn in model.signatures.items():
+            sig_def = signature_defs.get(key)
+            if sig_def is None:
+                continue
+            signatures[key] = Signature(
+                name=key,
+                method_name=sig_def.method_name,
+                inputs={k: _spec(v) for k, v in sig_def.inputs.items()},
+                outputs={k: _spec(v) for k, v in sig_def.outputs.items()},
+                fn=fn,
+            )
+        return cls(name, version, path, signatures, signature_defs, time.perf_counter() - start, model)
+
+    def signature(self, name: str) -> Signature:
+        """The signature ``name`` (empty = serving_default), FAILED_PRECONDITION if absent like TF Serving."""
+        key = name or DEFAULT_SIGNATURE
+        sig = self.signatures.get(key)
+        if sig is None:
+            raise ServingError.failed_precondition(f'Serving signature name: "{key}" not found in signature def')
+        return sig
+
+    def metadata(self) -> get_model_metadata_pb2.SignatureDefMap:
+        """The SignatureDefMap GetModelMetadata returns under ``signature_def``."""
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, sig_def in self.signature_defs.items():
+            sig_map.signature_def[key].CopyFrom(sig_def)
+        return sig_map

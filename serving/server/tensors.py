@@ -1,0 +1,69 @@
+"""TensorProto <-> numpy conversion with fast paths for the dtypes ad models use."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from serving.server.errors import ServingError
+
+# dtype enum -> (typed repeated field, numpy dtype)
+_FIELDS: dict[int, tuple[str, type]] = {
+    types_pb2.DT_FLOAT: ("float_val", np.float32),
+    types_pb2.DT_DOUBLE: ("double_val", np.float64),
+    types_pb2.DT_INT32: ("int_val", np.int32),
+    types_pb2.DT_INT64: ("int64_val", np.int64),
+    types_pb2.DT_BOOL: ("bool_val", np.bool_),
+    types_pb2.DT_STRING: ("string_val", object),
+}
+
+
+def dtype_name(dtype: int) -> str:
+    """TF's DataTypeString: DT_FLOAT -> ``float``, DT_STRING -> ``string``."""
+    return types_pb2.DataType.Name(dtype)[3:].lower()
+
+
+def to_ndarray(proto: tensor_pb2.TensorProto, alias: str = "") -> np.ndarray:
+    """Decode a TensorProto (typed fields or tensor_content) into a numpy array."""
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    spec = _FIELDS.get(proto.dtype)
+    if spec is None:
+        try:
+            return tf.make_ndarray(proto)
+        except (TypeError, ValueError) as e:
+            raise ServingError.invalid_argument(f"input '{alias}': cannot decode tensor: {e}") from e
+    field, np_dtype = spec
+    if proto.tensor_content and np_dtype is not object:
+        arr = np.frombuffer(proto.tensor_content, dtype=np_dtype)
+    else:
+        values = getattr(proto, field)
+        arr = np.array(values, dtype=np_dtype) if np_dtype is not object else np.array(list(values), dtype=object)
+    size = math.prod(shape)
+    if arr.size == size:
+        return arr.reshape(shape)
+    if arr.size == 1:  # TF fills a tensor with its single given value
+        return np.full(shape, arr[0], dtype=arr.dtype)
+    raise ServingError.invalid_argument(
+        f"input '{alias}': tensor has {arr.size} values but its shape {list(shape)} needs {size}"
+    )
+
+
+def from_ndarray(arr: np.ndarray) -> tensor_pb2.TensorProto:
+    """Encode a numpy array into a TensorProto using typed fields, as TF Serving responds."""
+    if arr.dtype == object or arr.dtype.kind in "SU":
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in arr.ravel())
+    else:
+        dtype = tf.as_dtype(arr.dtype).as_datatype_enum
+        field = _FIELDS.get(dtype)
+        if field is None:
+            return tf.make_tensor_proto(arr)
+        proto = tensor_pb2.TensorProto(dtype=dtype)
+        getattr(proto, field[0]).extend(arr.ravel().tolist())
+    proto.tensor_shape.CopyFrom(
+        tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape])
+    )
+    return proto

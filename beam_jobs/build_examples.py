@@ -1,0 +1,62 @@
+"""Beam job: raw ad logs -> TFRecord examples, vocabularies, posterior statistics and manifest.json.
+
+    python -m beam_jobs.build_examples --logs LOGS --out OUT [--cold-start] \
+        [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]
+
+Also ``tfads build`` (same flags). See BUILD.md "Beam data job".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+import apache_beam as beam
+
+from beam_jobs.files import read_bytes
+from beam_jobs.manifest import summary_text
+from beam_jobs.options import add_arguments, pipeline_options, resolve_job
+from beam_jobs.pipeline import BuildExamples
+from tfads.configtools import ConfigError
+
+__all__ = ["add_arguments", "main", "run"]
+
+
+def run(args: argparse.Namespace | Sequence[str] | None = None) -> int:
+    """Run the job from parsed ``args`` (``tfads build``) or an argv list; print the summary; 0 on success.
+
+    User mistakes (bad flag, missing input, bad schema) print one ``error:`` line and return 2.
+    """
+    extra: list[str] = []
+    if not isinstance(args, argparse.Namespace):
+        parser = argparse.ArgumentParser(prog="python -m beam_jobs.build_examples", description=__doc__.splitlines()[0])
+        add_arguments(parser)
+        args, extra = parser.parse_known_args(args)
+    try:
+        options = pipeline_options(args, extra)
+        job = resolve_job(args)
+    except ConfigError as e:
+        print(f"build_examples: error: {e}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    with beam.Pipeline(options=options) as pipeline:
+        _ = pipeline | "BuildExamples" >> BuildExamples(job)
+    elapsed = time.perf_counter() - start
+    manifest = json.loads(read_bytes(f"{job.out}/manifest.json"))
+    print(summary_text(manifest))
+    print(f"wrote {job.out}/manifest.json in {elapsed:.1f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m beam_jobs.build_examples`` entry point."""
+    logging.basicConfig(level=logging.WARNING)
+    return run(sys.argv[1:] if argv is None else list(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

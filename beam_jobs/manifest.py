@@ -1,0 +1,94 @@
+"""``manifest.json``: the contract later jobs read (shape in BUILD.md), and its readable summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from beam_jobs.posterior import BetaPrior
+from beam_jobs.stats import Tally, mean_std
+from tfads.schema import DerivedField, Schema
+
+DTYPES = {"string": "string", "int": "int64", "float": "float32"}
+POSTERIOR_PATH = "posterior/stats.jsonl"
+
+
+def vocab_path(feature: str) -> str:
+    """Vocabulary file of ``feature``, relative to the output directory."""
+    return f"vocab/{feature}.txt"
+
+
+def feature_entries(schema: Schema, tally: Tally, vocab_sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The manifest's ``features`` block: kind, dtype and the statistics each kind needs."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, f in schema.features.items():
+        dtype = "string" if isinstance(f, DerivedField) else DTYPES[f.type]
+        entry: dict[str, Any] = {"kind": f.feature, "dtype": dtype, "domain_aware": f.domain_aware,
+                                 "calibration": f.calibration}
+        if f.feature == "categorical":
+            entry.update(vocab=vocab_path(name), vocab_size=vocab_sizes[name])
+        elif f.feature == "hashed":
+            entry["hash_bins"] = f.hash_bins
+        else:
+            mean, std = mean_std(tally.numeric[name])
+            entry.update(log=f.log, mean=mean, std=std, boundaries=list(f.boundaries or []))
+        out[name] = entry
+    return out
+
+
+def build_manifest(
+    *, schema: Schema, schema_mapping: dict, tally: Tally, splits: dict[str, list[str]], out: str,
+    vocab_sizes: dict[str, int], priors: dict[str, dict[str, BetaPrior]], dead_letter_files: list[str],
+) -> dict[str, Any]:
+    """Assemble the manifest; file paths are made relative to ``out``."""
+    def rel(path: str) -> str:
+        return path[len(out.rstrip("/")) + 1:] if path.startswith(out) else path
+
+    days = {d: {"files": [rel(p) for p in tally.files.get(d, [])], "examples": tally.days[d]["examples"]}
+            for d in sorted(tally.days)}
+    split_block = {}
+    for name, names in splits.items():
+        keys = ("examples", "clicks", "conversions", "feed")
+        c = {k: sum(tally.days.get(d, {}).get(k, 0) for d in names) for k in keys}
+        split_block[name] = {
+            "days": names, "files": [f for d in names for f in days.get(d, {}).get("files", [])],
+            "examples": c["examples"], "feed_examples": c["feed"], "clicks": c["clicks"],
+            "conversions": c["conversions"], "ctr": c["clicks"] / c["examples"] if c["examples"] else 0.0,
+            "cvr": c["conversions"] / c["clicks"] if c["clicks"] else 0.0,
+        }
+    inputs = {log: {"read": c["read"], "valid": c["read"] - c["dead_letter"], "dead_letter": c["dead_letter"]}
+              for log, c in sorted(tally.inputs.items())}
+    all_days = sorted(tally.days)
+    return {
+        "version": 1,
+        "schema": schema_mapping,
+        "features": feature_entries(schema, tally, vocab_sizes),
+        "labels": list(schema.labels),
+        "weight": schema.weight_feature,
+        "source": schema.source_feature,
+        "splits": split_block,
+        "days": days,
+        "inputs": inputs,
+        "dead_letter": {"files": sorted(rel(p) for p in dead_letter_files),
+                        "by_reason": dict(sorted(tally.reasons.items()))},
+        "posterior": {"path": POSTERIOR_PATH,
+                      "priors": {f: {r: {"alpha": p.alpha, "beta": p.beta} for r, p in rates.items()}
+                                 for f, rates in priors.items()}},
+        "date_range": [all_days[0], all_days[-1]] if all_days else [],
+    }
+
+
+def summary_text(manifest: dict[str, Any]) -> str:
+    """A few readable lines: inputs, dead letters, splits, vocabulary sizes."""
+    lines = ["inputs (read = valid + dead_letter):"]
+    for log, c in manifest["inputs"].items():
+        lines.append(f"  {log:<12} read {c['read']:>10,}  valid {c['valid']:>10,}  dead_letter {c['dead_letter']:>8,}")
+    reasons = ", ".join(f"{k} {v:,}" for k, v in manifest["dead_letter"]["by_reason"].items()) or "none"
+    lines.append(f"dead letters by reason: {reasons}")
+    lines.append("splits:")
+    for name, s in manifest["splits"].items():
+        span = f"{s['days'][0]}..{s['days'][-1]}" if s["days"] else "-"
+        lines.append(f"  {name:<6} {span:<22} examples {s['examples']:>10,} (feed {s['feed_examples']:,})"
+                     f"  ctr {s['ctr']:.4f}  cvr {s['cvr']:.4f}")
+    vocab = ", ".join(f"{n} {f['vocab_size']}" for n, f in manifest["features"].items() if "vocab_size" in f)
+    lines.append(f"vocabulary sizes: {vocab}")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""Command-line options of the Beam job: its own flags, Beam's pipeline flags, and input discovery."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+    WorkerOptions,
+)
+
+from beam_jobs.files import match
+from tfads.configtools import ConfigError
+from tfads.schema import DEFAULT_SCHEMA, Schema, Splits, load_schema
+
+BEAM_OPTIONS = (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions)
+EVENT_LOGS = ("impressions", "clicks", "conversions")
+SPLITS = ("train", "valid", "calib", "test")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class JobError(ConfigError):
+    """A user mistake in the job's flags or inputs; the message names the flag or path."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One log file the job reads: its log, path and position in the job's file list."""
+
+    index: int
+    log: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything the pipeline needs, resolved from flags and the input directory."""
+
+    logs: str
+    out: str
+    schema: Schema
+    schema_path: str
+    cold_start: bool
+    files: tuple[InputFile, ...]
+    splits: dict[str, list[str]]
+
+    @property
+    def day_split(self) -> dict[str, str]:
+        """Day -> split name."""
+        return {d: s for s, days in self.splits.items() for d in days}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The job's flags plus Beam's standard, direct-runner, Dataflow, worker and setup flags."""
+    parser.add_argument("--logs", required=True, help="raw log directory written by `tfads datagen` (local or gs://)")
+    parser.add_argument("--out", required=True, help="output directory (local or gs://)")
+    parser.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="feature/schema YAML (default: %(default)s)")
+    parser.add_argument(
+        "--cold-start", "--with-feed", dest="cold_start", action=argparse.BooleanOptionalAction, default=None,
+        help="add organic-feed samples as extra examples (default: schema cold_start.enabled)",
+    )
+    for cls in BEAM_OPTIONS:
+        cls._add_argparse_args(parser.add_argument_group(f"Beam {cls.__name__}"))
+
+
+def pipeline_options(args: argparse.Namespace, extra: Sequence[str] = ()) -> PipelineOptions:
+    """PipelineOptions from the Beam flags set in ``args`` plus ``extra`` raw flags; unknown flags are an error."""
+    beam_only = argparse.ArgumentParser(add_help=False)
+    for cls in BEAM_OPTIONS:
+        cls._add_argparse_args(beam_only)
+    defaults = vars(beam_only.parse_args([]))
+    overrides = {k: v for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+    options = PipelineOptions(list(extra), **overrides)
+    unknown = set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    if unknown:
+        raise JobError(f"unknown flag(s): {', '.join('--' + u for u in sorted(unknown))}")
+    return options
+
+
+def resolve_job(args: argparse.Namespace) -> Job:
+    """Load the schema, find the input files and split the days; JobError/ConfigError on a mistake."""
+    schema = load_schema(args.schema)
+    cold_start = schema.cold_start.enabled if args.cold_start is None else args.cold_start
+    logs = _absolute(args.logs.rstrip("/"))
+    out = _absolute(args.out.rstrip("/"))
+    if "://" not in logs and not os.path.isdir(logs):
+        raise JobError(f"--logs {args.logs}: directory not found")
+    files: list[InputFile] = []
+    for log in EVENT_LOGS + (("feed",) if cold_start else ()):
+        paths = match(FileSystems.join(logs, log, "*", "*.jsonl.gz"))
+        if not paths and log in ("impressions", "feed"):
+            hint = " (drop --cold-start or generate with --with-feed)" if log == "feed" else ""
+            raise JobError(f"--logs {args.logs}: no {log} files matching {log}/<YYYY-MM-DD>/*.jsonl.gz{hint}")
+        files += [InputFile(len(files) + i, log, p) for i, p in enumerate(paths)]
+    days = sorted({_day_of(f.path) for f in files if f.log == "impressions"})
+    return Job(logs, out, schema, str(args.schema), cold_start, tuple(files), split_days(days, schema.splits))
+
+
+def split_days(days: list[str], splits: Splits) -> dict[str, list[str]]:
+    """Test = the last ``test_days``, calib before it, valid before that, train = the rest (at least one day)."""
+    held = [("test", splits.test_days), ("calib", splits.calib_days), ("valid", splits.valid_days)]
+    need = sum(n for _, n in held) + 1
+    if len(days) < need:
+        raise JobError(
+            f"the logs cover {len(days)} day(s) ({', '.join(days)}), but splits need at least {need}: "
+            f"valid_days + calib_days + test_days + one train day"
+        )
+    out: dict[str, list[str]] = {}
+    end = len(days)
+    for name, n in held:
+        out[name] = days[end - n:end]
+        end -= n
+    out["train"] = days[:end]
+    return {name: out[name] for name in SPLITS}
+
+
+def _day_of(path: str) -> str:
+    day = path.rstrip("/").split("/")[-2]
+    if not _DAY.match(day):
+        raise JobError(f"{path}: expected the file under a YYYY-MM-DD directory")
+    return day
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)

@@ -1,0 +1,95 @@
+"""Mergeable counts the job gathers per file and per bucket, combined once at the end.
+
+Statistics that feed the model (value counts for vocabularies and posteriors, numeric moments) are taken
+on the train split's ad samples only: feed samples are a different traffic and carry default values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tfads.schema import Schema
+
+VALUE_COLUMNS = ["impressions", "clicks", "conversions"]
+
+
+@dataclass
+class Tally:
+    """Counts of one piece of work; ``merge`` adds another piece's."""
+
+    inputs: dict[str, Counter] = field(default_factory=dict)  # log -> {read, dead_letter}
+    reasons: Counter = field(default_factory=Counter)  # dead-letter reason -> count
+    days: dict[str, Counter] = field(default_factory=dict)  # day -> {examples, clicks, conversions, feed}
+    files: dict[str, list[str]] = field(default_factory=dict)  # day -> example shard paths
+    values: dict[str, pd.DataFrame] = field(default_factory=dict)  # field -> value x VALUE_COLUMNS (train ads)
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)  # feature -> [n, sum, sum of squares]
+
+    def count_input(self, log: str, read: int, dead: list[dict]) -> None:
+        """Record ``read`` lines of ``log`` and the dead letters produced from them."""
+        self.inputs.setdefault(log, Counter()).update(read=read, dead_letter=len(dead))
+        self.reasons.update(d["reason"] for d in dead)
+
+    def merge(self, other: Tally) -> Tally:
+        """Add ``other`` into this tally and return it."""
+        for log, c in other.inputs.items():
+            self.inputs.setdefault(log, Counter()).update(c)
+        self.reasons.update(other.reasons)
+        for day, c in other.days.items():
+            self.days.setdefault(day, Counter()).update(c)
+        for day, paths in other.files.items():
+            self.files[day] = sorted(self.files.get(day, []) + paths)
+        for name, frame in other.values.items():
+            mine = self.values.get(name)
+            self.values[name] = frame if mine is None else mine.add(frame, fill_value=0).astype(np.int64)
+        for name, m in other.numeric.items():
+            self.numeric[name] = self.numeric.get(name, np.zeros(3)) + m
+        return self
+
+
+def tally_examples(examples: pd.DataFrame, schema: Schema, day_col: str, train_days: set[str]) -> Tally:
+    """Per-day example counts of ``examples`` plus train statistics of its ad samples."""
+    tally = Tally()
+    is_feed = (examples[schema.source_feature] == "feed").to_numpy()
+    per_day = pd.DataFrame(
+        {"day": examples[day_col], "examples": 1, "clicks": examples["click"],
+         "conversions": examples["conversion"], "feed": is_feed.astype(np.int64)}
+    ).groupby("day").sum()
+    for day, row in per_day.iterrows():
+        tally.days[day] = Counter({k: int(v) for k, v in row.items()})
+    train = examples[examples[day_col].isin(train_days).to_numpy() & ~is_feed]
+    for name in posterior_fields(schema):
+        grouped = pd.DataFrame(
+            {"value": train[name].to_numpy(), "impressions": 1, "clicks": train["click"].to_numpy(),
+             "conversions": train["conversion"].to_numpy()}
+        ).groupby("value").sum()
+        tally.values[name] = grouped[VALUE_COLUMNS].astype(np.int64)
+    for name, f in schema.features.items():
+        if f.feature == "numeric":
+            x = numeric_values(train[name].to_numpy(), log=getattr(f, "log", False))
+            tally.numeric[name] = np.array([len(x), x.sum(), np.square(x).sum()])
+    return tally
+
+
+def posterior_fields(schema: Schema) -> list[str]:
+    """Fields with value statistics: every categorical feature and every calibration field."""
+    names = list(schema.vocab_features)
+    return names + [n for n in schema.calibration_fields if n not in names]
+
+
+def numeric_values(x: np.ndarray, *, log: bool) -> np.ndarray:
+    """A numeric feature as float64, after ``log1p`` when the schema says ``log: true``."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.log1p(x) if log else x
+
+
+def mean_std(moments: np.ndarray) -> tuple[float, float]:
+    """Mean and population standard deviation from [n, sum, sum of squares]."""
+    n, s, ss = (float(v) for v in moments)
+    if n == 0:
+        return 0.0, 1.0
+    mean = s / n
+    return mean, float(np.sqrt(max(ss / n - mean * mean, 0.0)))

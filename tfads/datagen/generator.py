@@ -25,6 +25,7 @@ from tfads.datagen.writer import json_lines, trace_ids, write_gz
 from tfads.schema import Schema, load_schema
 
 DAY_S = 86_400
+MAX_DAYS = 3660  # keeps the per-day trace-id namespaces of orphans and feed lines apart
 FEED_SHARE = 0.5  # organic-feed impressions per ad impression
 EVENT_LOGS = ("clicks", "conversions")
 OWNED = ("impressions", "clicks", "conversions", "feed", "truth", "corruptions.jsonl", "datagen.json")
@@ -111,14 +112,8 @@ class _Run:
     def __init__(
         self, out: Path, schema: Schema, seed: int, corrupt_rate: float, dates: list[str], epoch0: int
     ) -> None:
-        self.out, self.schema, self.seed, self.rate, self.dates, self.epoch0 = (
-            out,
-            schema,
-            seed,
-            corrupt_rate,
-            dates,
-            epoch0,
-        )
+        self.out, self.schema, self.seed = out, schema, seed
+        self.rate, self.dates, self.epoch0 = corrupt_rate, dates, epoch0
         self.specs = {
             "impressions": LogSpec.for_impressions(schema),
             "clicks": LogSpec.for_events(schema, "clicks", "orphan_click"),
@@ -184,8 +179,8 @@ def _prepare_out(out: Path) -> None:
 
 
 def _validate_args(days: int, impressions_per_day: int, corrupt_rate: float, start_date: str) -> dt.date:
-    if days < 1:
-        raise ValueError(f"days must be at least 1, got {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"days must be in [1, {MAX_DAYS}], got {days}")
     if not 1 <= impressions_per_day < 2**24:
         raise ValueError(f"impressions_per_day must be in [1, {2**24 - 1}], got {impressions_per_day}")
     if not 0.0 <= corrupt_rate <= 0.5:

@@ -29,7 +29,9 @@ def json_lines(df: pd.DataFrame, optional: tuple[str, ...] = ()) -> list[bytes]:
     """One compact JSON object per row (columns in order); NaN in an ``optional`` column omits the key."""
     if df.empty:
         return []
-    text = df.to_json(orient="records", lines=True, double_precision=8)
+    # One JSON array, then one object per line: faster than pandas' own lines=True, and safe because
+    # no generated value contains a brace.
+    text = df.to_json(orient="records", double_precision=8)[1:-1].replace("},{", "}\n{")
     for name in optional:
         text = text.replace(f',"{name}":null', "").replace(f'"{name}":null,', "")
     return text.encode().splitlines()

@@ -169,6 +169,8 @@ def test_manifest_lines_are_malformed_exactly_as_stated(parsed):
             assert min(clicks[tid]) < ts <= min(clicks[tid]) + 30
         elif reason == "late_conversion":
             assert ts - min(clicks[tid]) > window.conversion_window_s
+        elif reason == "conversion_without_click":
+            assert tid in impressions and tid not in clicks
         else:
             pytest.fail(f"unexpected reason {reason}")
     assert {r for _, r in seen} >= LINE_REASONS | {"duplicate_click", "orphan_click"}

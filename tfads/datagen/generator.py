@@ -43,7 +43,7 @@ NUMBERS = {
     "price": "float",
     "clicked": "int",
 }
-EVENT_TYPES = {"clicks": {"ts": "int"}, "conversions": {"ts": "int", "value": "float"}}
+EVENT_TYPES: dict[str, dict[str, str]] = {"clicks": {}, "conversions": {"value": "float"}}  # besides key and ts
 
 
 def _column_type(name: str) -> str | None:
@@ -245,7 +245,7 @@ def generate(
         ts = epoch0 + day * DAY_S + x["second"]
         tid = trace_ids(seed, day * impressions_per_day + np.arange(impressions_per_day))
         events: Events = make_events(
-            rng, tid, ts, x["p_ctr"], x["p_cvr"], window.click_window_s, window.conversion_window_s
+            rng, tid, ts, x["p_ctr"], x["p_cvr"], window.click_window_s, window.conversion_window_s, key, tcol
         )
         for log in EVENT_LOGS:
             df = getattr(events, log)
@@ -253,7 +253,7 @@ def generate(
                 pending[log][int(d)].append(part)
         imps = _columns(x, list(schema.fields), key, tid, tcol, ts)
         _check_ranges(imps, schema)
-        run.emit("impressions", day, imps.assign(corruptible=~events.clicked))
+        run.emit("impressions", day, imps.assign(corruptible=~events.referenced))
         run.emit("truth", day, pd.DataFrame({key: tid, "p_ctr": x["p_ctr"], "p_cvr": x["p_cvr"]}))
         sums.update(p_ctr=float(x["p_ctr"].sum()), p_ctcvr=float((x["p_ctr"] * x["p_cvr"]).sum()))
         for log in EVENT_LOGS:

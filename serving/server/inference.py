@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import message
 from tensorflow_serving.apis import (
     classification_pb2,
     inference_pb2,
@@ -192,14 +193,16 @@ def replay_warmup(servable: Servable) -> int:
         "regress_log": lambda log: regress(servable, log.request),
         "multi_inference_log": lambda log: multi_inference(servable, log.request),
     }
-    count = 0
-    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        count += 1
-        if count > MAX_WARMUP_RECORDS:
-            raise ServingError.invalid_argument(
-                f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
-            )
-        log = prediction_log_pb2.PredictionLog.FromString(record)
+    try:
+        records = list(tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS + 1).as_numpy_iterator())
+        logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in records]
+    except (tf.errors.OpError, message.DecodeError) as e:
+        raise ServingError.invalid_argument(f"Failed to read warmup data from {path}: {e}") from e
+    if len(logs) > MAX_WARMUP_RECORDS:
+        raise ServingError.invalid_argument(
+            f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
+        )
+    for count, log in enumerate(logs, start=1):
         kind = log.WhichOneof("log_type")
         if kind not in handlers:
             raise ServingError.invalid_argument(f"Unsupported log_type for warmup: {kind} in {path}")
@@ -207,4 +210,4 @@ def replay_warmup(servable: Servable) -> int:
             handlers[kind](getattr(log, kind))
         except ServingError as e:
             raise ServingError(e.code, f"Warmup request {count} in {path} failed: {e.message}") from e
-    return count
+    return len(logs)

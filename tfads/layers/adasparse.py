@@ -122,6 +122,7 @@ class AdaSparsePruner(keras.layers.Layer):
             trainable=False,
             dtype=tf.float32,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            autocast=False,
         )
         self.lambda_hat = self.add_weight(
             name="lambda_hat",
@@ -130,6 +131,7 @@ class AdaSparsePruner(keras.layers.Layer):
             trainable=False,
             dtype=tf.float32,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            autocast=False,
         )
         super().build(input_shape)
 

@@ -154,7 +154,7 @@ class PartitionedNormalization(keras.layers.Layer):
                 }
             )
             return self.add_weight(
-                name=name, shape=shape, initializer=init, trainable=trainable, dtype=tf.float32, **extra
+                name=name, shape=shape, initializer=init, trainable=trainable, dtype=tf.float32, autocast=False, **extra
             )
 
         self.gamma = weight("gamma", (dim,), "ones")

@@ -138,7 +138,8 @@ class _Run:
         else:
             rng = self._rng(log, day)
             df = df.assign(reason=df.get("reason", ""), corruptible=df.get("corruptible", True))
-            reasons = rng.choice(spec.reasons, rng.binomial(len(df), self.rate)) if self.rate > 0 else []
+            n_bad = rng.binomial(len(df), self.rate) if self.rate > 0 else 0
+            reasons = [str(r) for r in rng.choice(spec.reasons, n_bad)]
             n_orphans = int(np.sum(np.asarray(reasons) == spec.orphan_reason)) if spec.orphan_reason else 0
             if n_orphans:
                 ids = trace_ids(self.seed, NAMESPACE[log] + day * 2**24 + np.arange(n_orphans))

@@ -108,7 +108,7 @@ class Effects:
         )
 
     def logit(
-        self, x: dict[str, np.ndarray], cluster_feats: np.ndarray, cluster: np.ndarray, t: np.ndarray
+        self, x: dict[str, np.ndarray], cluster_feats: np.ndarray | None, cluster: np.ndarray, t: np.ndarray
     ) -> np.ndarray:
         """Logit for a batch: ``x`` maps feature name -> value index, ``t`` is time in days."""
         z = self.intercept + self.scenario_bias[x["scenario"]]
@@ -117,6 +117,8 @@ class Effects:
         theta = ROTATION_PER_DAY * t[:, None]
         cat = self.cat_emb_a[x["category"]] * np.cos(theta) + self.cat_emb_b[x["category"]] * np.sin(theta)
         z = z + self.cluster_alpha[cluster] * np.einsum("nr,nr->n", self.group_emb[x["user_group"]], cat)
+        if cluster_feats is None:  # no cluster-specific weights (the organic feed)
+            return z
         return z + np.einsum("nd,nd->n", self.cluster_w[cluster], cluster_feats)
 
 
@@ -261,10 +263,7 @@ class World:
 
     def _feed_prob(self, x: dict[str, np.ndarray], t: np.ndarray) -> np.ndarray:
         cluster = self.scenario_cluster[x["scenario"]]
-        return sigmoid(
-            self.feed.logit(x, np.zeros((len(t), self.feed.cluster_w.shape[1])), cluster, t)
-            + self.user_bias[x["user_id"]]
-        )
+        return sigmoid(self.feed.logit(x, None, cluster, t) + self.user_bias[x["user_id"]])
 
     def _calibrate(self, rng: np.random.Generator) -> None:
         """Set the intercepts so day-0 rates hit the targets."""

@@ -121,7 +121,6 @@ def test_sparsity_regulariser_is_zero_inside_range_and_has_gradient_outside() ->
     grad = tape.gradient(loss, pruner.dense.kernel).numpy()
     assert np.abs(grad).sum() > 0
     pruner.alpha.assign(5.0)
-    pruner.dense.bias.assign(np.full(16, 0.0, np.float32))
     pruner.dense.kernel.assign(np.zeros((20, 16), np.float32))
     pruner.dense.bias.assign(np.r_[np.full(3, -5.0), np.full(13, 5.0)].astype(np.float32))  # r_l = 3/16
     pruner([h, e])

@@ -17,7 +17,9 @@ from serving.server.errors import ServingError
 from serving.server.servable import RunFn, Servable
 
 
-class _Task:
+class BatchTask:
+    """One queued request; ``result()`` blocks until its batch has run."""
+
     __slots__ = ("inputs", "size", "enqueued", "done", "outputs", "error")
 
     def __init__(self, inputs: dict[str, np.ndarray], size: int) -> None:
@@ -25,6 +27,13 @@ class _Task:
         self.done = threading.Event()
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: ServingError | None = None
+
+    def result(self) -> dict[str, np.ndarray]:
+        """This request's rows of the batch outputs (or the batch's error)."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.outputs
 
 
 class BatchScheduler:
@@ -44,7 +53,7 @@ class BatchScheduler:
         self._max_batch = max_batch_size
         self._timeout = batch_timeout_micros / 1e6
         self._capacity = max_enqueued_batches * max_batch_size
-        self._queue: collections.deque[_Task] = collections.deque()
+        self._queue: collections.deque[BatchTask] = collections.deque()
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._closed = False
@@ -55,24 +64,30 @@ class BatchScheduler:
             t.start()
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        size = next(iter(inputs.values())).shape[0] if inputs and next(iter(inputs.values())).ndim else 1
+        return self.submit(inputs).result()
+
+    def submit(self, inputs: dict[str, np.ndarray]) -> BatchTask:
+        """Enqueue a request; UNAVAILABLE when the queue is full, INVALID_ARGUMENT when it is too big."""
+        first = next(iter(inputs.values()), None)
+        size = first.shape[0] if first is not None and first.ndim else 1
         if size > self._max_batch:
             raise ServingError.invalid_argument(
                 f"Task size {size} is larger than maximum input batch size {self._max_batch}"
             )
-        task = _Task(inputs, size)
+        task = BatchTask(inputs, size)
         with self._cond:
-            if self._closed:  # a request that resolved this version just before it was unloaded
-                return self._fn(inputs)
-            if self._queued_rows + size > self._capacity:
-                raise ServingError.unavailable("The batch scheduling queue to which this task was submitted is full")
-            self._queue.append(task)
-            self._queued_rows += size
-            self._cond.notify()
-        task.done.wait()
-        if task.error is not None:
-            raise task.error
-        return task.outputs
+            closed = self._closed
+            if not closed:
+                if self._queued_rows + size > self._capacity:
+                    raise ServingError.unavailable(
+                        "The batch scheduling queue to which this task was submitted is full"
+                    )
+                self._queue.append(task)
+                self._queued_rows += size
+                self._cond.notify()
+        if closed:  # a request that resolved this version just before it was unloaded runs unbatched
+            self._execute([task])
+        return task
 
     def close(self) -> None:
         """Finish queued work and stop the batch threads."""
@@ -82,7 +97,7 @@ class BatchScheduler:
         for t in self._threads:
             t.join()
 
-    def _next_batch(self) -> list[_Task] | None:
+    def _next_batch(self) -> list[BatchTask] | None:
         with self._cond:
             while not self._queue:
                 if self._closed:
@@ -106,15 +121,21 @@ class BatchScheduler:
 
     def _worker(self) -> None:
         while (batch := self._next_batch()) is not None:
-            try:
-                self._run(batch)
-            except ServingError as e:
-                for task in batch:
-                    task.error = e
-            for task in batch:
-                task.done.set()
+            self._execute(batch)
 
-    def _run(self, batch: list[_Task]) -> None:
+    def _execute(self, batch: list[BatchTask]) -> None:
+        try:
+            self._run(batch)
+        except ServingError as e:
+            for task in batch:
+                task.error = e
+        except Exception as e:  # noqa: BLE001 - a batch thread must never die with callers waiting
+            for task in batch:
+                task.error = ServingError.internal(f"{type(e).__name__}: {e}")
+        for task in batch:
+            task.done.set()
+
+    def _run(self, batch: list[BatchTask]) -> None:
         if len(batch) == 1:
             batch[0].outputs = self._fn(batch[0].inputs)
             return

@@ -1,0 +1,235 @@
+"""Tests of tfads.calibration: posterior statistics, the AdaCalib layer, its fitting and the baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+import tf_keras as keras
+
+from tfads.calibration import (
+    AdaCalib,
+    CalibStats,
+    HistogramBinning,
+    IsotonicCalibrator,
+    NeuCalib,
+    PerFieldIsotonic,
+    PlattScaling,
+    TemperatureScaling,
+    compute_calibration_stats,
+    fit_adacalib,
+)
+from tfads.calibration.adacalib import PREDICTION
+from tfads.calibration.fit import calibration_inputs
+
+N_SCENARIOS = 50
+
+
+def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Long-tailed scenarios; model p = sigmoid(logit(true p) + scenario bias + noise).
+
+    Returns (model p, label, scenario, true p). The scenario effects and biases are fixed (seed 0) so
+    every split shares them; ``seed`` draws the rows.
+    """
+    world = np.random.default_rng(0)
+    effect, bias = world.normal(0, 0.5, N_SCENARIOS), world.normal(0, 0.5, N_SCENARIOS)
+    share = 1.0 / np.arange(1, N_SCENARIOS + 1)
+    rng = np.random.default_rng(seed)
+    s = rng.choice(N_SCENARIOS, n, p=share / share.sum())
+    true_logit = rng.normal(-3, 0.8, n) + effect[s]
+    y = (rng.random(n) < 1 / (1 + np.exp(-true_logit))).astype(np.float64)
+    model_logit = true_logit + bias[s] + rng.normal(0, 0.3, n)
+    return 1 / (1 + np.exp(-model_logit)), y, np.array([f"s{i:02d}" for i in s]), 1 / (1 + np.exp(-true_logit))
+
+
+def field_rce(y: np.ndarray, p: np.ndarray, field: np.ndarray) -> float:
+    """Field-RCE = (1/N) sum_z N_z |sum_z (y - p)| / sum_z y, values without positives skipped."""
+    total = 0.0
+    for value in np.unique(field):
+        m = field == value
+        if y[m].sum() > 0:
+            total += m.sum() * abs((y[m] - p[m]).sum()) / y[m].sum()
+    return total / len(y)
+
+
+@pytest.fixture(scope="module")
+def calib() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    p, y, s, _ = synthetic(100_000, seed=1)
+    return p, y, s
+
+
+@pytest.fixture(scope="module")
+def stats(calib) -> CalibStats:
+    p, y, s = calib
+    return compute_calibration_stats(p, y, {"scenario": s})
+
+
+@pytest.fixture(scope="module")
+def layer(stats, calib) -> AdaCalib:
+    p, y, s = calib
+    return fit_adacalib(stats, p, y, {"scenario": s}, epochs=5, batch_size=2048, lr=0.003, seed=0)
+
+
+def _quantile(sorted_p: np.ndarray, q: float) -> float:
+    """Linear-interpolation quantile written out by hand."""
+    pos = q * (len(sorted_p) - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, len(sorted_p) - 1)
+    return float(sorted_p[lo] + (pos - lo) * (sorted_p[hi] - sorted_p[lo]))
+
+
+def test_stats_equal_straightforward_recomputation():
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.01, 0.3, 700)
+    y = (rng.random(700) < p).astype(float)
+    field = np.array(["a"] * 400 + ["b"] * 250 + ["c"] * 50)
+    m, lam = 20, 5.0
+    st = compute_calibration_stats(p, y, {"f": field}, bin_counts=(2, 4, 8), min_per_bin=m,
+                                   min_positives_per_bin=1, prior_strength=lam)
+    g_rate = y.mean()
+    assert st.global_stats.impressions == 700 and st.global_stats.rate == pytest.approx(g_rate)
+    for value in ("a", "b", "c"):
+        rows = field == value
+        pv, yv = p[rows], y[rows]
+        rate = (yv.sum() + lam * g_rate) / (rows.sum() + lam)
+        got = st.fields["f"][value]
+        assert (got.impressions, got.positives) == (rows.sum(), yv.sum())
+        assert got.rate == pytest.approx(rate)
+        assert got.mean_pred == pytest.approx(pv.mean())
+        expected_max = max([k for k in (2, 4, 8) if rows.sum() >= k * m and yv.sum() >= k], default=0)
+        assert got.max_bins == expected_max
+        for k in (2, 4, 8):
+            edges = [_quantile(np.sort(pv), j / k) for j in range(k + 1)]
+            imps, hits, sums = np.zeros(k), np.zeros(k), np.zeros(k)
+            for pi, yi in zip(pv, yv, strict=True):
+                b = 0
+                while b < k - 1 and pi >= edges[b + 1]:
+                    b += 1
+                imps[b], hits[b], sums[b] = imps[b] + 1, hits[b] + yi, sums[b] + pi
+            t = got.tables[k]
+            np.testing.assert_allclose(t.boundaries, edges, rtol=1e-12)
+            np.testing.assert_array_equal(t.impressions, imps)
+            np.testing.assert_array_equal(t.positives, hits)
+            np.testing.assert_allclose(t.posterior, (hits + lam * rate) / (imps + lam))
+            np.testing.assert_allclose(t.mean_pred, sums / imps)
+
+
+def test_stats_json_round_trip_and_version_check(tmp_path, stats):
+    path = str(tmp_path / "stats.json")
+    stats.write(path)
+    assert CalibStats.read(path) == stats
+    (tmp_path / "bad.json").write_text('{"format_version": 99}')
+    with pytest.raises(ValueError, match="bad.json.*format_version"):
+        CalibStats.read(str(tmp_path / "bad.json"))
+
+
+def test_stats_reject_bad_input():
+    with pytest.raises(ValueError, match="bin_counts"):
+        compute_calibration_stats([0.1, 0.2], [0, 1], {}, bin_counts=(4, 2))
+    with pytest.raises(ValueError, match="probabilities"):
+        compute_calibration_stats([1.5, 0.2], [0, 1], {})
+
+
+def _sweep(values: list[str]) -> tuple[dict[str, np.ndarray], int]:
+    grid = np.concatenate([np.logspace(-6, -0.3, 400), 1 - np.logspace(-0.31, -3, 100)])
+    return {PREDICTION: np.tile(grid, len(values)).astype(np.float32),
+            "scenario": np.repeat(np.array(values, dtype=object), grid.size)}, grid.size
+
+
+def _trainable_mask(model: keras.layers.Layer) -> list[bool]:
+    trainable = {id(w) for w in model.trainable_weights}
+    return [id(w) in trainable for w in model.weights]
+
+
+@pytest.mark.parametrize("selection", ["soft", "hard"])
+def test_monotone_for_every_value_and_bin_count(stats, calib, layer, selection):
+    p, _, s = calib
+    values = [*stats.fields["scenario"], "never-seen"]
+    x, n = _sweep(values)
+    if selection == "soft":
+        model = layer
+    else:  # monotone by construction: holds for arbitrary weights, not only trained ones
+        model = AdaCalib(stats, selection="hard")
+        model(calibration_inputs(p[:10], {"scenario": s[:10]}))
+        rng = np.random.default_rng(0)
+        model.set_weights([w if not t else rng.normal(0, 1, w.shape)
+                           for w, t in zip(model.get_weights(), _trainable_mask(model), strict=True)])
+    z = model.calibrated_logit(x).numpy().reshape(len(values), n)
+    assert np.all(np.diff(z, axis=1) > 0), "calibrated logit not strictly increasing"
+    out = model(x).numpy()
+    assert np.all(np.diff(out.reshape(len(values), n), axis=1) >= 0) and np.all((out > 0) & (out < 1))
+    cands = model.candidate_logits(x, "scenario").numpy().reshape(len(values), n, -1)
+    assert np.all(np.diff(cands, axis=1) > 0), "a candidate bin-count function is not strictly increasing"
+
+
+def test_unseen_value_uses_global_function(calib, layer):
+    p, y, s = calib
+
+    def run(pred: np.ndarray, value: str) -> np.ndarray:
+        return layer({PREDICTION: pred.astype(np.float32), "scenario": np.array([value] * pred.size, dtype=object)}
+                     ).numpy()
+
+    grid = np.linspace(0.001, 0.5, 50)
+    np.testing.assert_array_equal(run(grid, "unseen-1"), run(grid, "unseen-2"))
+    assert not np.allclose(run(grid, "unseen-1"), run(grid, "s00"))
+    # the global function is built from all rows: applied to all rows it matches the overall rate
+    assert run(p, "unseen-1").mean() / y.mean() == pytest.approx(1.0, abs=0.05)
+
+
+def test_auc_within_each_value_unchanged(calib, layer):
+    p, y, s = calib
+    q = layer(calibration_inputs(p, {"scenario": s})).numpy()
+    p32 = p.astype(np.float32)
+    for value in np.unique(s):
+        m = s == value
+        order = np.argsort(p32[m], kind="stable")
+        assert np.all(np.diff(q[m][order]) >= 0), f"ranking changed within {value}"
+        if 0 < y[m].sum() < m.sum():  # float32 rounding can only turn near-ties into ties
+            assert roc_auc_score(y[m], q[m]) == pytest.approx(roc_auc_score(y[m], p32[m]), abs=1e-4)
+
+
+def test_model_with_adacalib_survives_savedmodel(tmp_path, layer, calib):
+    p, _, s = calib
+    inputs = {PREDICTION: keras.Input(shape=(), name=PREDICTION), "scenario": keras.Input(shape=(), dtype="string",
+                                                                                          name="scenario")}
+    model = keras.Model(inputs, layer(inputs))
+    x = calibration_inputs(p[:500], {"scenario": np.concatenate([s[:499], ["unseen"]])})
+    before = model.predict(x, verbose=0)
+    model.save(str(tmp_path / "m"), save_format="tf")
+    loaded = keras.models.load_model(str(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), before)
+    restored = tf.saved_model.load(str(tmp_path / "m"))  # self-contained without the Python classes' config
+    got = restored.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})
+    np.testing.assert_allclose(next(iter(got.values())).numpy().reshape(-1), before.reshape(-1), rtol=1e-6)
+    clone = AdaCalib.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+def test_baselines_share_one_interface(calib):
+    p, y, s = calib
+    for calibrator in (PlattScaling(), TemperatureScaling(), HistogramBinning(), IsotonicCalibrator(),
+                       PerFieldIsotonic(), NeuCalib(epochs=1)):
+        q = calibrator.fit(p[:20000], y[:20000], s[:20000]).predict(p[:1000], s[:1000])
+        assert q.shape == (1000,) and np.all((q >= 0) & (q <= 1))
+        assert abs(q.mean() / y[:20000].mean() - 1) < 0.25, type(calibrator).__name__
+
+
+def test_adacalib_removes_injected_scenario_bias(calib, stats, layer):
+    p, y, s = calib
+    pt, yt, st, true_p = synthetic(300_000, seed=2)
+    baselines = {"platt": PlattScaling(), "temperature": TemperatureScaling(), "histogram": HistogramBinning(),
+                 "isotonic": IsotonicCalibrator(), "per_field_isotonic": PerFieldIsotonic(),
+                 "neucalib": NeuCalib()}
+    table = {"uncalibrated": field_rce(yt, pt, st), "true_p": field_rce(yt, true_p, st)}
+    for name, calibrator in baselines.items():
+        table[name] = field_rce(yt, calibrator.fit(p, y, s).predict(pt, st), st)
+    table["adacalib"] = field_rce(yt, layer(calibration_inputs(pt, {"scenario": st})).numpy(), st)
+    print("\nField-RCE by scenario (test split):", {k: round(v, 4) for k, v in table.items()})
+    field_agnostic = min(table[k] for k in ("platt", "temperature", "histogram", "isotonic"))
+    field_aware = min(table[k] for k in ("per_field_isotonic", "neucalib"))
+    assert table["adacalib"] < table["uncalibrated"] / 2
+    assert table["adacalib"] <= field_agnostic / 2
+    assert table["adacalib"] <= 1.1 * field_aware

@@ -1,0 +1,273 @@
+"""The AdaCalib layer: field-value-adaptive, posterior-guided, monotone calibration (Wei et al., 2022).
+
+Method as built and the choices the paper leaves open: BUILD.md "## AdaCalib".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+import tfads  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+import tf_keras as keras
+
+from tfads.calibration.stats import CalibStats, ValueStats
+
+PREDICTION = "prediction"  # input key of the uncalibrated probability (or logit)
+_P_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the logit
+_MIN_WIDTH = 1e-3  # keypoints closer than this (tied quantiles) are pushed apart, in logit units
+_MAX_LOGIT = 15.0  # the output logit is clipped so float32 sigmoid stays strictly inside (0, 1)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _P_EPS, 1 - _P_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _softplus_inv(y: np.ndarray) -> np.ndarray:
+    return np.where(y > 20, y, np.log(np.expm1(np.minimum(y, 20))))
+
+
+def _pav(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted isotonic (non-decreasing) fit by pool-adjacent-violators."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for yi, wi in zip(y, w, strict=True):
+        blocks.append([yi, wi, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2, c2 = blocks.pop()
+            m1, w1, c1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
+    return np.concatenate([np.full(int(c), m) for m, _, c in blocks])
+
+
+def _segment_tables(vs: ValueStats, k: int, min_slope: float) -> dict[str, np.ndarray]:
+    """Keypoints, per-segment posterior features and the posterior anchor of one value for ``k`` bins.
+
+    The anchor is the piecewise-linear function through the isotonic (PAV) fit of the bins' posterior
+    rates, in logit space: the network outputs corrections to it (zero at initialisation).
+    """
+    t = vs.tables[k]
+    x = _logit(np.asarray(t.boundaries))
+    for j in range(1, k + 1):  # strictly increasing keypoints even when quantiles tie
+        x[j] = max(x[j], x[j - 1] + _MIN_WIDTH)
+    width = np.diff(x)
+    mid = (x[:-1] + x[1:]) / 2
+    imps, hits = np.asarray(t.impressions, float), np.asarray(t.positives, float)
+    post = _logit(np.asarray(t.posterior))
+    iso = _logit(_pav(np.asarray(t.posterior), np.maximum(imps, 1e-3)))
+    a = np.concatenate([[2 * iso[0]], iso[:-1] + iso[1:], [2 * iso[-1]]]) / 2
+    a[0], a[-1] = 2 * iso[0] - a[1], 2 * iso[-1] - a[-2]
+    slope = np.clip(np.diff(a) / width, 0.0, 50.0)
+    rate = float(_logit(np.asarray(vs.rate)))
+    gap = post - _logit(np.asarray(t.mean_pred))  # the bin's miscalibration, in logit units
+    feats = np.stack([gap, post - rate, np.log1p(imps) / 5, np.log1p(hits) / 3, mid / 5, width,
+                      np.minimum(slope, 5.0)], axis=1)
+    return {"x": x, "width": width, "feats": feats, "y0": np.asarray(a[0]),
+            "pre": _softplus_inv(np.maximum(slope - min_slope, 1e-4))}
+
+
+def _value_features(vs: ValueStats, own_tables: bool) -> list[float]:
+    rate, pred = (float(_logit(np.asarray(r))) for r in (vs.rate, vs.mean_pred))
+    return [rate / 5, rate - pred, np.log1p(vs.impressions) / 10, np.log1p(vs.positives) / 5, float(own_tables)]
+
+
+@keras.utils.register_keras_serializable(package="tfads")
+class AdaCalib(keras.layers.Layer):
+    """Calibrates a probability with a monotone piecewise-linear function per calibration-field value.
+
+    For each field and candidate bin count ``K`` the value's keypoints are its ``K + 1`` equal-frequency
+    bin boundaries (logit space); keypoint outputs are built from cumulative positive increments whose
+    slopes a shared network predicts from the bins' posterior statistics and the value's embedding. A
+    per-value selector mixes (``soft``) or picks (``hard``, straight-through) the supported bin counts;
+    per-field calibrated logits are averaged with learned weights. Values unseen in the statistics use
+    the global function; values too small for any bin count use the global bins with their own
+    value-level posterior statistics and embedding.
+
+    Example:
+      >>> layer = AdaCalib(stats, fields=["scenario"])
+      >>> p_cal = layer({"prediction": p, "scenario": scenario})
+
+    Input: dict with ``"prediction"`` (float ``[B]`` or ``[B, 1]``) and one string (or int) tensor of the
+    same shape per field. Output: calibrated probabilities in (0, 1), same shape as ``"prediction"`` (the
+    calibrated logit is clipped to [-15, 15]; ``calibrated_logit`` gives it unclipped).
+
+    Args:
+      stats: ``CalibStats`` (or its ``to_dict()``) computed on the calibration split.
+      fields: calibration fields to use, each present in ``stats``.
+      input_space: ``probability`` or ``logit`` (of the ``"prediction"`` input).
+      selection: ``soft`` (softmax mixture of bin counts) or ``hard`` (one bin count per value,
+        straight-through; Gumbel noise while training when ``gumbel`` is set).
+      temperature: softmax temperature of the selector.
+      gumbel: add Gumbel noise to the hard selector's logits in training.
+      embedding_dim / hidden_units: size of the value embedding and of the keypoint network.
+      min_slope: smallest slope of every segment (keeps the function strictly increasing).
+      global_rate: fraction of training rows routed to the global function (row 0) so the function for
+        unseen values is trained on pooled data too.
+    """
+
+    def __init__(
+        self,
+        stats: CalibStats | Mapping[str, Any],
+        fields: Sequence[str] = ("scenario",),
+        *,
+        input_space: Literal["probability", "logit"] = "probability",
+        selection: Literal["soft", "hard"] = "soft",
+        temperature: float = 1.0,
+        gumbel: bool = False,
+        embedding_dim: int = 8,
+        hidden_units: int = 32,
+        min_slope: float = 0.01,
+        global_rate: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.stats = stats if isinstance(stats, CalibStats) else CalibStats.from_dict(stats)
+        self.fields = list(fields)
+        missing = [f for f in self.fields if f not in self.stats.fields]
+        if not self.fields or missing:
+            raise ValueError(f"AdaCalib: `fields` must be non-empty fields of the stats "
+                             f"{sorted(self.stats.fields)}. Got {self.fields}.")
+        if input_space not in ("probability", "logit"):
+            raise ValueError(f"AdaCalib: `input_space` must be 'probability' or 'logit'. Got {input_space!r}.")
+        if selection not in ("soft", "hard"):
+            raise ValueError(f"AdaCalib: `selection` must be 'soft' or 'hard'. Got {selection!r}.")
+        if not 0 <= global_rate < 1:
+            raise ValueError(f"AdaCalib: `global_rate` must be in [0, 1). Got {global_rate}.")
+        if temperature <= 0 or min_slope <= 0:
+            raise ValueError(f"AdaCalib: `temperature` and `min_slope` must be > 0. "
+                             f"Got {temperature}, {min_slope}.")
+        self.input_space, self.selection, self.gumbel = input_space, selection, gumbel
+        self.temperature, self.embedding_dim, self.hidden_units = temperature, embedding_dim, hidden_units
+        self.min_slope, self.global_rate = min_slope, global_rate
+        self.bin_counts = self.stats.bin_counts
+        self.vocab: dict[str, list[str]] = {}
+        self.lookups, self.embeddings, self.selectors, self.tables = {}, {}, {}, {}
+        for f in self.fields:
+            self._build_field(f)
+        self.keypoint_net = keras.Sequential(
+            [keras.layers.Dense(hidden_units, activation="relu"),
+             keras.layers.Dense(1, kernel_initializer="zeros")], name="keypoint_net")
+        self.offset_net = keras.Sequential(
+            [keras.layers.Dense(hidden_units, activation="relu"),
+             keras.layers.Dense(1, kernel_initializer="zeros")], name="offset_net")
+        self.field_logits = self.add_weight(name="field_logits", shape=(len(self.fields),),
+                                            initializer="zeros", trainable=True)
+
+    def _const(self, name: str, value: np.ndarray) -> tf.Variable:
+        value = np.asarray(value, np.float32)
+        return self.add_weight(name=name, shape=value.shape, dtype=tf.float32, trainable=False,
+                               initializer=keras.initializers.Constant(value))
+
+    def _build_field(self, f: str) -> None:
+        """Per-value tables (row 0 = global function) as non-trainable weights, plus lookup/embedding.
+
+        A value too small for any bin count keeps its own value-level statistics and embedding but the
+        global bins (``own_tables`` = 0), so the network can still shift it by its posterior rate.
+        """
+        glob = self.stats.global_stats
+        values = sorted(self.stats.fields[f])
+        rows = [glob] + [self.stats.fields[f][v] for v in values]
+        binned = [s if s.max_bins > 0 else glob for s in rows]
+        self.vocab[f] = values
+        self.lookups[f] = keras.layers.StringLookup(vocabulary=values, num_oov_indices=1,
+                                                    name=f"{f}_lookup")
+        self.embeddings[f] = keras.layers.Embedding(len(rows), self.embedding_dim, name=f"{f}_embedding")
+        self.selectors[f] = keras.layers.Dense(len(self.bin_counts), kernel_initializer="zeros",
+                                               name=f"{f}_selector")
+        mask = [[0.0 if k <= s.max_bins else -1e9 for k in self.bin_counts] for s in binned]
+        value_feats = [_value_features(s, b is s) for s, b in zip(rows, binned, strict=True)]
+        tabs: dict[str, tf.Variable] = {"value_feats": self._const(f"{f}_value_feats", value_feats),
+                                        "mask": self._const(f"{f}_mask", mask)}
+        for k in self.bin_counts:
+            seg = [_segment_tables(s, k, self.min_slope) for s in binned]
+            for key in ("x", "width", "feats", "y0", "pre"):
+                tabs[f"{key}{k}"] = self._const(f"{f}_{key}{k}", np.stack([t[key] for t in seg]))
+        self.tables[f] = tabs
+
+    def _value_index(self, f: str, value: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """Row of each value in the tables (0 = global); in training ``global_rate`` of rows go to 0."""
+        value = tf.reshape(value, [-1])
+        if value.dtype != tf.string:
+            value = tf.strings.as_string(value)
+        idx = tf.cast(self.lookups[f](value), tf.int32)
+        if training and self.global_rate > 0:
+            idx = tf.where(tf.random.uniform(tf.shape(idx)) < self.global_rate, 0, idx)
+        return idx
+
+    def _value_context(self, f: str) -> tf.Tensor:
+        """Per-value statistics and embedding, ``[V+1, G]`` (row 0 = global)."""
+        tabs = self.tables[f]
+        emb = self.embeddings[f](tf.range(tf.shape(tabs["value_feats"])[0]))
+        return tf.concat([tabs["value_feats"], emb], axis=1)
+
+    def _candidates(self, f: str, x: tf.Tensor, idx: tf.Tensor, vfeat: tf.Tensor) -> tf.Tensor:
+        """Calibrated logits ``[B, n_candidates]``, one monotone function per candidate bin count."""
+        tabs = self.tables[f]
+        n_rows = tf.shape(vfeat)[0]
+        outs = []
+        for k in self.bin_counts:
+            ctx = tf.concat([vfeat, tf.fill([n_rows, 1], float(np.log2(k)) / 5)], axis=1)
+            seg_in = tf.concat([tabs[f"feats{k}"], tf.repeat(ctx[:, None, :], k, axis=1)], axis=2)
+            r = tf.squeeze(self.keypoint_net(seg_in), -1)  # [V+1, K]
+            slope = self.min_slope + tf.nn.softplus(tabs[f"pre{k}"] + r)
+            y0 = tabs[f"y0{k}"] + tf.squeeze(self.offset_net(ctx), -1)
+            ys = tf.concat([y0[:, None], y0[:, None] + tf.cumsum(slope * tabs[f"width{k}"], axis=1)], axis=1)
+            xk, yk, sk = (tf.gather(t, idx) for t in (tabs[f"x{k}"], ys, slope))  # per row
+            seg = tf.clip_by_value(tf.searchsorted(xk, x[:, None], side="right")[:, 0] - 1, 0, k - 1)
+            x_left = tf.gather(xk, seg, batch_dims=1)
+            outs.append(tf.gather(yk, seg, batch_dims=1) + tf.gather(sk, seg, batch_dims=1) * (x - x_left))
+        return tf.stack(outs, axis=1)
+
+    def candidate_logits(self, inputs: Mapping[str, tf.Tensor], field: str) -> tf.Tensor:
+        """The per-bin-count calibrated logits of ``field``, ``[B, len(bin_counts)]`` (before selection)."""
+        idx = self._value_index(field, inputs[field])
+        return self._candidates(field, self._input_logit(inputs), idx, self._value_context(field))
+
+    def _field_logit(self, f: str, x: tf.Tensor, value: tf.Tensor, training: bool | None) -> tf.Tensor:
+        """Calibrated logit ``[B]`` of field ``f`` for input logits ``x`` ``[B]``."""
+        idx = self._value_index(f, value, training)
+        vfeat = self._value_context(f)
+        weights = tf.gather(self._selection(f, vfeat, training), idx)
+        return tf.reduce_sum(weights * self._candidates(f, x, idx, vfeat), axis=1)
+
+    def _selection(self, f: str, vfeat: tf.Tensor, training: bool | None) -> tf.Tensor:
+        """Per-value weights ``[V+1, n_candidates]`` over the bin counts (unsupported counts get 0)."""
+        logits = self.selectors[f](vfeat) + self.tables[f]["mask"]
+        if self.selection == "hard" and self.gumbel and training:
+            u = tf.random.uniform(tf.shape(logits), 1e-9, 1.0)
+            logits = logits - tf.math.log(-tf.math.log(u))
+        soft = tf.nn.softmax(logits / self.temperature, axis=1)
+        if self.selection == "soft":
+            return soft
+        hard = tf.one_hot(tf.argmax(logits, axis=1), len(self.bin_counts))
+        return soft + tf.stop_gradient(hard - soft)
+
+    def _input_logit(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        pred = tf.reshape(tf.cast(inputs[PREDICTION], tf.float32), [-1])
+        if self.input_space == "logit":
+            return pred
+        p = tf.clip_by_value(pred, _P_EPS, 1 - _P_EPS)
+        return tf.math.log(p) - tf.math.log1p(-p)
+
+    def calibrated_logit(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
+        """The calibrated logit, shape ``[B]``."""
+        x = self._input_logit(inputs)
+        per_field = tf.stack([self._field_logit(f, x, inputs[f], training) for f in self.fields], axis=1)
+        return tf.reduce_sum(tf.nn.softmax(self.field_logits)[None, :] * per_field, axis=1)
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
+        missing = [k for k in [PREDICTION, *self.fields] if k not in inputs]
+        if missing:
+            raise ValueError(f"AdaCalib: inputs lack {missing}; expected keys {[PREDICTION, *self.fields]}.")
+        z = tf.clip_by_value(self.calibrated_logit(inputs, training=training), -_MAX_LOGIT, _MAX_LOGIT)
+        return tf.reshape(tf.sigmoid(z), tf.shape(inputs[PREDICTION]))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "stats": self.stats.to_dict(), "fields": self.fields,
+                "input_space": self.input_space, "selection": self.selection,
+                "temperature": self.temperature, "gumbel": self.gumbel,
+                "embedding_dim": self.embedding_dim, "hidden_units": self.hidden_units,
+                "min_slope": self.min_slope, "global_rate": self.global_rate}

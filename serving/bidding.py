@@ -57,7 +57,8 @@ def _clean(x: ArrayLike, hi: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ecpm(p_ctr: ArrayLike, p_cvr: ArrayLike, bid_type: ArrayLike, price: ArrayLike) -> np.ndarray:
-    """Unshaded, uncapped eCPM per candidate; 0 where an input is NaN, infinite or negative.
+    """Unshaded, uncapped eCPM per candidate; 0 where an input is NaN, infinite or negative (+inf only
+    when finite inputs overflow, which ``compute_bids`` caps).
 
     Raises:
       ValueError: a bid type other than CPC, OCPC, OCPA or CPM (names the value).
@@ -70,17 +71,19 @@ def ecpm(p_ctr: ArrayLike, p_cvr: ArrayLike, bid_type: ArrayLike, price: ArrayLi
     if unknown:
         raise ValueError(f"unknown bid_type {unknown[0]!r} (expected one of {', '.join(BID_TYPES)})")
     conv = (kind == "OCPC") | (kind == "OCPA")
-    value = np.select(
-        [kind == "CPC", conv, kind == "CPM"],
-        [1000.0 * ctr * amount, 1000.0 * ctr * cvr * amount, amount],
-    )
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = np.select(
+            [kind == "CPC", conv, kind == "CPM"],
+            [1000.0 * ctr * amount, 1000.0 * ctr * cvr * amount, amount],
+        )
     bad = bad_price | ((kind != "CPM") & bad_ctr) | (conv & bad_cvr)
-    return np.where(bad | ~np.isfinite(value), 0.0, value)
+    return np.where(bad | np.isnan(value), 0.0, value)
 
 
 def compute_bids(
     p_ctr: ArrayLike, p_cvr: ArrayLike, bid_type: ArrayLike, price: ArrayLike, params: BiddingParams
 ) -> np.ndarray:
     """Shaded, capped bids (CPM) per candidate: always finite, in [0, max_bid_cpm]; 0 means no bid."""
-    bids = np.minimum(ecpm(p_ctr, p_cvr, bid_type, price) * params.shading, params.max_bid_cpm)
+    with np.errstate(over="ignore"):
+        bids = np.minimum(ecpm(p_ctr, p_cvr, bid_type, price) * params.shading, params.max_bid_cpm)
     return np.where(bids < params.min_bid_cpm, 0.0, bids)

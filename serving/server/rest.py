@@ -117,6 +117,7 @@ def _parse_body(body: bytes) -> dict:
 def _handler_class(api: RestApi, metrics: Metrics, metrics_path: str | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as separate writes
 
         def _reply(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -146,6 +147,11 @@ def _handler_class(api: RestApi, metrics: Metrics, metrics_path: str | None) -> 
     return Handler
 
 
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog; the default 5 resets connections under concurrency
+
+
 class RestServer:
     """The REST front end, plus the Prometheus endpoint when monitoring is enabled."""
 
@@ -153,8 +159,7 @@ class RestServer:
         self, manager: ModelManager, metrics: Metrics, *, host: str, port: int, metrics_path: str | None
     ) -> None:
         handler = _handler_class(RestApi(manager, metrics), metrics, metrics_path)
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _HttpServer((host, port), handler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="rest", daemon=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -74,17 +75,33 @@ class Signature:
                 raise ServingError.invalid_argument(
                     f"Expects arg[{i}] to be {dtype_name(spec.dtype.as_datatype_enum)} but {got} is provided"
                 )
-            if not spec.shape.is_compatible_with(value.shape):
+            if not _shape_ok(self._shapes[alias], value.shape):
                 raise ServingError.invalid_argument(
                     f"input '{alias}': shape {list(value.shape)} is not compatible with the signature's "
                     f"shape {spec.shape.as_list() if spec.shape.rank is not None else 'unknown'}"
                 )
 
+    @functools.cached_property
+    def _shapes(self) -> dict[str, tuple[int | None, ...] | None]:
+        return {k: tuple(s.shape.as_list()) if s.shape.rank is not None else None for k, s in self.inputs.items()}
+
+
+def _shape_ok(expected: tuple[int | None, ...] | None, shape: tuple[int, ...]) -> bool:
+    if expected is None:
+        return True
+    return len(expected) == len(shape) and all(e is None or e == d for e, d in zip(expected, shape, strict=True))
+
+
+_NUMPY_DTYPES: dict[tf.DType, np.dtype] = {}
+
 
 def _dtype_matches(dtype: tf.DType, value: np.ndarray) -> bool:
     if dtype == tf.string:
         return value.dtype == object or value.dtype.kind in "SU"
-    return value.dtype != object and tf.as_dtype(value.dtype) == dtype
+    expected = _NUMPY_DTYPES.get(dtype)
+    if expected is None:
+        expected = _NUMPY_DTYPES.setdefault(dtype, np.dtype(dtype.as_numpy_dtype))
+    return value.dtype == expected
 
 
 def _grpc_code(tf_code: int) -> grpc.StatusCode:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.server.errors import ServingError
 
@@ -51,19 +51,22 @@ def to_ndarray(proto: tensor_pb2.TensorProto, alias: str = "") -> np.ndarray:
     )
 
 
+# numpy dtype -> (dtype enum, typed field) for the fast encoding path
+_BY_NUMPY = {np.dtype(np_dtype): (enum, field) for enum, (field, np_dtype) in _FIELDS.items() if np_dtype is not object}
+
+
 def from_ndarray(arr: np.ndarray) -> tensor_pb2.TensorProto:
     """Encode a numpy array into a TensorProto using typed fields, as TF Serving responds."""
     if arr.dtype == object or arr.dtype.kind in "SU":
         proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in arr.ravel())
     else:
-        dtype = tf.as_dtype(arr.dtype).as_datatype_enum
-        field = _FIELDS.get(dtype)
-        if field is None:
+        fast = _BY_NUMPY.get(arr.dtype)
+        if fast is None:
             return tf.make_tensor_proto(arr)
-        proto = tensor_pb2.TensorProto(dtype=dtype)
-        getattr(proto, field[0]).extend(arr.ravel().tolist())
-    proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape])
-    )
+        proto = tensor_pb2.TensorProto(dtype=fast[0])
+        getattr(proto, fast[1]).extend(arr.ravel().tolist())
+    dims = proto.tensor_shape.dim
+    for size in arr.shape:
+        dims.add(size=size)
     return proto

@@ -1,0 +1,210 @@
+"""Serving latency and throughput for 100-candidate requests: in-process vs embedded gRPC vs REST.
+
+Each (mode, concurrency) cell runs until ``--requests`` requests or ``--seconds`` seconds, whichever
+comes first, after a short warm-up. The server runs as a separate process (``python -m
+serving.server``) on 127.0.0.1, as it would in production. Without ``--model_base_path`` a toy
+SavedModel with the export's signature layout is built in a temp dir.
+
+    python benchmarks/serving_latency.py --json benchmarks/serving_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import tfads  # noqa: F401  (before TensorFlow)
+import tensorflow as tf
+
+from serving.server.testing import Stubs, free_port, predict_request
+from serving.server.toy_model import save_toy_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"grpc_p99_ms_c1": 5.0, "grpc_p50_over_inprocess_c1": 1.5, "grpc_candidates_per_s_c32": 40_000}
+
+
+def make_candidates(signature, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` random rows for any signature's inputs (strings, integers, floats)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, spec in signature.structured_input_signature[1].items():
+        if spec.dtype == tf.string:
+            out[name] = np.array([f"v{i}".encode() for i in rng.integers(0, 50, n)], dtype=object)
+        elif spec.dtype.is_integer:
+            out[name] = rng.integers(0, 1000, n).astype(spec.dtype.as_numpy_dtype)
+        else:
+            out[name] = rng.uniform(0, 5, n).astype(spec.dtype.as_numpy_dtype)
+    return out
+
+
+def run_cell(call: Callable[[], None], concurrency: int, requests: int, seconds: float) -> dict:
+    """Latency percentiles and throughput of ``call`` from ``concurrency`` threads."""
+    for _ in range(min(20, requests)):
+        call()
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+    remaining = [requests]
+
+    def worker() -> None:
+        local = []
+        while time.perf_counter() < stop_at:
+            with lock:
+                if remaining[0] <= 0:
+                    break
+                remaining[0] -= 1
+            start = time.perf_counter()
+            call()
+            local.append(time.perf_counter() - start)
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1e3
+    return {
+        "requests": len(latencies),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "requests_per_s": len(latencies) / elapsed,
+    }
+
+
+def start_server(model_name: str, base_path: str, extra: list[str]) -> tuple[subprocess.Popen, Stubs, int]:
+    rest_port = free_port()
+    cmd = [sys.executable, "-m", "serving.server", "--port=0", f"--rest_api_port={rest_port}"]
+    cmd += [f"--model_name={model_name}", f"--model_base_path={base_path}", "--file_system_poll_wait_seconds=0"]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        cmd + extra, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    line = proc.stdout.readline()
+    if not line.startswith("serving gRPC on"):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    stubs = Stubs.connect(f"127.0.0.1:{int(line.split(':')[1].split(',')[0])}")
+    stubs.wait_serving()
+    return proc, stubs, rest_port
+
+
+def grpc_call(stubs: Stubs, request) -> Callable[[], None]:
+    return lambda: stubs.predict.Predict(request, timeout=30)
+
+
+def rest_call(port: int, body: bytes, model_name: str) -> Callable[[], None]:
+    local = threading.local()
+
+    def call() -> None:
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        local.conn.request("POST", f"/v1/models/{model_name}:predict", body=body)
+        response = local.conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"REST status {response.status}")
+
+    return call
+
+
+def rest_body(inputs: dict[str, np.ndarray]) -> bytes:
+    columns = {k: [x.decode() for x in v] if v.dtype == object else v.tolist() for k, v in inputs.items()}
+    return json.dumps({"inputs": columns}).encode()
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    tmp = tempfile.TemporaryDirectory()
+    base = args.model_base_path
+    if not base:
+        base = os.path.join(tmp.name, args.model_name)
+        save_toy_model(os.path.join(base, "1"), bias=0.0, model_name=args.model_name)
+    latest = max(int(v) for v in os.listdir(base) if v.isdigit())
+    fn = tf.saved_model.load(os.path.join(base, str(latest))).signatures["serving_default"]
+    inputs = make_candidates(fn, args.candidates)
+    specs = fn.structured_input_signature[1]
+
+    def in_process() -> None:
+        out = fn(**{k: tf.convert_to_tensor(v, specs[k].dtype) for k, v in inputs.items()})
+        for value in out.values():
+            value.numpy()
+
+    request = predict_request(args.model_name, inputs)
+    body = rest_body(inputs)
+    results: dict[str, dict] = {}
+    servers = {"grpc": [], "grpc_batching": ["--enable_batching=true", f"--batching_parameters_file={args.batching}"]}
+    for mode in ("in_process", "grpc", "rest", "grpc_batching"):
+        proc = None
+        if mode == "in_process":
+            call = in_process
+        else:
+            proc, stubs, rest_port = start_server(args.model_name, base, servers.get(mode, []))
+            call = rest_call(rest_port, body, args.model_name) if mode == "rest" else grpc_call(stubs, request)
+        try:
+            for c in args.concurrency:
+                cell = run_cell(call, c, args.requests, args.seconds)
+                cell["candidates_per_s"] = cell["requests_per_s"] * args.candidates
+                results[f"{mode}@{c}"] = cell
+                print(
+                    f"{mode:>14} c={c:<3} p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
+                    f"{cell['candidates_per_s']:10.0f} cand/s  ({cell['requests']} req)",
+                    flush=True,
+                )
+        finally:
+            if proc is not None:
+                stubs.channel.close()
+                proc.terminate()
+                proc.wait(timeout=30)
+    tmp.cleanup()
+    return results
+
+
+def summary(results: dict, concurrency: list[int]) -> dict:
+    """The issue's three targets, measured."""
+    lo, hi = min(concurrency), max(concurrency)
+    measured = {
+        "grpc_p99_ms_c1": results[f"grpc@{lo}"]["p99_ms"],
+        "grpc_p50_over_inprocess_c1": results[f"grpc@{lo}"]["p50_ms"] / results[f"in_process@{lo}"]["p50_ms"],
+        "grpc_candidates_per_s_c32": max(
+            results[f"grpc@{hi}"]["candidates_per_s"], results[f"grpc_batching@{hi}"]["candidates_per_s"]
+        ),
+    }
+    met = {k: (v >= TARGETS[k]) if k.endswith("per_s_c32") else (v <= TARGETS[k]) for k, v in measured.items()}
+    return {"measured": measured, "targets": TARGETS, "met": met}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_base_path", default="", help="an export base path (default: a toy model)")
+    parser.add_argument("--model_name", default="toy")
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=2000, help="max requests per cell")
+    parser.add_argument("--seconds", type=float, default=8.0, help="max seconds per cell")
+    parser.add_argument("--batching", default=str(ROOT / "serving" / "tfserving" / "batching.config"))
+    parser.add_argument("--json", default="", help="also write the results here")
+    args = parser.parse_args(argv)
+    results = benchmark(args)
+    report = {"cells": results, "summary": summary(results, args.concurrency), "cpus": os.cpu_count()}
+    print(json.dumps(report["summary"], indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -139,9 +139,13 @@ def _sweep(values: list[str]) -> tuple[dict[str, np.ndarray], int]:
             "scenario": np.repeat(np.array(values, dtype=object), grid.size)}, grid.size
 
 
-def _trainable_mask(model: keras.layers.Layer) -> list[bool]:
-    trainable = {id(w) for w in model.trainable_weights}
-    return [id(w) in trainable for w in model.weights]
+def _randomized(layer: AdaCalib, x: dict[str, np.ndarray]) -> AdaCalib:
+    """Build ``layer`` on ``x`` and set its trainable weights to random values."""
+    layer(x)
+    rng = np.random.default_rng(0)
+    trainable = {id(w) for w in layer.trainable_weights}
+    layer.set_weights([rng.normal(0, 1, w.shape) if id(w) in trainable else w.numpy() for w in layer.weights])
+    return layer
 
 
 @pytest.mark.parametrize("selection", ["soft", "hard"])
@@ -152,11 +156,7 @@ def test_monotone_for_every_value_and_bin_count(stats, calib, layer, selection):
     if selection == "soft":
         model = layer
     else:  # monotone by construction: holds for arbitrary weights, not only trained ones
-        model = AdaCalib(stats, selection="hard")
-        model(calibration_inputs(p[:10], {"scenario": s[:10]}))
-        rng = np.random.default_rng(0)
-        model.set_weights([w if not t else rng.normal(0, 1, w.shape)
-                           for w, t in zip(model.get_weights(), _trainable_mask(model), strict=True)])
+        model = _randomized(AdaCalib(stats, selection="hard"), calibration_inputs(p[:10], {"scenario": s[:10]}))
     z = model.calibrated_logit(x).numpy().reshape(len(values), n)
     assert np.all(np.diff(z, axis=1) > 0), "calibrated logit not strictly increasing"
     out = model(x).numpy()
@@ -191,21 +191,22 @@ def test_auc_within_each_value_unchanged(calib, layer):
             assert roc_auc_score(y[m], q[m]) == pytest.approx(roc_auc_score(y[m], p32[m]), abs=1e-4)
 
 
-def test_model_with_adacalib_survives_savedmodel(tmp_path, layer, calib):
-    p, _, s = calib
-    inputs = {PREDICTION: keras.Input(shape=(), name=PREDICTION), "scenario": keras.Input(shape=(), dtype="string",
-                                                                                          name="scenario")}
-    model = keras.Model(inputs, layer(inputs))
+def test_model_with_adacalib_survives_savedmodel(tmp_path, calib):
+    p, y, s = calib
+    small = compute_calibration_stats(p[:5000], y[:5000], {"scenario": s[:5000]}, bin_counts=(4, 8))
     x = calibration_inputs(p[:500], {"scenario": np.concatenate([s[:499], ["unseen"]])})
+    inputs = {PREDICTION: keras.Input(shape=(), name=PREDICTION),
+              "scenario": keras.Input(shape=(), dtype="string", name="scenario")}
+    layer = _randomized(AdaCalib(small, selection="hard"), x)
+    model = keras.Model(inputs, layer(inputs))
     before = model.predict(x, verbose=0)
     model.save(str(tmp_path / "m"), save_format="tf")
     loaded = keras.models.load_model(str(tmp_path / "m"))
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), before)
-    restored = tf.saved_model.load(str(tmp_path / "m"))  # self-contained without the Python classes' config
+    restored = tf.saved_model.load(str(tmp_path / "m"))  # self-contained: no Python class needed
     got = restored.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})
     np.testing.assert_allclose(next(iter(got.values())).numpy().reshape(-1), before.reshape(-1), rtol=1e-6)
-    clone = AdaCalib.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
+    assert AdaCalib.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
 def test_baselines_share_one_interface(calib):

@@ -1,7 +1,9 @@
 """The ``tfads`` command line: one subcommand per job, each living in its own module.
 
 Subcommand modules are imported only when chosen, so ``tfads datagen`` never loads TensorFlow.
-Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Commands that also take
+another tool's flags (the Beam job takes Beam's pipeline options) are listed in ``PASS_THROUGH``
+and get the raw argument list instead.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "online": ("tfads.online_cli", "incremental online learning over new shards"),
     "demo": ("tfads.demo", "run the whole pipeline end to end on embedded defaults"),
 }
+PASS_THROUGH = {"build"}
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -59,10 +62,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tfads {command}: not available in this build ({module_name} is missing)", file=sys.stderr)
             return 2
         raise
-    parser = argparse.ArgumentParser(prog=f"tfads {command}", description=help_text)
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if command in PASS_THROUGH:
+        args = argv[1:]
+    else:
+        parser = argparse.ArgumentParser(prog=f"tfads {command}", description=help_text)
+        module.add_arguments(parser)
+        args = parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except (ConfigError, FileNotFoundError) as e:

@@ -149,7 +149,9 @@ def train(
         with tf.io.gfile.GFile(os.path.join(model_dir, "experiment.yaml"), "w") as f:
             yaml.safe_dump(config.to_dict(), f, sort_keys=False)
         with tf.io.gfile.GFile(os.path.join(model_dir, "history.json"), "w") as f:
-            json.dump({"history": hist, "manifest": manifest.path, "workers": workers}, f, indent=2)
+            json.dump(
+                {"history": hist, "epochs": history.epoch, "manifest": manifest.path, "workers": workers}, f, indent=2
+            )
     return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=len(history.epoch))
 
 

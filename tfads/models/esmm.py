@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -11,8 +15,11 @@ from tfads.manifest import Manifest
 from tfads.models.backbones import backbone, mlp
 
 
-def _tower(h: tf.Tensor, units: list[int], name: str) -> tf.Tensor:
-    return keras.layers.Dense(1, name=f"{name}_logit")(mlp(h, units, f"{name}_tower"))
+def _tower(h: tf.Tensor, units: list[int], name: str, base_rate: float) -> tf.Tensor:
+    """Task tower; its logit bias starts at the base rate's logit so training starts calibrated."""
+    rate = min(max(base_rate, 1e-4), 1 - 1e-4)
+    init = keras.initializers.Constant(math.log(rate / (1 - rate)))
+    return keras.layers.Dense(1, bias_initializer=init, name=f"{name}_logit")(mlp(h, units, f"{name}_tower"))
 
 
 def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
@@ -25,8 +32,9 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     feats = embed_features(inputs, manifest, cfg.embedding_dim)
     h = backbone(feats.stacked(), feats, cfg)
     logits = {}
+    train_stats = manifest.data["splits"]["train"]
     for task in ("ctr", "cvr"):
-        logit = _tower(h, cfg.tower_units, task)
+        logit = _tower(h, cfg.tower_units, task, float(train_stats.get(task) or 0.05))
         if cfg.backbone in ("star", "shared_bottom"):
             aux = keras.layers.Dense(1, name=f"{task}_domain_logit")(mlp(feats.domain, [16], f"{task}_domain_net"))
             logit = keras.layers.Add(name=f"{task}_logit_total")([logit, aux])
@@ -37,6 +45,13 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     return keras.Model(inputs=inputs, outputs=outputs, name=f"tfads_{cfg.backbone}")
 
 
+def _auc() -> keras.metrics.AUC:
+    """Streaming AUC with thresholds spread evenly in logit space: ad probabilities sit far below the
+    default linear thresholds' 0.005 spacing, which would lump most predictions into one bucket."""
+    thresholds = (1.0 / (1.0 + np.exp(-np.linspace(-12.0, 6.0, 1000)))).tolist()
+    return keras.metrics.AUC(thresholds=thresholds, name="auc")
+
+
 def compile_model(model: keras.Model, cfg: ModelConfig, learning_rate: float) -> None:
     """ESMM losses: CE(click, pCTR) + CE(click & conversion, pCTCVR) over all impressions, plus an
     optional direct CE(conversion, pCVR) on clicked samples (its sample weight is the click)."""
@@ -45,5 +60,5 @@ def compile_model(model: keras.Model, cfg: ModelConfig, learning_rate: float) ->
         optimizer=keras.optimizers.Adam(learning_rate),
         loss={"ctr": bce, "cvr": bce, "ctcvr": bce},
         loss_weights={"ctr": 1.0, "ctcvr": 1.0, "cvr": cfg.cvr_loss_weight if cfg.direct_cvr_loss else 0.0},
-        weighted_metrics={"ctr": [keras.metrics.AUC(name="auc")], "ctcvr": [keras.metrics.AUC(name="auc")]},
+        weighted_metrics={"ctr": [_auc()], "ctcvr": [_auc()]},
     )

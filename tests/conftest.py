@@ -1,0 +1,65 @@
+"""Shared, session-scoped fixtures: small real data (generator -> Beam job) and one trained model.
+
+Everything downstream (models, calibration, export, serving, tuning, online learning) reuses these,
+so the expensive steps run once per test session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+
+import pytest
+
+import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS=1 before anything imports TensorFlow)
+
+SMALL = {"days": 6, "impressions_per_day": 6000, "seed": 7, "corrupt_rate": 0.01}
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory) -> str:
+    """Synthetic logs: 6 days x 6000 impressions, 1% corrupted lines, with ground truth."""
+    from tfads.datagen import generate
+
+    out = str(tmp_path_factory.mktemp("logs"))
+    generate(out, progress=False, **SMALL)
+    return out
+
+
+@pytest.fixture(scope="session")
+def manifest_path(logs_dir, tmp_path_factory) -> str:
+    """The Beam job's output on ``logs_dir`` (DirectRunner, in process); returns manifest.json."""
+    from beam_jobs.build_examples import run
+
+    out = str(tmp_path_factory.mktemp("data"))
+    run(["--logs", logs_dir, "--out", out, "--runner", "DirectRunner"])
+    return os.path.join(out, "manifest.json")
+
+
+@pytest.fixture(scope="session")
+def small_experiment():
+    """The default experiment shrunk for tests: small embeddings and layers, 2 short epochs."""
+    from tfads.experiment import load_experiment
+
+    config = load_experiment()
+    model = dataclasses.replace(config.model, embedding_dim=8, deep_units=[32, 16], tower_units=[16])
+    train = dataclasses.replace(config.train, epochs=2, batch_size=256, learning_rate=1e-3, shuffle_buffer=5000)
+    return dataclasses.replace(config, model=model, train=train)
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(manifest_path, small_experiment, tmp_path_factory) -> str:
+    """One trained default model (DCNv2 + AdaSparse Fusion + ESMM) for every downstream test."""
+    from tfads.train import train
+
+    model_dir = str(tmp_path_factory.mktemp("model"))
+    train(small_experiment, manifest_path, model_dir, verbose=0)
+    return model_dir
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,128 @@
+"""Training runs for real: resume after a kill, warm start on one scenario, two workers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import yaml
+
+from tests.conftest import free_port
+
+PY = sys.executable
+
+
+def _write_config(tmp_path, small_experiment, **train_overrides) -> str:
+    data = small_experiment.to_dict()
+    data["train"].update(train_overrides)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _train_cmd(config, manifest_path, model_dir, *extra):
+    return [
+        PY,
+        "-m",
+        "tfads.cli",
+        "train",
+        "--config",
+        config,
+        "--data",
+        manifest_path,
+        "--model-dir",
+        model_dir,
+        *extra,
+    ]
+
+
+def _wait_for(predicate, proc, timeout=300.0):
+    """Poll a condition on the file system while ``proc`` runs (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"training exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, "timed out waiting for training progress"
+        time.sleep(0.05)
+
+
+def test_killed_run_resumes_from_last_epoch(tmp_path, manifest_path, small_experiment):
+    config = _write_config(tmp_path, small_experiment, epochs=40, steps_per_epoch=3, early_stopping_patience=100)
+    model_dir = str(tmp_path / "run")
+    backup = os.path.join(model_dir, "backup")
+    proc = subprocess.Popen(
+        _train_cmd(config, manifest_path, model_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for(
+            lambda: os.path.isdir(backup) and any("checkpoint" in f for _, _, fs in os.walk(backup) for f in fs), proc
+        )
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not os.path.exists(os.path.join(model_dir, "history.json")), "the run finished before it was killed"
+    config = _write_config(tmp_path, small_experiment, epochs=40, steps_per_epoch=3, early_stopping_patience=100)
+    subprocess.run(_train_cmd(config, manifest_path, model_dir), check=True, capture_output=True)
+    record = json.load(open(os.path.join(model_dir, "history.json")))
+    assert record["epochs"][0] >= 1, "the resumed run started again from epoch 0"
+    assert record["epochs"][-1] == 39
+    assert not os.path.exists(backup), "BackupAndRestore leaves no backup after a finished run"
+
+
+def test_warm_start_fine_tunes_one_scenario(tmp_path, manifest_path, trained_model_dir, small_experiment):
+    from tfads.manifest import load_manifest
+    from tfads.train import load_trained_model
+
+    scenario = _largest_scenario(load_manifest(manifest_path))
+    config = _write_config(tmp_path, small_experiment, epochs=1, learning_rate=1e-9)
+    model_dir = str(tmp_path / "ft")
+    subprocess.run(
+        _train_cmd(config, manifest_path, model_dir, "--init-from", trained_model_dir, "--scenarios", scenario),
+        check=True,
+        capture_output=True,
+    )
+    base = load_trained_model(trained_model_dir)
+    tuned = load_trained_model(model_dir)
+    # learning rate ~0: the fine-tuned weights start from (and stay at) the pre-trained ones
+    for a, b in zip(
+        base.get_layer("scenario_embedding").get_weights(),
+        tuned.get_layer("scenario_embedding").get_weights(),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _largest_scenario(manifest) -> str:
+    with open(manifest.vocab_path("scenario")) as f:
+        return f.readline().strip()
+
+
+def test_two_workers_on_loopback_match_single_worker(tmp_path, manifest_path, small_experiment):
+    config = _write_config(tmp_path, small_experiment, epochs=2, steps_per_epoch=20)
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        procs.append(
+            subprocess.Popen(
+                _train_cmd(config, manifest_path, str(tmp_path / "multi")),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    multi = json.load(open(tmp_path / "multi" / "history.json"))
+    assert multi["workers"] == 2
+    subprocess.run(_train_cmd(config, manifest_path, str(tmp_path / "single")), check=True, capture_output=True)
+    single = json.load(open(tmp_path / "single" / "history.json"))
+    assert abs(multi["history"]["loss"][-1] - single["history"]["loss"][-1]) < 0.15 * single["history"]["loss"][-1]

@@ -234,3 +234,56 @@ def test_adacalib_removes_injected_scenario_bias(calib, stats, layer):
     assert table["adacalib"] < table["uncalibrated"] / 2
     assert table["adacalib"] <= field_agnostic / 2
     assert table["adacalib"] <= 1.1 * field_aware
+
+
+def test_beam_job_writes_the_stats_of_the_scored_calib_split(tmp_path):
+    import json
+
+    from beam_jobs.calibration_stats import run
+    from serving.server.toy_model import example, save_toy_model
+
+    model_dir = str(tmp_path / "model" / "1")
+    save_toy_model(model_dir, warmup_requests=0)
+    rng = np.random.default_rng(5)
+    n = 1500
+    scenario = rng.choice(["m1|s1", "m1|s2", "m2|s1"], n)
+    click = rng.random(n) < 0.3
+    conversion = click & (rng.random(n) < 0.4)
+    records = []
+    for i in range(n):
+        ex = example(f"media_{i % 13}", int(rng.integers(0, 1000)), float(rng.uniform(0, 5)))
+        ex.features.feature["scenario"].bytes_list.value.append(scenario[i].encode())
+        ex.features.feature["click"].int64_list.value.append(int(click[i]))
+        ex.features.feature["conversion"].int64_list.value.append(int(conversion[i]))
+        records.append(ex.SerializeToString())
+    (tmp_path / "examples").mkdir()
+    for part in range(2):
+        with tf.io.TFRecordWriter(str(tmp_path / "examples" / f"part-{part}.tfrecord.gz"), "GZIP") as w:
+            for r in records[part::2]:
+                w.write(r)
+    with tf.io.TFRecordWriter(str(tmp_path / "examples" / "bad.tfrecord.gz"), "GZIP") as w:
+        w.write(b"not an example")
+    manifest = {"features": {"scenario": {"kind": "categorical", "dtype": "string", "calibration": True}},
+                "splits": {"calib": {"files": ["examples/part-0.tfrecord.gz", "examples/part-1.tfrecord.gz",
+                                               "examples/bad.tfrecord.gz"]}},
+                "days": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "stats"
+    assert run(["--model", model_dir, "--data", str(tmp_path / "manifest.json"), "--out", str(out),
+                "--bin-counts", "2", "4", "--min-per-bin", "20", "--batch-size", "256"]) == 0
+
+    scores = tf.saved_model.load(model_dir).signatures["predict_examples"](examples=tf.constant(records))
+    for task, rows, label in (("ctr", np.ones(n, bool), click), ("cvr", click, conversion)):
+        p = scores[f"{task}_raw"].numpy().reshape(-1).astype(np.float64)
+        expected = compute_calibration_stats(p[rows], label[rows], {"scenario": scenario[rows]}, bin_counts=(2, 4),
+                                             min_per_bin=20, task=task)
+        got = CalibStats.read(str(out / f"calibration_stats_{task}.json"))
+        assert got.fields["scenario"].keys() == expected.fields["scenario"].keys()
+        assert got.global_stats.impressions == rows.sum()
+        for value, vs in expected.fields["scenario"].items():  # same rows, any order: same statistics
+            g = got.fields["scenario"][value]
+            assert (g.impressions, g.positives, g.max_bins) == (vs.impressions, vs.positives, vs.max_bins)
+            np.testing.assert_allclose(g.tables[4].boundaries, vs.tables[4].boundaries, rtol=1e-6)
+            np.testing.assert_array_equal(g.tables[4].positives, vs.tables[4].positives)
+    (malformed,) = out.glob("malformed*.txt")
+    assert malformed.read_text().split() == [b"not an example".hex()]

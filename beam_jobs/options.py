@@ -34,11 +34,12 @@ class JobError(ConfigError):
 
 @dataclass(frozen=True)
 class InputFile:
-    """One log file the job reads: its log, path and position in the job's file list."""
+    """One log file the job reads: its position in the job's file list, log, path and day directory."""
 
     index: int
     log: str
     path: str
+    day: str
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,13 @@ class Job:
     splits: dict[str, list[str]]
 
     @property
-    def day_split(self) -> dict[str, str]:
-        """Day -> split name."""
-        return {d: s for s, days in self.splits.items() for d in days}
+    def paths(self) -> list[str]:
+        """Input paths by file index."""
+        return [f.path for f in self.files]
+
+    def day_files(self, log: str, day: str) -> list[InputFile]:
+        """The files of ``log`` under ``day``."""
+        return [f for f in self.files if f.log == log and f.day == day]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,8 +105,8 @@ def resolve_job(args: argparse.Namespace) -> Job:
         if not paths and log in ("impressions", "feed"):
             hint = " (drop --cold-start or generate with --with-feed)" if log == "feed" else ""
             raise JobError(f"--logs {args.logs}: no {log} files matching {log}/<YYYY-MM-DD>/*.jsonl.gz{hint}")
-        files += [InputFile(len(files) + i, log, p) for i, p in enumerate(paths)]
-    days = sorted({_day_of(f.path) for f in files if f.log == "impressions"})
+        files += [InputFile(len(files) + i, log, p, _day_of(p)) for i, p in enumerate(paths)]
+    days = sorted({f.day for f in files if f.log == "impressions"})
     return Job(logs, out, schema, str(args.schema), cold_start, tuple(files), split_days(days, schema.splits))
 
 

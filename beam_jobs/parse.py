@@ -121,7 +121,7 @@ def _parse_clean(lines: list[bytes], columns: list[Column]) -> pd.DataFrame | No
 def _rule_violations(frame: pd.DataFrame, columns: list[Column]) -> np.ndarray:
     bad = np.zeros(len(frame), dtype=bool)
     for c in columns:
-        unknown, out = _value_checks(frame[c.name].to_numpy(), c)
+        unknown, out = _value_checks(frame[c.name], c)
         bad |= unknown | out
     return bad
 
@@ -211,13 +211,13 @@ def _is_type(v: object, typ: str) -> bool:
     return t is str
 
 
-def _value_checks(values: np.ndarray, c: Column) -> tuple[np.ndarray, np.ndarray]:
+def _value_checks(values: np.ndarray | pd.Series, c: Column) -> tuple[np.ndarray, np.ndarray]:
     """Masks of values outside the enum and outside [min, max]."""
     n = len(values)
     unknown = np.zeros(n, dtype=bool)
     out = np.zeros(n, dtype=bool)
     if c.values is not None:
-        unknown = pd.Index(c.values).get_indexer(values) < 0
+        unknown = ~pd.Series(values).isin(c.values).to_numpy()
     if c.min is not None:
         out |= values < c.min
     if c.max is not None:

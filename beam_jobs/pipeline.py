@@ -1,8 +1,10 @@
-"""The Beam graph: files -> parse/validate -> bucket by trace_id -> join, label, write shards -> finalize.
+"""The Beam graph: one unit of work per (impression day, trace_id bucket), no shuffle of impressions.
 
-Work is batched so DirectRunner keeps up: one element per input file, one element per (bucket, file)
-slice of parsed rows, one GroupByKey over the buckets; dead letters and counts are the only
-per-record outputs. Bucket ``b`` of the join writes shard ``b`` of every day it holds.
+- the small click and conversion logs are parsed once and broadcast to every unit as a side input;
+- each unit parses its day's impression (and feed) files, keeps its bucket's rows, joins and labels them,
+  and writes shard ``bucket`` of its day; impressions never travel through the runner;
+- click and conversion lines no unit claimed are orphans (a final global step).
+Units are spread over the workers by a GroupByKey on their index (the runner deals keys round-robin).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs.examples import encode_examples, write_tfrecord_gz
 from beam_jobs.files import read_bytes, write_bytes
-from beam_jobs.join import DAY, FILE, ORDER, join_bucket
+from beam_jobs.join import DAY, FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans
 from beam_jobs.manifest import POSTERIOR_PATH, build_manifest, vocab_path
-from beam_jobs.options import Job
-from beam_jobs.parse import log_columns, parse_lines, split_lines
+from beam_jobs.options import InputFile, Job
+from beam_jobs.parse import ParseResult, log_columns, parse_lines, split_lines
 from beam_jobs.posterior import posterior_table
 from beam_jobs.stats import Tally, posterior_fields, tally_examples
 from beam_jobs.vocab import vocab_text, vocabulary
@@ -29,7 +31,7 @@ from tfads.configtools import read_yaml
 from tfads.schema import DerivedField, Schema
 
 DEAD, STATS = "deadletter", "stats"
-RAW_LOGS = ("clicks", "conversions")  # logs whose raw lines travel to the join (for dead letters)
+EVENT_LOGS = ("clicks", "conversions")
 _KIND = {"string": "bytes", "int": "int64", "float": "float"}
 
 
@@ -46,66 +48,124 @@ def bucket_of(trace_ids: pd.Series, buckets: int) -> np.ndarray:
     return (pd.util.hash_array(trace_ids.to_numpy(dtype=object)) % np.uint64(buckets)).astype(np.int64)
 
 
-def _count(log: str, dead: list[dict], read: int = 0) -> None:
+def _count(log: str, read: int, dead: list[dict], tally: Tally) -> None:
+    """Add to ``tally`` and to the Beam counters ``tfads_build:<log>_read`` / ``<log>_<reason>``."""
+    tally.count_input(log, read, dead)
     if read:
         Metrics.counter("tfads_build", f"{log}_read").inc(read)
     for reason, n in pd.Series([d["reason"] for d in dead], dtype=object).value_counts().items():
         Metrics.counter("tfads_build", f"{log}_{reason}").inc(int(n))
 
 
-class ParseFile(beam.DoFn):
-    """One input file -> (bucket, (log, rows)) slices, dead-letter records and a Tally."""
+def _parse_file(f: InputFile, schema: Schema, *, keep_raw: bool) -> ParseResult:
+    result = parse_lines(split_lines(read_bytes(f.path)), log_columns(schema, f.log), log=f.log, source=f.path,
+                         keep_raw=keep_raw)
+    result.rows[FILE] = f.index
+    return result
 
-    def __init__(self, schema: Schema, buckets: int) -> None:
-        self._schema, self._buckets = schema, buckets
 
-    def process(self, element: tuple[int, str, str]):
-        index, log, path = element
-        lines = split_lines(read_bytes(path))
-        result = parse_lines(lines, log_columns(self._schema, log), log=log, source=path, keep_raw=log in RAW_LOGS)
-        _count(log, result.dead, result.read)
+class ParseEvents(beam.DoFn):
+    """A click or conversion file -> (log, parsed rows), dead letters and a Tally."""
+
+    def __init__(self, schema: Schema) -> None:
+        self._schema = schema
+
+    def process(self, f: InputFile):
+        result = _parse_file(f, self._schema, keep_raw=True)
         tally = Tally()
-        tally.count_input(log, result.read, result.dead)
+        _count(f.log, result.read, result.dead, tally)
         yield TaggedOutput(STATS, tally)
         for record in result.dead:
             yield TaggedOutput(DEAD, record)
-        rows = result.rows
-        rows[FILE] = index
-        buckets = bucket_of(rows[self._schema.key], self._buckets)
-        for b in np.unique(buckets):
-            yield int(b), (log, rows[buckets == b])
+        yield f.log, result.rows
 
 
-class JoinBucket(beam.DoFn):
-    """One bucket's events -> labelled examples written as shard ``bucket`` of each day, dead letters, a Tally."""
+class EventTables(beam.CombineFn):
+    """(log, rows) pieces -> {log: all rows of that log} (the side input every unit joins against)."""
 
-    def __init__(self, job: Job, buckets: int) -> None:
-        self._job, self._buckets = job, buckets
+    def __init__(self, schema: Schema) -> None:
+        self._schema = schema
 
-    def process(self, element: tuple[int, list[tuple[str, pd.DataFrame]]]):
-        bucket, parts = element
+    def create_accumulator(self) -> dict[str, list[pd.DataFrame]]:
+        return {log: [] for log in EVENT_LOGS}
+
+    def add_input(self, acc, piece):
+        acc[piece[0]].append(piece[1])
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for acc in accs:
+            for log, pieces in acc.items():
+                out[log] += pieces
+        return out
+
+    def extract_output(self, acc) -> dict[str, pd.DataFrame]:
+        return {log: pd.concat([empty_events(self._schema, log), *pieces], ignore_index=True)
+                for log, pieces in acc.items()}
+
+
+class JoinUnit(beam.DoFn):
+    """(day, bucket) -> shard ``bucket`` of ``day`` written; dead letters, claimed event ids and a Tally out."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._buckets = job.schema.splits.shards_per_day
+
+    def _bucket_rows(self, log: str, day: str, bucket: int, tally: Tally, dead: list[dict]) -> pd.DataFrame:
+        """This bucket's valid rows of ``log`` on ``day``; bad lines are shared out by line number."""
+        pieces = [empty_events(self._job.schema, log)]
+        for f in self._job.day_files(log, day):
+            result = _parse_file(f, self._job.schema, keep_raw=False)
+            rows = result.rows[bucket_of(result.rows[self._job.schema.key], self._buckets) == bucket]
+            mine = [d for d in result.dead if d["line"] % self._buckets == bucket]
+            _count(log, len(rows) + len(mine), mine, tally)
+            dead += mine
+            pieces.append(rows)
+        return pd.concat(pieces, ignore_index=True)
+
+    def process(self, unit: tuple[str, int], events: dict[str, pd.DataFrame]):
+        day, bucket = unit
         job, schema = self._job, self._job.schema
-        by_log: dict[str, list[pd.DataFrame]] = defaultdict(list)
-        for log, rows in parts:
-            by_log[log].append(rows)
-        frames = {log: pd.concat(rows, ignore_index=True) for log, rows in by_log.items()}
-        joined = join_bucket(frames, schema, [f.path for f in job.files], cold_start=job.cold_start)
-        tally = tally_examples(joined.examples, schema, DAY, set(job.splits["train"]))
-        dead_by_log: dict[str, list[dict]] = defaultdict(list)
-        for record in joined.dead:
-            dead_by_log[record["log"]].append(record)
-        for log, dead in dead_by_log.items():
-            _count(log, dead)
-            tally.count_input(log, 0, dead)
-        spec = example_spec(schema)
-        for day, rows in joined.examples.groupby(DAY, sort=True):
-            rows = rows.sort_values([schema.timestamp, *ORDER], kind="stable")
-            path = f"{job.out}/examples/{day}/part-{bucket:05d}-of-{self._buckets:05d}.tfrecord.gz"
-            write_tfrecord_gz(path, encode_examples(rows, spec))
-            tally.files[day] = [path]
+        tally, dead = Tally(), []
+        imps = self._bucket_rows("impressions", day, bucket, tally, dead)
+        joined = join_impressions(imps, events["clicks"], events["conversions"], schema, job.paths)
+        parts, join_dead = [joined.examples], list(joined.dead)
+        if job.cold_start:
+            feed = self._bucket_rows("feed", day, bucket, tally, dead)
+            examples, feed_dead = feed_examples(feed, schema, job.paths)
+            parts.append(examples)
+            join_dead += feed_dead
+        by_log: dict[str, list[dict]] = defaultdict(list)
+        for record in join_dead:
+            by_log[record["log"]].append(record)
+        for log, records in by_log.items():
+            _count(log, 0, records, tally)
+        examples = add_derived(pd.concat(parts, ignore_index=True), schema, day)
+        examples = examples.sort_values([schema.timestamp, *ORDER], kind="stable")
+        path = f"{job.out}/examples/{day}/part-{bucket:05d}-of-{self._buckets:05d}.tfrecord.gz"
+        write_tfrecord_gz(path, encode_examples(examples, example_spec(schema)))
+        tally.merge(tally_examples(examples, schema, DAY, set(job.splits["train"]), unit=f"{day}/{bucket:05d}"))
+        tally.files[day] = [path]
         yield TaggedOutput(STATS, tally)
-        for record in joined.dead:
+        for record in dead + join_dead:
             yield TaggedOutput(DEAD, record)
+        yield joined.claimed
+
+
+class Orphans(beam.DoFn):
+    """All claimed event ids -> orphan dead letters and their Tally."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self._paths = paths
+
+    def process(self, claimed: np.ndarray, events: dict[str, pd.DataFrame]):
+        dead = orphans(events, claimed, self._paths)
+        tally = Tally()
+        for log in EVENT_LOGS:
+            _count(log, 0, [d for d in dead if d["log"] == log], tally)
+        yield TaggedOutput(STATS, tally)
+        yield from dead
 
 
 class MergeTallies(beam.CombineFn):
@@ -158,26 +218,31 @@ class BuildExamples(beam.PTransform):
     def __init__(self, job: Job) -> None:
         super().__init__()
         self._job = job
-        self._buckets = job.schema.splits.shards_per_day
 
     def expand(self, root):
         job = self._job
-        # Largest files first: the runner hands keys to workers round-robin in this order.
-        files = sorted(job.files, key=lambda f: (f.log != "impressions", f.log != "feed", f.index))
+        buckets = job.schema.splits.shards_per_day
         parsed = (
             root
-            | "ListInputs" >> beam.Create([(f.index, (f.index, f.log, f.path)) for f in files])
-            | "SpreadFiles" >> beam.GroupByKey()
-            | "OneFile" >> beam.FlatMap(lambda kv: kv[1])
-            | "ParseValidate" >> beam.ParDo(ParseFile(job.schema, self._buckets)).with_outputs(DEAD, STATS, main="rows")
+            | "EventFiles" >> beam.Create([f for f in job.files if f.log in EVENT_LOGS])
+            | "ParseEvents" >> beam.ParDo(ParseEvents(job.schema)).with_outputs(DEAD, STATS, main="rows")
         )
+        events = beam.pvalue.AsSingleton(parsed.rows | "EventTables" >> beam.CombineGlobally(EventTables(job.schema)))
+        units = [(day, b) for days in job.splits.values() for day in days for b in range(buckets)]
         joined = (
-            parsed.rows
-            | "GroupByBucket" >> beam.GroupByKey()
-            | "JoinLabelWrite" >> beam.ParDo(JoinBucket(job, self._buckets)).with_outputs(DEAD, STATS)
+            root
+            | "Units" >> beam.Create(list(enumerate(units)))
+            | "SpreadUnits" >> beam.GroupByKey()
+            | "OneUnit" >> beam.FlatMap(lambda kv: kv[1])
+            | "JoinLabelWrite" >> beam.ParDo(JoinUnit(job), events).with_outputs(DEAD, STATS, main="claimed")
+        )
+        lost = (
+            joined.claimed
+            | "AllClaimed" >> beam.CombineGlobally(lambda ids: np.concatenate([np.zeros(0, np.int64), *ids]))
+            | "Orphans" >> beam.ParDo(Orphans(job.paths), events).with_outputs(STATS, main="dead")
         )
         dead_files = (
-            (parsed[DEAD], joined[DEAD])
+            (parsed[DEAD], joined[DEAD], lost.dead)
             | "AllDeadLetters" >> beam.Flatten()
             | "DeadLetterJson" >> beam.Map(lambda r: orjson.dumps(r).decode())
             | "WriteDeadLetters" >> beam.io.WriteToText(
@@ -185,7 +250,7 @@ class BuildExamples(beam.PTransform):
             )
         )
         return (
-            (parsed[STATS], joined[STATS])
+            (parsed[STATS], joined[STATS], lost[STATS])
             | "AllTallies" >> beam.Flatten()
             | "MergeTallies" >> beam.CombineGlobally(MergeTallies())
             | "Finalize" >> beam.Map(finalize, beam.pvalue.AsList(dead_files), job)

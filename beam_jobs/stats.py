@@ -26,7 +26,8 @@ class Tally:
     days: dict[str, Counter] = field(default_factory=dict)  # day -> {examples, clicks, conversions, feed}
     files: dict[str, list[str]] = field(default_factory=dict)  # day -> example shard paths
     values: dict[str, pd.DataFrame] = field(default_factory=dict)  # field -> value x VALUE_COLUMNS (train ads)
-    numeric: dict[str, np.ndarray] = field(default_factory=dict)  # feature -> [n, sum, sum of squares]
+    # feature -> {unit: [n, sum, sum of squares]}; kept per unit so the final sum has a fixed order
+    numeric: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def count_input(self, log: str, read: int, dead: list[dict]) -> None:
         """Record ``read`` lines of ``log`` and the dead letters produced from them."""
@@ -45,13 +46,14 @@ class Tally:
         for name, frame in other.values.items():
             mine = self.values.get(name)
             self.values[name] = frame if mine is None else mine.add(frame, fill_value=0).astype(np.int64)
-        for name, m in other.numeric.items():
-            self.numeric[name] = self.numeric.get(name, np.zeros(3)) + m
+        for name, per_unit in other.numeric.items():
+            self.numeric.setdefault(name, {}).update(per_unit)
         return self
 
 
-def tally_examples(examples: pd.DataFrame, schema: Schema, day_col: str, train_days: set[str]) -> Tally:
-    """Per-day example counts of ``examples`` plus train statistics of its ad samples."""
+def tally_examples(examples: pd.DataFrame, schema: Schema, day_col: str, train_days: set[str], unit: str) -> Tally:
+    """Per-day example counts of ``examples`` plus train statistics of its ad samples (``unit`` names the piece
+    of work, so floating-point sums are combined in a fixed order)."""
     tally = Tally()
     is_feed = (examples[schema.source_feature] == "feed").to_numpy()
     per_day = pd.DataFrame(
@@ -70,7 +72,7 @@ def tally_examples(examples: pd.DataFrame, schema: Schema, day_col: str, train_d
     for name, f in schema.features.items():
         if f.feature == "numeric":
             x = numeric_values(train[name].to_numpy(), log=getattr(f, "log", False))
-            tally.numeric[name] = np.array([len(x), x.sum(), np.square(x).sum()])
+            tally.numeric[name] = {unit: np.array([len(x), x.sum(), np.square(x).sum()])}
     return tally
 
 
@@ -86,9 +88,12 @@ def numeric_values(x: np.ndarray, *, log: bool) -> np.ndarray:
     return np.log1p(x) if log else x
 
 
-def mean_std(moments: np.ndarray) -> tuple[float, float]:
-    """Mean and population standard deviation from [n, sum, sum of squares]."""
-    n, s, ss = (float(v) for v in moments)
+def mean_std(per_unit: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Mean and population standard deviation from {unit: [n, sum, sum of squares]}."""
+    total = np.zeros(3)
+    for unit in sorted(per_unit):
+        total = total + per_unit[unit]
+    n, s, ss = (float(v) for v in total)
     if n == 0:
         return 0.0, 1.0
     mean = s / n

@@ -84,11 +84,12 @@ class StarDense(keras.layers.Layer):
         x, domain = inputs
         d = _domain_index(domain)
         dtype = self.compute_dtype
-        kernel = tf.cast(self.kernel, dtype)
-        domain_kernel = tf.cast(self.domain_kernel, dtype)
+        # One (P, d_in, units) product, unstacked: slicing per domain would make each slice's gradient a
+        # full (P, d_in, units) tensor.
+        kernels = tf.unstack(tf.cast(self.domain_kernel * self.kernel, dtype), num=self.num_domains)
         parts = tf.dynamic_partition(x, d, self.num_domains)
         rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), d, self.num_domains)
-        outs = [tf.matmul(part, domain_kernel[p] * kernel) for p, part in enumerate(parts)]
+        outs = [tf.matmul(part, k) for part, k in zip(parts, kernels, strict=True)]
         y = tf.dynamic_stitch(rows, outs)
         y = y + tf.cast(self.bias + tf.gather(self.domain_bias, d), dtype)
         return self.activation(y)

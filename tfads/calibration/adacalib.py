@@ -58,8 +58,8 @@ def _segment_tables(vs: ValueStats, k: int, min_slope: float) -> dict[str, np.nd
     imps, hits = np.asarray(t.impressions, float), np.asarray(t.positives, float)
     post = _logit(np.asarray(t.posterior))
     iso = _logit(_pav(np.asarray(t.posterior), np.maximum(imps, 1e-3)))
-    a = np.concatenate([[2 * iso[0]], iso[:-1] + iso[1:], [2 * iso[-1]]]) / 2
-    a[0], a[-1] = 2 * iso[0] - a[1], 2 * iso[-1] - a[-2]
+    inner = (iso[:-1] + iso[1:]) / 2  # interior keypoints: halfway between neighbouring bins
+    a = np.concatenate([[2 * iso[0] - inner[0]], inner, [2 * iso[-1] - inner[-1]]])  # ends: bin value at mid
     slope = np.clip(np.diff(a) / width, 0.0, 50.0)
     rate = float(_logit(np.asarray(vs.rate)))
     gap = post - _logit(np.asarray(t.mean_pred))  # the bin's miscalibration, in logit units

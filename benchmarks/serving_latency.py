@@ -132,7 +132,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     base = args.model_base_path
     if not base:
         base = os.path.join(tmp.name, args.model_name)
-        save_toy_model(os.path.join(base, "1"), bias=0.0, model_name=args.model_name)
+        save_toy_model(os.path.join(base, "1"), bias=0.0, depth=args.toy_depth, model_name=args.model_name)
     latest = max(int(v) for v in os.listdir(base) if v.isdigit())
     fn = tf.saved_model.load(os.path.join(base, str(latest))).signatures["serving_default"]
     inputs = make_candidates(fn, args.candidates)
@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_base_path", default="", help="an export base path (default: a toy model)")
     parser.add_argument("--model_name", default="toy")
+    parser.add_argument("--toy_depth", type=int, default=0, help="extra op pairs per call in the toy model")
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=2000, help="max requests per cell")

@@ -29,13 +29,16 @@ _EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
 class ToyCtrModel(tf.Module):
     """sigmoid of simple arithmetic over three raw features; outputs shaped like the real export."""
 
-    def __init__(self, bias: float) -> None:
+    def __init__(self, bias: float, depth: int = 0) -> None:
         super().__init__()
         self.bias = tf.Variable(bias, dtype=tf.float32)
+        self.depth = depth
 
     def _score(self, media: tf.Tensor, slot_id: tf.Tensor, bid_floor: tf.Tensor) -> dict[str, tf.Tensor]:
         bucket = tf.cast(tf.strings.to_hash_bucket_fast(media, 7), tf.float32) / 7.0
         logit = self.bias + 0.3 * bucket + 0.01 * tf.cast(slot_id % 10, tf.float32) + 0.5 * tf.math.log1p(bid_floor)
+        for _ in range(self.depth):  # extra per-call graph work, like a deeper model's many small ops
+            logit = logit + 1e-3 * tf.tanh(logit)
         ctr_raw, cvr_raw = tf.sigmoid(logit - 2.0), tf.sigmoid(logit - 1.0)
         raw = {"ctr_raw": ctr_raw, "cvr_raw": cvr_raw, "ctcvr_raw": ctr_raw * cvr_raw}
         calibrated = {name[: -len("_raw")]: 0.9 * value for name, value in raw.items()}
@@ -84,9 +87,14 @@ def example(media: str, slot_id: int, bid_floor: float) -> tf.train.Example:
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def save_toy_model(path: str, *, bias: float = 0.0, warmup_requests: int = 2, model_name: str = "toy") -> str:
-    """Write the toy SavedModel to ``path`` (a ``<base>/<version>`` directory) with warmup records."""
-    module = ToyCtrModel(bias)
+def save_toy_model(
+    path: str, *, bias: float = 0.0, depth: int = 0, warmup_requests: int = 2, model_name: str = "toy"
+) -> str:
+    """Write the toy SavedModel to ``path`` (a ``<base>/<version>`` directory) with warmup records.
+
+    ``depth`` adds that many elementwise op pairs per call, to stand in for a heavier model.
+    """
+    module = ToyCtrModel(bias, depth)
     signatures = {
         "serving_default": module.serving_default,
         "predict_examples": module.predict_examples,

@@ -95,6 +95,7 @@ class SweepTuner(kt.Tuner):
             os.path.join(self.get_trial_dir(trial.trial_id), f"attempt-{self.tuner_id}-{os.getpid()}.json"),
             {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, "pid": os.getpid(), "started": started},
         )
+        log.info("trial %s started by %s (pid %d): %s", trial.trial_id, self.tuner_id, os.getpid(), values)
         config = trial_experiment(self.tune, values)
         self._outcomes[trial.trial_id]["config"] = config.to_dict()
         epochs = int(values.get("tuner/epochs", self.tune.budget.epochs))

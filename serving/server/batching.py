@@ -8,13 +8,31 @@ concatenates inputs along dimension 0, runs the signature once and splits the ou
 from __future__ import annotations
 
 import collections
+import contextvars
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
 
 import numpy as np
 
 from serving.server.errors import ServingError
 from serving.server.servable import RunFn, Servable
+
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_deadline", default=None)
+
+
+@contextmanager
+def request_deadline(seconds: float | None) -> Iterator[None]:
+    """Bound how long this thread's request may wait for its batch (gRPC deadline, REST timeout)."""
+    token = _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 class BatchTask:
@@ -29,8 +47,11 @@ class BatchTask:
         self.error: ServingError | None = None
 
     def result(self) -> dict[str, np.ndarray]:
-        """This request's rows of the batch outputs (or the batch's error)."""
-        self.done.wait()
+        """This request's rows of the batch outputs (or the batch's error); DEADLINE_EXCEEDED past
+        the deadline set by ``request_deadline``."""
+        deadline = _DEADLINE.get()
+        if not self.done.wait(None if deadline is None else max(deadline - time.monotonic(), 0.0)):
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         if self.error is not None:
             raise self.error
         return self.outputs

@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.server import inference
+from serving.server.batching import request_deadline
 from serving.server.errors import ServingError
 from serving.server.model_manager import ModelManager
 from serving.server.monitoring import Metrics
@@ -70,7 +71,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def _run(self, context, api: str, spec, fn: Callable) -> object:
         def call():
-            with self._metrics.request(spec.name, api, "GRPC"):
+            with self._metrics.request(spec.name, api, "GRPC"), request_deadline(context.time_remaining()):
                 return fn(self._manager.resolve(spec))
 
         return _answer(context, call)
@@ -87,7 +88,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def MultiInference(self, request, context):  # noqa: N802
         def call():
             spec = inference.check_multi_inference(request)
-            with self._metrics.request(spec.name, "multi_inference", "GRPC"):
+            metered = self._metrics.request(spec.name, "multi_inference", "GRPC")
+            with metered, request_deadline(context.time_remaining()):
                 return inference.multi_inference(self._manager.resolve(spec), request)
 
         return _answer(context, call)

@@ -82,7 +82,12 @@ class ModelServer:
         self.rest = None
         if args.rest_api_port:
             self.rest = RestServer(
-                self.manager, self.metrics, host=args.host, port=args.rest_api_port, metrics_path=metrics_path
+                self.manager,
+                self.metrics,
+                host=args.host,
+                port=args.rest_api_port,
+                metrics_path=metrics_path,
+                timeout_s=args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None,
             )
         elif metrics_path:
             log.warning("Prometheus metrics are served on the REST port; set --rest_api_port to expose them")
@@ -130,6 +135,8 @@ class ModelServer:
                     log.info("Reloaded model config from %s", path)
             except ServingError as e:
                 log.error("Failed to reload model config %s: %s", path, e.message)
+            except Exception:  # noqa: BLE001 - keep polling; the serving models stay in place
+                log.exception("Failed to reload model config %s", path)
 
     def stop(self) -> None:
         """Stop accepting requests, stop the pollers and unload every model."""

@@ -114,7 +114,10 @@ class ModelManager:
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self._poll_wait):
-            self.poll()
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - keep polling; the serving versions stay in place
+                log.exception("File system poll failed")
 
     def poll(self) -> None:
         """One file-system poll: load new aspired versions, unload ones no longer aspired."""

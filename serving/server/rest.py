@@ -17,6 +17,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.server import inference
+from serving.server.batching import request_deadline
 from serving.server.errors import ServingError
 from serving.server.grpc_service import SIGNATURE_DEF_FIELD, model_metadata
 from serving.server.json_codec import decode_examples, decode_predict, encode_predict
@@ -40,8 +41,8 @@ def _to_json(message) -> dict:
 class RestApi:
     """Request handling independent of HTTP plumbing: (method, path, body) -> (status, JSON)."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
-        self._manager, self._metrics = manager, metrics
+    def __init__(self, manager: ModelManager, metrics: Metrics, timeout_s: float | None = None) -> None:
+        self._manager, self._metrics, self._timeout = manager, metrics, timeout_s
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
         """Answer one request; errors become ``{"error": message}`` with TF Serving's HTTP status."""
@@ -77,7 +78,7 @@ class RestApi:
         if not isinstance(signature_name, str):
             raise ServingError.invalid_argument("'signature_name' key must be a string value.")
         spec.signature_name = signature_name
-        with self._metrics.request(spec.name, verb, "REST"):
+        with self._metrics.request(spec.name, verb, "REST"), request_deadline(self._timeout):
             servable = self._manager.resolve(spec)
             if verb == "predict":
                 sig = servable.signature(signature_name)
@@ -156,9 +157,16 @@ class RestServer:
     """The REST front end, plus the Prometheus endpoint when monitoring is enabled."""
 
     def __init__(
-        self, manager: ModelManager, metrics: Metrics, *, host: str, port: int, metrics_path: str | None
+        self,
+        manager: ModelManager,
+        metrics: Metrics,
+        *,
+        host: str,
+        port: int,
+        metrics_path: str | None,
+        timeout_s: float | None = None,
     ) -> None:
-        handler = _handler_class(RestApi(manager, metrics), metrics, metrics_path)
+        handler = _handler_class(RestApi(manager, metrics, timeout_s), metrics, metrics_path)
         self.httpd = _HttpServer((host, port), handler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="rest", daemon=True)

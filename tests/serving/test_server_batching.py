@@ -11,7 +11,7 @@ import tfads  # noqa: F401  (before TensorFlow)
 import grpc
 
 from serving.server import ServingError
-from serving.server.batching import BatchScheduler
+from serving.server.batching import BatchScheduler, request_deadline
 
 
 class BlockingDouble:
@@ -66,6 +66,13 @@ def test_full_queue_is_unavailable_and_oversized_task_invalid(blocked):
     assert "Task size 9 is larger than maximum input batch size 8" in big.value.message
     fn.release.set()
     assert [t.result()["y"].tolist() for t in queued] == [[0.0, 2.0, 4.0, 6.0]] * 2
+
+
+def test_waiting_past_the_request_deadline_is_deadline_exceeded(blocked):
+    fn, scheduler, _ = blocked
+    with request_deadline(0.05), pytest.raises(ServingError) as info:
+        scheduler({"x": np.arange(2.0)})
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and info.value.http_status == 504
 
 
 def test_batch_errors_reach_every_caller():

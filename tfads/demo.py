@@ -71,7 +71,16 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(manifest_path)
     scored = attach_truth(predict_split(result.model, manifest, "test"), logs)
     evaluation = evaluate_frame(scored)
-    files = write_report(evaluation, scored, os.path.join(out, "eval"), model_name="dcnv2_adasparse")
+    from tfads.sparsity import scenario_sparsity
+
+    sparsity = scenario_sparsity(result.model, manifest)
+    files = write_report(
+        evaluation, scored, os.path.join(out, "eval"), model_name="dcnv2_adasparse", sparsity=sparsity
+    )
+    if sparsity is not None:
+        matrix, layers, _ = sparsity
+        shares = ", ".join(f"{name} {share:.2f}" for name, share in zip(layers, matrix.mean(axis=1), strict=True))
+        print(f"AdaSparse pruned share per layer (mean over scenarios): {shares}")
     print(evaluation.table())
     print("plots: " + ", ".join(v for k, v in files.items() if v.endswith(".png")))
     _done(t)

@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from tfads.evaluate import evaluate_frame, write_report
     from tfads.manifest import load_manifest
     from tfads.predict import predict_split
+    from tfads.sparsity import scenario_sparsity
     from tfads.train import load_trained_model
     from tfads.truth import attach_truth
 
@@ -31,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         scored = attach_truth(scored, args.logs)
     evaluation = evaluate_frame(scored)
     out = args.out or os.path.join(args.model_dir, f"eval_{args.split}")
-    files = write_report(evaluation, scored, out, model_name=model.name)
+    sparsity = scenario_sparsity(model, manifest, args.split)
+    files = write_report(evaluation, scored, out, model_name=model.name, sparsity=sparsity)
     print(evaluation.table())
     print("\n".join(f"wrote {path}" for path in files.values()))
     return 0

@@ -74,6 +74,7 @@ class TrainConfig:
     batch_size: int = 1024
     epochs: int = 3
     learning_rate: float = 1e-3
+    optimizer: Literal["lazy_adam", "adam", "adagrad"] = "lazy_adam"
     shuffle_buffer: int = 50_000
     steps_per_epoch: int | None = None
     early_stopping_patience: int = 2

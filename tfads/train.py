@@ -114,7 +114,7 @@ def train(
 
     with strategy.scope():
         model = build_model(manifest, config.model)
-        compile_model(model, config.model, tc.learning_rate)
+        compile_model(model, config.model, tc.learning_rate, tc.optimizer)
         if init_from:
             checkpoint = resolve_checkpoint(init_from)
             model.load_weights(checkpoint).expect_partial()

@@ -13,6 +13,7 @@ from tfads.experiment import ModelConfig
 from tfads.features import embed_features, feature_inputs
 from tfads.manifest import Manifest
 from tfads.models.backbones import backbone, mlp
+from tfads.optimizers import make_optimizer
 
 
 def _tower(h: tf.Tensor, units: list[int], name: str, base_rate: float) -> tf.Tensor:
@@ -52,12 +53,12 @@ def _auc() -> keras.metrics.AUC:
     return keras.metrics.AUC(thresholds=thresholds, name="auc")
 
 
-def compile_model(model: keras.Model, cfg: ModelConfig, learning_rate: float) -> None:
+def compile_model(model: keras.Model, cfg: ModelConfig, learning_rate: float, optimizer: str = "lazy_adam") -> None:
     """ESMM losses: CE(click, pCTR) + CE(click & conversion, pCTCVR) over all impressions, plus an
     optional direct CE(conversion, pCVR) on clicked samples (its sample weight is the click)."""
     bce = keras.losses.BinaryCrossentropy()
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=make_optimizer(optimizer, learning_rate),
         loss={"ctr": bce, "cvr": bce, "ctcvr": bce},
         loss_weights={"ctr": 1.0, "ctcvr": 1.0, "cvr": cfg.cvr_loss_weight if cfg.direct_cvr_loss else 0.0},
         weighted_metrics={"ctr": [_auc()], "ctcvr": [_auc()]},

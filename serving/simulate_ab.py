@@ -1,0 +1,383 @@
+"""``tfads simulate-ab``: replay held-out impression opportunities through the A/B arms.
+
+Each opportunity holds K candidate ads and goes through the real bidding client to the running
+model server. Candidates are K logged test impressions of the same scenario and hour, each with its
+whole logged row, so every candidate has the generator's true pCTR/pCVR (a candidate that was never
+shown would have no truth). The opportunity's user (for hash assignment) is its first candidate's.
+
+Auction: generalized second price over one slot: the K candidates' bids and ``competitors`` synthetic
+bids (log-normal around the median true eCPM of all candidates) compete; the highest bid at or above
+the reserve wins and pays max(second bid, reserve) per impression (CPM billing). Clicks and
+conversions of a won impression are drawn from the winner's true probabilities. Opportunities,
+competitor bids and random draws are shared by the arms (common random numbers).
+
+Per arm: impressions won, clicks, conversions, CTR, CVR, CPC, CPM, spend (what our advertisers pay),
+advertiser value (CPC: price per click, oCPC: target CPA per conversion, CPM: price per mille),
+ROI = value / spend, revenue (the exchange's income from every sale, competitors' included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.bidding import ecpm
+from serving.client import BidClient
+from tfads.metrics import bootstrap_ci
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("routed", "won", "clicks", "conversions", "spend", "value", "revenue")
+Sums = Mapping[str, np.ndarray]
+
+
+def _ratio(num: str, den: str, scale: float = 1.0) -> Callable[[Sums], np.ndarray]:
+    def metric(s: Sums) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(s[den] > 0, scale * s[num] / s[den], np.nan)
+
+    return metric
+
+
+METRICS: dict[str, Callable[[Sums], np.ndarray]] = {
+    "opportunities": lambda s: s["routed"],
+    "impressions": lambda s: s["won"],
+    "clicks": lambda s: s["clicks"],
+    "conversions": lambda s: s["conversions"],
+    "ctr": _ratio("clicks", "won"),
+    "cvr": _ratio("conversions", "clicks"),
+    "cpc": _ratio("spend", "clicks"),
+    "cpm": _ratio("spend", "won", 1000.0),
+    "spend": lambda s: s["spend"],
+    "advertiser_value": lambda s: s["value"],
+    "roi": _ratio("value", "spend"),
+    "revenue": lambda s: s["revenue"],
+}
+UPLIFT_METRICS = ("ctr", "cvr", "cpc", "cpm", "roi", "revenue")
+
+
+@dataclass(frozen=True)
+class AuctionParams:
+    """The synthetic exchange: competitors, their bid spread and the reserve price."""
+
+    competitors: int = 3
+    competitor_scale: float = 1.0
+    competitor_sigma: float = 0.8
+    reserve_ratio: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.competitors < 0 or self.competitor_scale <= 0 or self.competitor_sigma < 0 or self.reserve_ratio < 0:
+            raise ValueError(f"auction parameters must be non-negative (scale positive), got {self}")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Everything the arms share: truth, bid terms, competitor bids, reserve and random draws ([n, K])."""
+
+    true_ctr: np.ndarray
+    true_cvr: np.ndarray
+    bid_type: np.ndarray
+    price: np.ndarray
+    competitor_bids: np.ndarray
+    reserve: float
+    u_click: np.ndarray
+    u_conversion: np.ndarray
+    scenario: np.ndarray
+
+
+def make_environment(
+    requests: Sequence[Mapping[str, Any]], truth: pd.DataFrame, params: AuctionParams, rng: np.random.Generator
+) -> Environment:
+    """Look up each candidate's truth by trace_id and draw competitor bids and click/conversion uniforms.
+
+    Raises:
+      ValueError: a candidate without truth (names its trace_id).
+    """
+    by_trace = truth.set_index("trace_id")[["p_ctr", "p_cvr"]]
+    traces = [[str(c["trace_id"]) for c in r["candidates"]] for r in requests]
+    flat = [t for row in traces for t in row]
+    missing = sorted(set(flat) - set(by_trace.index))
+    if missing:
+        raise ValueError(f"no truth for trace_id {missing[0]!r} ({len(missing)} candidates lack truth)")
+    shape = (len(traces), len(traces[0]))
+    true = by_trace.loc[flat].to_numpy(np.float64)
+    bid_type = np.array([[c["bid_type"] for c in r["candidates"]] for r in requests], dtype=object)
+    price = np.array([[float(c["price"]) for c in r["candidates"]] for r in requests])
+    true_ctr, true_cvr = true[:, 0].reshape(shape), true[:, 1].reshape(shape)
+    base = float(np.median(ecpm(true_ctr, true_cvr, bid_type, price)))
+    competitors = base * params.competitor_scale * np.exp(
+        params.competitor_sigma * rng.standard_normal((shape[0], params.competitors))
+    )
+    return Environment(
+        true_ctr=true_ctr, true_cvr=true_cvr, bid_type=bid_type, price=price, competitor_bids=competitors,
+        reserve=base * params.reserve_ratio, u_click=rng.random(shape), u_conversion=rng.random(shape),
+        scenario=np.array([str(r["candidates"][0].get("scenario", "all")) for r in requests], dtype=object),
+    )
+
+
+def second_price(bids: np.ndarray, competitor_bids: np.ndarray, reserve: float) -> tuple[int | None, float, float]:
+    """One-slot GSP: (index of our winning candidate or None, price paid, exchange revenue), prices in CPM.
+
+    The highest bid at or above ``reserve`` wins and pays max(second-highest bid, reserve); a
+    competitor's win is exchange revenue but not ours."""
+    everything = np.concatenate([bids, competitor_bids])
+    if not len(everything):
+        return None, 0.0, 0.0
+    top = int(np.argmax(everything))
+    if everything[top] <= 0 or everything[top] < reserve:
+        return None, 0.0, 0.0
+    second = np.max(np.delete(everything, top)) if len(everything) > 1 else 0.0
+    price = max(float(second), reserve)
+    return (top if top < len(bids) else None), price, price
+
+
+def replay(
+    client: BidClient, requests: Sequence[Mapping[str, Any]], env: Environment, *, paired: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, Counter]]:
+    """Run every opportunity through every arm (``paired``) or through its user's arm.
+
+    Returns per arm an [n, len(COLUMNS)] outcome matrix, and per arm a Counter of answering model
+    versions (``fallback``/``none`` for requests the model did not answer).
+    """
+    arms = [a.name for a in client.experiment.arms]
+    out = {a: np.zeros((len(requests), len(COLUMNS))) for a in arms}
+    versions: dict[str, Counter] = {a: Counter() for a in arms}
+    col = {c: i for i, c in enumerate(COLUMNS)}
+    for i, request in enumerate(requests):
+        for arm in arms if paired else [None]:
+            response = client.bid(request, arm=arm)
+            row = out.setdefault(response.arm, np.zeros((len(requests), len(COLUMNS))))[i]
+            versions.setdefault(response.arm, Counter())[response.model_version or response.source] += 1
+            winner, price, revenue = second_price(response.bids, env.competitor_bids[i], env.reserve)
+            row[col["routed"]] = 1
+            row[col["revenue"]] = revenue / 1000.0
+            if winner is None:
+                continue
+            click = env.u_click[i, winner] < env.true_ctr[i, winner]
+            conversion = click and env.u_conversion[i, winner] < env.true_cvr[i, winner]
+            amount, kind = env.price[i, winner], env.bid_type[i, winner]
+            value = {"CPC": click * amount, "CPM": amount / 1000.0}.get(kind, conversion * amount)
+            row[[col["won"], col["clicks"], col["conversions"], col["spend"], col["value"]]] = (
+                1, click, conversion, price / 1000.0, value)
+    return out, versions
+
+
+def _sums(x: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {c: x[:, j][idx].sum(axis=1) for j, c in enumerate(COLUMNS)}
+
+
+def summarize(
+    outcomes: Mapping[str, np.ndarray],
+    scenario: np.ndarray,
+    *,
+    control: str,
+    treatment: str,
+    rng: np.random.Generator,
+    reps: int = 200,
+    uplift_metric: str = "ctr",
+    min_impressions: int = 20,
+) -> dict[str, Any]:
+    """Per-arm metrics and treatment-vs-control uplift with bootstrap CIs (resampling opportunities),
+    and per-scenario uplift of ``uplift_metric`` with UPR (share of scenarios with positive uplift
+    among those where both arms won at least ``min_impressions``)."""
+    n = len(scenario)
+    cells = 2_000_000
+    arms = {
+        arm: {name: bootstrap_ci(lambda idx, x=x, f=f: f(_sums(x, idx)), n, rng, reps, max_cells=cells)._asdict()
+              for name, f in METRICS.items()}
+        for arm, x in outcomes.items()
+    }
+    t, c = outcomes[treatment], outcomes[control]
+
+    def lift(f: Callable[[Sums], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        def values(idx: np.ndarray) -> np.ndarray:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return f(_sums(t, idx)) / f(_sums(c, idx)) - 1.0
+
+        return values
+
+    uplift = {name: bootstrap_ci(lift(METRICS[name]), n, rng, reps, max_cells=cells)._asdict()
+              for name in UPLIFT_METRICS}
+    scenarios = []
+    every = np.arange(n)
+    for value in sorted(set(scenario.tolist())):
+        rows = every[scenario == value][None, :]
+        ts, cs = _sums(t, rows), _sums(c, rows)
+        mt, mc = float(METRICS[uplift_metric](ts)[0]), float(METRICS[uplift_metric](cs)[0])
+        counted = min(ts["won"][0], cs["won"][0]) >= min_impressions and mc > 0 and np.isfinite(mt)
+        scenarios.append({
+            "scenario": value, "control_impressions": int(cs["won"][0]), "treatment_impressions": int(ts["won"][0]),
+            f"control_{uplift_metric}": mc, f"treatment_{uplift_metric}": mt,
+            "uplift": (mt / mc - 1.0) if counted else None,
+        })
+    counted = [s["uplift"] for s in scenarios if s["uplift"] is not None]
+    totals = {arm: {c: float(x[:, j].sum()) for j, c in enumerate(COLUMNS)} for arm, x in outcomes.items()}
+    return {
+        "opportunities": n, "control": control, "treatment": treatment, "arms": arms, "totals": totals,
+        "uplift": uplift, "uplift_metric": uplift_metric, "scenarios": scenarios,
+        "upr": {"positive": sum(u > 0 for u in counted), "scenarios": len(counted),
+                "upr": (sum(u > 0 for u in counted) / len(counted)) if counted else None},
+    }
+
+
+# ------------------------------------------------------------------------- report
+
+
+def _fmt(ci: Mapping[str, float], percent: bool = False) -> str:
+    est, low, high = ci["estimate"], ci["low"], ci["high"]
+    if not np.isfinite(est):
+        return "n/a"
+    if percent:
+        return f"{est:+.2%} [{low:+.2%}, {high:+.2%}]"
+    digits = 0 if float(est).is_integer() and abs(est) >= 1 else 4
+    return f"{est:,.{digits}f} [{low:,.{digits}f}, {high:,.{digits}f}]"
+
+
+def render_markdown(summary: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """The A/B report as Markdown."""
+    control, treatment = summary["control"], summary["treatment"]
+    arms = summary["arms"]
+    lines = [
+        "# A/B replay",
+        "",
+        ", ".join(f"{k}: {v}" for k, v in settings.items()),
+        "",
+        "## Per arm (95% bootstrap CI over opportunities)",
+        "",
+        f"| metric | {' | '.join(arms)} | uplift {treatment} vs {control} |",
+        "|---|" + "---:|" * (len(arms) + 1),
+    ]
+    for name in METRICS:
+        cells = [_fmt(arms[a][name]) for a in arms]
+        up = _fmt(summary["uplift"][name], percent=True) if name in summary["uplift"] else ""
+        lines.append(f"| {name} | {' | '.join(cells)} | {up} |")
+    metric = summary["uplift_metric"]
+    upr = summary["upr"]
+    upr_text = f"{upr['upr']:.0%}" if upr["upr"] is not None else "n/a"
+    lines += [
+        "",
+        f"## Per scenario ({metric} uplift; UPR = {upr['positive']}/{upr['scenarios']} = {upr_text})",
+        "",
+        f"| scenario | {control} imps | {treatment} imps | {control} {metric} | {treatment} {metric} | uplift |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summary["scenarios"]:
+        up = f"{s['uplift']:+.2%}" if s["uplift"] is not None else "(too few)"
+        lines.append(f"| {s['scenario']} | {s['control_impressions']} | {s['treatment_impressions']} | "
+                     f"{s[f'control_{metric}']:.4f} | {s[f'treatment_{metric}']:.4f} | {up} |")
+    lines += ["", "## Model versions that answered", ""]
+    for arm, versions in summary.get("versions", {}).items():
+        lines.append(f"- {arm}: " + ", ".join(f"{k}: {v}" for k, v in versions.items()))
+    return "\n".join(lines) + "\n"
+
+
+def _bar_arms(summary: Mapping[str, Any], metric: str) -> dict[str, tuple[float, float, float]]:
+    bars = {}
+    for arm, metrics in summary["arms"].items():
+        est, low, high = (metrics[metric][k] for k in ("estimate", "low", "high"))
+        if np.isfinite(est):
+            bars[arm] = (est, min(low, est), max(high, est))
+    return bars
+
+
+def write_report(summary: Mapping[str, Any], settings: Mapping[str, Any], out_dir: str) -> dict[str, str]:
+    """Write ``ab_report.md``, ``ab_summary.json`` and PNGs (CTR, CPC per arm; uplift per metric)."""
+    from tfads.plots import bar_with_ci
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"markdown": os.path.join(out_dir, "ab_report.md"), "json": os.path.join(out_dir, "ab_summary.json")}
+    with open(paths["markdown"], "w") as f:
+        f.write(render_markdown(summary, settings))
+    with open(paths["json"], "w") as f:
+        json.dump({"settings": dict(settings), **summary}, f, indent=2, default=float)
+    for metric in ("ctr", "cpc"):
+        bars = _bar_arms(summary, metric)
+        if bars:
+            paths[metric] = str(bar_with_ci(bars, os.path.join(out_dir, f"ab_{metric}.png"), metric.upper(),
+                                            title=f"{metric.upper()} per arm (95% CI)"))
+    uplift = {k: tuple(100 * v[x] for x in ("estimate", "low", "high")) for k, v in summary["uplift"].items()
+              if np.isfinite(v["estimate"])}
+    if uplift:
+        uplift = {k: (e, min(lo, e), max(hi, e)) for k, (e, lo, hi) in uplift.items()}
+        paths["uplift"] = str(bar_with_ci(uplift, os.path.join(out_dir, "ab_uplift.png"), "uplift (%)",
+                                          title=f"{summary['treatment']} vs {summary['control']}"))
+    return paths
+
+
+# ------------------------------------------------------------------------- command
+
+
+def read_truth_file(path: str) -> pd.DataFrame:
+    """A truth JSONL (optionally .gz) or a `tfads datagen` logs directory as (trace_id, p_ctr, p_cvr)."""
+    if os.path.isdir(path):
+        from tfads.truth import read_truth
+
+        return read_truth(path)
+    return pd.read_json(path, lines=True, dtype={"trace_id": str})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from serving.bid_cli import add_client_arguments
+
+    add_client_arguments(parser)
+    parser.set_defaults(deadline_ms=1000.0)
+    parser.add_argument("--truth", required=True, help="`tfads datagen` logs directory (or a truth JSONL)")
+    parser.add_argument("--split", default="test", help="held-out split to replay")
+    parser.add_argument("--opportunities", type=int, default=2000, help="impression opportunities to replay")
+    parser.add_argument("--candidates", type=int, default=5, help="candidate ads per opportunity (K)")
+    parser.add_argument("--assignment", choices=["paired", "hash"], default="paired",
+                        help="paired: every opportunity through every arm; hash: through its user's arm")
+    parser.add_argument("--competitors", type=int, default=3, help="synthetic competitor bids per opportunity")
+    parser.add_argument("--competitor-scale", type=float, default=1.0, help="median competitor bid / median eCPM")
+    parser.add_argument("--competitor-sigma", type=float, default=0.8, help="log-normal spread of competitor bids")
+    parser.add_argument("--reserve-ratio", type=float, default=0.3, help="reserve price / median true eCPM")
+    parser.add_argument("--control", default="", help="control arm (default: the first arm)")
+    parser.add_argument("--treatment", default="", help="treatment arm (default: the second arm)")
+    parser.add_argument("--uplift-metric", choices=UPLIFT_METRICS, default="ctr", help="per-scenario uplift metric")
+    parser.add_argument("--min-impressions", type=int, default=20, help="per-scenario minimum for UPR")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="ab_report", help="report directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from serving.bid_cli import make_client, requests_from_rows, server_target, split_rows
+    from serving.experiment import load_experiment_file
+
+    experiment = load_experiment_file(args.experiment)
+    if len(experiment.arms) < 2:
+        raise ValueError(f"{args.experiment}: simulate-ab needs at least two arms")
+    control = experiment.arm(args.control or experiment.arms[0].name).name
+    treatment = experiment.arm(args.treatment or experiment.arms[1].name).name
+    rng = np.random.default_rng(args.seed)
+    rows = split_rows(args.data, args.split)
+    requests = requests_from_rows(rows, args.candidates, seed=args.seed)[: args.opportunities]
+    if not requests:
+        raise ValueError(f"{args.data}: no opportunities of {args.candidates} candidates in split {args.split!r}")
+    params = AuctionParams(args.competitors, args.competitor_scale, args.competitor_sigma, args.reserve_ratio)
+    env = make_environment(requests, read_truth_file(args.truth), params, rng)
+    with server_target(args, sorted({a.model_name for a in experiment.arms})) as target, \
+            make_client(args, target) as client:
+        client.wait_until_available(timeout_s=60)
+        outcomes, versions = replay(client, requests, env, paired=args.assignment == "paired")
+    summary = summarize(outcomes, env.scenario, control=control, treatment=treatment, rng=rng, reps=args.bootstrap,
+                        uplift_metric=args.uplift_metric, min_impressions=args.min_impressions)
+    summary["versions"] = {arm: {str(k): v for k, v in c.items()} for arm, c in versions.items()}
+    settings = {
+        "experiment": experiment.name, "opportunities": len(requests), "candidates": args.candidates,
+        "assignment": args.assignment, "competitors": args.competitors, "reserve_cpm": round(env.reserve, 4),
+        "seed": args.seed,
+    }
+    paths = write_report(summary, settings, args.out)
+    print(render_markdown(summary, settings))
+    print("report: " + ", ".join(paths.values()))
+    return 0

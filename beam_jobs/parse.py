@@ -86,33 +86,39 @@ def split_lines(data: bytes) -> list[bytes]:
     return lines
 
 
-def parse_lines(lines: list[bytes], columns: list[Column], *, log: str, source: str, keep_raw: bool) -> ParseResult:
-    """Validate ``lines`` (one JSON object each) against ``columns``; see the module docstring."""
-    fast = _parse_clean(lines, columns)
+def parse_bytes(data: bytes, columns: list[Column], *, log: str, source: str, keep_raw: bool) -> ParseResult:
+    """Validate a file's content (one JSON object per line) against ``columns``; see the module docstring."""
+    n = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+    fast = _parse_clean(data, n, columns)
     if fast is not None:
         if keep_raw:
-            fast[RAW] = lines
-        return ParseResult(fast, [], len(lines))
-    return _parse_robust(lines, columns, log=log, source=source, keep_raw=keep_raw)
+            fast[RAW] = split_lines(data)
+        return ParseResult(fast, [], n)
+    return _parse_robust(split_lines(data), columns, log=log, source=source, keep_raw=keep_raw)
 
 
-def _parse_clean(lines: list[bytes], columns: list[Column]) -> pd.DataFrame | None:
+def parse_lines(lines: list[bytes], columns: list[Column], *, log: str, source: str, keep_raw: bool) -> ParseResult:
+    """``parse_bytes`` for a list of lines."""
+    return parse_bytes(b"".join(line + b"\n" for line in lines), columns, log=log, source=source, keep_raw=keep_raw)
+
+
+def _parse_clean(data: bytes, n_lines: int, columns: list[Column]) -> pd.DataFrame | None:
     """Fast path with Arrow's JSON reader; ``None`` if anything at all is off (then the robust path decides)."""
-    if not lines:
+    if not n_lines:
         return None
     schema = pa.schema([(c.name, _ARROW[c.type]) for c in columns])
     try:
         table = pa_json.read_json(
-            io.BytesIO(b"\n".join(lines)),
+            io.BytesIO(data),
             read_options=pa_json.ReadOptions(use_threads=False, block_size=1 << 26),
             parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    if table.num_rows != len(lines) or any(table.column(c.name).null_count for c in columns):
+    if table.num_rows != n_lines or any(table.column(c.name).null_count for c in columns):
         return None
     frame = table.select([c.name for c in columns]).to_pandas()
-    frame[LINE] = np.arange(1, len(lines) + 1, dtype=np.int64)
+    frame[LINE] = np.arange(1, n_lines + 1, dtype=np.int64)
     if _rule_violations(frame, columns).any():
         return None
     return frame

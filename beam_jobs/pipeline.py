@@ -1,10 +1,11 @@
-"""The Beam graph: one unit of work per (impression day, trace_id bucket), no shuffle of impressions.
+"""The Beam graph: one unit of work per impression day, no shuffle of impressions.
 
-- the small click and conversion logs are parsed once and broadcast to every unit as a side input;
-- each unit parses its day's impression (and feed) files, keeps its bucket's rows, joins and labels them,
-  and writes shard ``bucket`` of its day; impressions never travel through the runner;
-- click and conversion lines no unit claimed are orphans (a final global step).
-Units are spread over the workers by a GroupByKey on their index (the runner deals keys round-robin).
+- the small click and conversion logs are parsed once and broadcast to every day as a side input;
+- each day parses its impression (and feed) files, joins and labels them, and writes the day's shards
+  (an example's shard is a stable hash of its trace_id); impressions never travel through the runner;
+- click and conversion lines no day claimed are orphans (a final global step).
+Days are spread over the workers by a GroupByKey on their index (the runner deals keys round-robin), so
+parallelism is the number of days.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from beam_jobs.files import read_bytes, write_bytes
 from beam_jobs.join import DAY, FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans
 from beam_jobs.manifest import POSTERIOR_PATH, build_manifest, vocab_path
 from beam_jobs.options import InputFile, Job
-from beam_jobs.parse import ParseResult, log_columns, parse_lines, split_lines
+from beam_jobs.parse import ParseResult, log_columns, parse_bytes
 from beam_jobs.posterior import posterior_table
 from beam_jobs.stats import Tally, posterior_fields, tally_examples
 from beam_jobs.vocab import vocab_text, vocabulary
@@ -58,8 +59,7 @@ def _count(log: str, read: int, dead: list[dict], tally: Tally) -> None:
 
 
 def _parse_file(f: InputFile, schema: Schema, *, keep_raw: bool) -> ParseResult:
-    result = parse_lines(split_lines(read_bytes(f.path)), log_columns(schema, f.log), log=f.log, source=f.path,
-                         keep_raw=keep_raw)
+    result = parse_bytes(read_bytes(f.path), log_columns(schema, f.log), log=f.log, source=f.path, keep_raw=keep_raw)
     result.rows[FILE] = f.index
     return result
 
@@ -105,35 +105,31 @@ class EventTables(beam.CombineFn):
                 for log, pieces in acc.items()}
 
 
-class JoinUnit(beam.DoFn):
-    """(day, bucket) -> shard ``bucket`` of ``day`` written; dead letters, claimed event ids and a Tally out."""
+class JoinDay(beam.DoFn):
+    """A day -> its example shards written; dead letters, claimed click/conversion ids and a Tally out."""
 
     def __init__(self, job: Job) -> None:
         self._job = job
-        self._buckets = job.schema.splits.shards_per_day
+        self._shards = job.schema.splits.shards_per_day
 
-    def _bucket_rows(self, log: str, day: str, bucket: int, tally: Tally, dead: list[dict]) -> pd.DataFrame:
-        """This bucket's valid rows of ``log`` on ``day``; bad lines are shared out by line number."""
+    def _day_rows(self, log: str, day: str, tally: Tally, dead: list[dict]) -> pd.DataFrame:
+        """All valid rows of ``log`` on ``day``; its bad lines are added to ``dead``."""
         pieces = [empty_events(self._job.schema, log)]
         for f in self._job.day_files(log, day):
             result = _parse_file(f, self._job.schema, keep_raw=False)
-            rows = result.rows[bucket_of(result.rows[self._job.schema.key], self._buckets) == bucket]
-            mine = [d for d in result.dead if d["line"] % self._buckets == bucket]
-            _count(log, len(rows) + len(mine), mine, tally)
-            dead += mine
-            pieces.append(rows)
+            _count(log, result.read, result.dead, tally)
+            dead += result.dead
+            pieces.append(result.rows)
         return pd.concat(pieces, ignore_index=True)
 
-    def process(self, unit: tuple[str, int], events: dict[str, pd.DataFrame]):
-        day, bucket = unit
+    def process(self, day: str, events: dict[str, pd.DataFrame]):
         job, schema = self._job, self._job.schema
         tally, dead = Tally(), []
-        imps = self._bucket_rows("impressions", day, bucket, tally, dead)
+        imps = self._day_rows("impressions", day, tally, dead)
         joined = join_impressions(imps, events["clicks"], events["conversions"], schema, job.paths)
         parts, join_dead = [joined.examples], list(joined.dead)
         if job.cold_start:
-            feed = self._bucket_rows("feed", day, bucket, tally, dead)
-            examples, feed_dead = feed_examples(feed, schema, job.paths)
+            examples, feed_dead = feed_examples(self._day_rows("feed", day, tally, dead), schema, job.paths)
             parts.append(examples)
             join_dead += feed_dead
         by_log: dict[str, list[dict]] = defaultdict(list)
@@ -143,10 +139,13 @@ class JoinUnit(beam.DoFn):
             _count(log, 0, records, tally)
         examples = add_derived(pd.concat(parts, ignore_index=True), schema, day)
         examples = examples.sort_values([schema.timestamp, *ORDER], kind="stable")
-        path = f"{job.out}/examples/{day}/part-{bucket:05d}-of-{self._buckets:05d}.tfrecord.gz"
-        write_tfrecord_gz(path, encode_examples(examples, example_spec(schema)))
-        tally.merge(tally_examples(examples, schema, DAY, set(job.splits["train"]), unit=f"{day}/{bucket:05d}"))
-        tally.files[day] = [path]
+        shard_of = bucket_of(examples[schema.key], self._shards)
+        tally.files[day] = []
+        for shard in range(self._shards):
+            path = f"{job.out}/examples/{day}/part-{shard:05d}-of-{self._shards:05d}.tfrecord.gz"
+            write_tfrecord_gz(path, encode_examples(examples[shard_of == shard], example_spec(schema)))
+            tally.files[day].append(path)
+        tally.merge(tally_examples(examples, schema, DAY, set(job.splits["train"]), unit=day))
         yield TaggedOutput(STATS, tally)
         for record in dead + join_dead:
             yield TaggedOutput(DEAD, record)
@@ -221,20 +220,19 @@ class BuildExamples(beam.PTransform):
 
     def expand(self, root):
         job = self._job
-        buckets = job.schema.splits.shards_per_day
         parsed = (
             root
             | "EventFiles" >> beam.Create([f for f in job.files if f.log in EVENT_LOGS])
             | "ParseEvents" >> beam.ParDo(ParseEvents(job.schema)).with_outputs(DEAD, STATS, main="rows")
         )
         events = beam.pvalue.AsSingleton(parsed.rows | "EventTables" >> beam.CombineGlobally(EventTables(job.schema)))
-        units = [(day, b) for days in job.splits.values() for day in days for b in range(buckets)]
+        days = sorted(day for days in job.splits.values() for day in days)
         joined = (
             root
-            | "Units" >> beam.Create(list(enumerate(units)))
-            | "SpreadUnits" >> beam.GroupByKey()
-            | "OneUnit" >> beam.FlatMap(lambda kv: kv[1])
-            | "JoinLabelWrite" >> beam.ParDo(JoinUnit(job), events).with_outputs(DEAD, STATS, main="claimed")
+            | "Days" >> beam.Create(list(enumerate(days)))
+            | "SpreadDays" >> beam.GroupByKey()
+            | "OneDay" >> beam.FlatMap(lambda kv: kv[1])
+            | "JoinLabelWrite" >> beam.ParDo(JoinDay(job), events).with_outputs(DEAD, STATS, main="claimed")
         )
         lost = (
             joined.claimed

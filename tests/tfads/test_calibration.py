@@ -303,3 +303,19 @@ def test_beam_job_writes_the_stats_of_the_scored_calib_split(tmp_path):
             np.testing.assert_array_equal(g.tables[4].positives, vs.tables[4].positives)
     (malformed,) = out.glob("malformed*.txt")
     assert malformed.read_text().split() == [b"not an example".hex()]
+
+
+def test_two_fields_int_values_and_logit_input(calib):
+    p, y, s = calib
+    p, y, s = p[:20000], y[:20000], s[:20000]
+    advertiser = np.random.default_rng(0).integers(0, 30, p.size)
+    st = compute_calibration_stats(p, y, {"scenario": s, "advertiser_id": advertiser})
+    z = np.log(p / (1 - p))
+    layer = fit_adacalib(st, z, y, {"scenario": s, "advertiser_id": advertiser}, epochs=1, input_space="logit")
+    grid = np.linspace(-8, 2, 200).astype(np.float32)
+    out = layer({PREDICTION: grid, "scenario": np.array(["s03"] * 200, dtype=object),
+                 "advertiser_id": np.full(200, 7, dtype=np.int64)}).numpy()
+    assert np.all(np.diff(out) > 0)
+    q = layer({PREDICTION: z.astype(np.float32), "scenario": s.astype(object),
+               "advertiser_id": advertiser.astype(np.int64)}).numpy()
+    assert q.mean() / y.mean() == pytest.approx(1.0, abs=0.05)

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from beam_jobs.files import match
-from tfads.configtools import ConfigError
+from tfads.configtools import ConfigError, read_yaml
 from tfads.schema import DEFAULT_SCHEMA, Schema, Splits, load_schema
 
 BEAM_OPTIONS = (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions)
@@ -49,7 +49,7 @@ class Job:
     logs: str
     out: str
     schema: Schema
-    schema_path: str
+    schema_mapping: dict  # the schema YAML as read (copied into the manifest)
     cold_start: bool
     files: tuple[InputFile, ...]
     splits: dict[str, list[str]]
@@ -107,7 +107,7 @@ def resolve_job(args: argparse.Namespace) -> Job:
             raise JobError(f"--logs {args.logs}: no {log} files matching {log}/<YYYY-MM-DD>/*.jsonl.gz{hint}")
         files += [InputFile(len(files) + i, log, p, _day_of(p)) for i, p in enumerate(paths)]
     days = sorted({f.day for f in files if f.log == "impressions"})
-    return Job(logs, out, schema, str(args.schema), cold_start, tuple(files), split_days(days, schema.splits))
+    return Job(logs, out, schema, read_yaml(args.schema), cold_start, tuple(files), split_days(days, schema.splits))
 
 
 def split_days(days: list[str], splits: Splits) -> dict[str, list[str]]:

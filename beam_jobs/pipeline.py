@@ -28,7 +28,6 @@ from beam_jobs.parse import ParseResult, log_columns, parse_bytes
 from beam_jobs.posterior import posterior_table
 from beam_jobs.stats import Tally, posterior_fields, tally_examples
 from beam_jobs.vocab import vocab_text, vocabulary
-from tfads.configtools import read_yaml
 from tfads.schema import DerivedField, Schema
 
 DEAD, STATS = "deadletter", "stats"
@@ -203,7 +202,7 @@ def finalize(tally: Tally, dead_letter_files: list[str], job: Job) -> str:
     write_bytes(f"{out}/{POSTERIOR_PATH}", b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
                                                    for r in lines))
     manifest = build_manifest(
-        schema=schema, schema_mapping=read_yaml(job.schema_path), tally=tally, splits=job.splits, out=out,
+        schema=schema, schema_mapping=job.schema_mapping, tally=tally, splits=job.splits, out=out,
         vocab_sizes=vocab_sizes, priors=priors, dead_letter_files=dead_letter_files,
     )
     path = f"{out}/manifest.json"

@@ -76,7 +76,7 @@ def decode_predict(body: dict, sig: Signature) -> tuple[dict[str, np.ndarray], b
     if "inputs" in body:
         value = body["inputs"]
         if _named(value):
-            return {k: to_array(v, _spec(sig, k), k) for k, v in value.items()}, False
+            return {k: _convert(sig, k, v) for k, v in value.items()}, False
         alias = _sole_input(sig, "'inputs'")
         return {alias: to_array(value, sig.inputs[alias], alias)}, False
     rows = body["instances"]
@@ -91,12 +91,13 @@ def decode_predict(body: dict, sig: Signature) -> tuple[dict[str, np.ndarray], b
             raise ServingError.invalid_argument(
                 f"Expecting object with keys {sorted(keys)} at item {i} of 'instances' list"
             )
-    return {k: to_array([row[k] for row in rows], _spec(sig, k), k) for k in keys}, True
+    return {k: _convert(sig, k, [row[k] for row in rows]) for k in keys}, True
 
 
-def _spec(sig: Signature, alias: str) -> tf.TensorSpec:
-    # Unknown aliases are reported by Signature.check_inputs with TF Serving's message.
-    return sig.inputs.get(alias, tf.TensorSpec(None, tf.float32))
+def _convert(sig: Signature, alias: str, value: Any) -> np.ndarray:
+    if alias not in sig.inputs:  # reported by Signature.check_inputs with TF Serving's message
+        return np.array(value, dtype=object)
+    return to_array(value, sig.inputs[alias], alias)
 
 
 def _json_value(alias: str, value: np.ndarray) -> Any:

@@ -270,3 +270,22 @@ def test_multi_inference_runs_classify_and_regress_on_one_input(stubs):
     request.tasks[1].model_spec.signature_name = "tensorflow/serving/classify"
     error = rpc_error(stubs.predict.MultiInference, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "Duplicate evaluation of signature" in error.details()
+
+
+def test_grpc_socket_path_serves_the_same_api(toy_base, tmp_path):
+    socket_path = tmp_path / "tfs.sock"
+    args = parse_flags(
+        [
+            "--port=0",
+            "--model_name=toy",
+            f"--model_base_path={toy_base}",
+            f"--grpc_socket_path={socket_path}",
+            "--file_system_poll_wait_seconds=0",
+        ]
+    )
+    with ModelServer(args):
+        stubs = Stubs.connect(f"unix:{socket_path}")
+        stubs.wait_serving()
+        response = stubs.predict.Predict(predict_request("toy", candidates(3)), timeout=10)
+        assert response.model_spec.version.value == 2 and len(response.outputs["ctr"].float_val) == 3
+        stubs.channel.close()

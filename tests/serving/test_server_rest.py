@@ -154,6 +154,13 @@ def test_classify_and_regress_json(server):
         ("POST", "/v1/models/toy:predict", {"instances": [1], "inputs": [1]}, 400, "only one of"),
         ("POST", "/v1/models/toy:predict", {"instances": [{"media": "a"}]}, 400, "Missing but required"),
         ("POST", "/v1/models/toy:predict", {"instances": [1, 2]}, 400, "plain list"),
+        (
+            "POST",
+            "/v1/models/toy:predict",
+            {"inputs": {"media": ["a"], "slot_id": [1], "bid_floor": [1.0], "age": ["x"]}},
+            400,
+            "Sent extra: {age}",
+        ),
         ("POST", "/v1/models/toy:predict", b"{not json", 400, "JSON Parse error"),
         ("POST", "/v1/models/toy:predict", {"signature_name": 3, "instances": [1]}, 400, "must be a string"),
         ("POST", "/v1/models/toy:predict", {"signature_name": "x", "instances": [1]}, 400, '"x" not found'),

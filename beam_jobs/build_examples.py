@@ -55,6 +55,8 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m beam_jobs.build_examples`` entry point."""
     logging.basicConfig(level=logging.WARNING)
+    # DirectRunner relays every worker's start-up warnings (unparsed runner-only flags); keep errors only.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     return run(sys.argv[1:] if argv is None else list(argv))
 
 

@@ -63,12 +63,15 @@ def tally_examples(examples: pd.DataFrame, schema: Schema, day_col: str, train_d
     for day, row in per_day.iterrows():
         tally.days[day] = Counter({k: int(v) for k, v in row.items()})
     train = examples[examples[day_col].isin(train_days).to_numpy() & ~is_feed]
+    clicks, convs = train["click"].to_numpy(np.float64), train["conversion"].to_numpy(np.float64)
     for name in posterior_fields(schema):
-        grouped = pd.DataFrame(
-            {"value": train[name].to_numpy(), "impressions": 1, "clicks": train["click"].to_numpy(),
-             "conversions": train["conversion"].to_numpy()}
-        ).groupby("value").sum()
-        tally.values[name] = grouped[VALUE_COLUMNS].astype(np.int64)
+        codes, uniques = pd.factorize(train[name], sort=True)
+        k = len(uniques)
+        tally.values[name] = pd.DataFrame(
+            {"impressions": np.bincount(codes, minlength=k), "clicks": np.bincount(codes, clicks, minlength=k),
+             "conversions": np.bincount(codes, convs, minlength=k)},
+            index=pd.Index(uniques, name="value"),
+        ).astype(np.int64)
     for name, f in schema.features.items():
         if f.feature == "numeric":
             x = numeric_values(train[name].to_numpy(), log=getattr(f, "log", False))

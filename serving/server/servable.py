@@ -18,7 +18,6 @@ from serving.server.errors import ServingError
 from serving.server.tensors import dtype_name
 
 DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
@@ -71,7 +70,7 @@ class Signature:
         for i, alias in enumerate(sorted(self.inputs)):
             spec, value = self.inputs[alias], inputs[alias]
             if not _dtype_matches(spec.dtype, value):
-                got = "string" if value.dtype == object else dtype_name(tf.as_dtype(value.dtype).as_datatype_enum)
+                got = "string" if value.dtype.kind in "OSU" else dtype_name(tf.as_dtype(value.dtype).as_datatype_enum)
                 raise ServingError.invalid_argument(
                     f"Expects arg[{i}] to be {dtype_name(spec.dtype.as_datatype_enum)} but {got} is provided"
                 )

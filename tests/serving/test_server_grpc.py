@@ -9,6 +9,7 @@ import tfads  # noqa: F401  (before TensorFlow)
 import grpc
 import tensorflow as tf
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -84,6 +85,15 @@ def test_health_serving_for_server_and_services(stubs):
     for service in ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
         reply = stubs.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_tf_serving_services(stubs):
+    services = set(ProtoReflectionDescriptorDatabase(stubs.channel).get_services())
+    assert {
+        "tensorflow.serving.PredictionService",
+        "tensorflow.serving.ModelService",
+        "grpc.health.v1.Health",
+    } <= services
 
 
 def test_model_status_all_versions_one_version_and_label(stubs):

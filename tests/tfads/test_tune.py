@@ -154,7 +154,7 @@ def test_killed_sweep_resumes_without_redoing_finished_trials(tmp_path, manifest
 
 
 def test_distributed_chief_and_two_workers_run_every_trial_once(tmp_path, manifest_path):
-    path = write_tune(tmp_path, {"train.learning_rate": {"float": [1e-3, 1e-2], "log": True}}, max_trials=3)
+    path = write_tune(tmp_path, {"train.learning_rate": {"float": [1e-3, 1e-2], "log": True}}, max_trials=2)
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "tfads.cli", *tune_argv(path, manifest_path, sweep)]
     oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(free_port())}
@@ -179,8 +179,8 @@ def test_distributed_chief_and_two_workers_run_every_trial_once(tmp_path, manife
     assert "best config" in outputs["chief"] and "no trials left" in outputs["tuner0"]
 
     results = results_by_trial(sweep)
-    assert sorted(results) == ["trial_0", "trial_1", "trial_2"]
+    assert sorted(results) == ["trial_0", "trial_1"]
     for trial, result in results.items():
         assert result["status"] == "COMPLETED" and result["tuner_id"] in ("tuner0", "tuner1")
         assert len(attempts(sweep, trial)) == 1, trial  # done exactly once, by one worker
-    assert (sweep / "best.yaml").is_file() and len(pd.read_csv(sweep / "results.csv")) == 3
+    assert (sweep / "best.yaml").is_file() and len(pd.read_csv(sweep / "results.csv")) == 2

@@ -60,7 +60,7 @@ class Param:
         if self.kind == "int":
             return int(value)
         if self.kind == "float":
-            return float(value)
+            return round(float(value), 12)  # drops float-step artefacts such as 0.15000000000000002
         return type(self.values[0])(value)
 
 

@@ -8,12 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 import tfads  # noqa: F401  (before TensorFlow)
+import tensorflow as tf
 from google.protobuf import text_format
 
 from serving.server import ModelServer, parse_flags
@@ -90,6 +93,14 @@ def test_embedded_server_runs_with_production_configs(local_configs):
         for label, version in (("stable", 1), ("canary", 2)):
             response = stubs.predict.Predict(predict_request("ctr", candidates(100), version_label=label), timeout=10)
             assert response.model_spec.version.value == version and len(response.outputs["ctr"].float_val) == 100
+        # concurrent requests may share a batch; each must get back its own rows
+        requests = [predict_request("ctr", candidates(50 + i, seed=i), version_label="canary") for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda r: stubs.predict.Predict(r, timeout=30), requests))
+        fn = tf.saved_model.load(str(local_configs / "ctr" / "2")).signatures["serving_default"]
+        for i, response in enumerate(responses):
+            expected = fn(**{k: tf.constant(v) for k, v in candidates(50 + i, seed=i).items()})["ctr"].numpy()
+            np.testing.assert_allclose(tf.make_ndarray(response.outputs["ctr"]), expected, rtol=1e-6)
         conn = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=10)
         conn.request("GET", "/monitoring/prometheus/metrics")
         metrics = conn.getresponse().read().decode()

@@ -252,8 +252,10 @@ class BidClient:
         """
         start = time.perf_counter()
         experiment = self.experiment
-        chosen = experiment.arm(arm) if arm is not None else experiment.assign(_user_id(request))
         try:
+            if not isinstance(request, Mapping):
+                raise BidRequestError(f"a bid request must be a mapping, got {type(request).__name__}")
+            chosen = experiment.arm(arm) if arm is not None else experiment.assign(_user_id(request))
             predict, merged = self.build_request(chosen, request)
             prices = [_price_terms(row, request.get("request_id", "?"), i) for i, row in enumerate(merged)]
         except BidRequestError:

@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -191,6 +192,7 @@ def summarize(
     among those where both arms won at least ``min_impressions``)."""
     n = len(scenario)
     cells = 2_000_000
+    warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # e.g. CVR of an arm without clicks
     arms = {
         arm: {name: bootstrap_ci(lambda idx, x=x, f=f: f(_sums(x, idx)), n, rng, reps, max_cells=cells)._asdict()
               for name, f in METRICS.items()}

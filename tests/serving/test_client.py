@@ -148,6 +148,18 @@ def test_invalid_requests_get_clear_errors(fake_server, change, message):
     assert predictor.seen == []  # nothing reached the server
 
 
+def test_request_without_user_or_not_a_mapping(fake_server):
+    _, target = fake_server
+    anonymous = request(features={"media": "app", "slot": "feed"})
+    del anonymous["user_id"]
+    with client_for(target) as client:
+        with pytest.raises(BidRequestError, match="no user_id"):
+            client.bid(anonymous)
+        with pytest.raises(BidRequestError, match="must be a mapping, got list"):
+            client.bid([1, 2])
+        assert client.metrics.value("tfads_bid_invalid_requests_total") == 2
+
+
 def test_fallback_when_server_is_down(tmp_path):
     stats = tmp_path / "stats.jsonl"
     rows = [

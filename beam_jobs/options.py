@@ -23,7 +23,7 @@ from tfads.configtools import ConfigError, read_yaml
 from tfads.schema import DEFAULT_SCHEMA, Schema, Splits, load_schema
 
 BEAM_OPTIONS = (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions)
-EVENT_LOGS = ("impressions", "clicks", "conversions")
+INPUT_LOGS = ("impressions", "clicks", "conversions")  # always read; "feed" with cold start
 SPLITS = ("train", "valid", "calib", "test")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -100,7 +100,7 @@ def resolve_job(args: argparse.Namespace) -> Job:
     if "://" not in logs and not os.path.isdir(logs):
         raise JobError(f"--logs {args.logs}: directory not found")
     files: list[InputFile] = []
-    for log in EVENT_LOGS + (("feed",) if cold_start else ()):
+    for log in INPUT_LOGS + (("feed",) if cold_start else ()):
         paths = match(FileSystems.join(logs, log, "*", "*.jsonl.gz"))
         if not paths and log in ("impressions", "feed"):
             hint = " (drop --cold-start or generate with --with-feed)" if log == "feed" else ""

@@ -9,7 +9,6 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
@@ -169,7 +168,8 @@ def load_trained_model(model_dir: str) -> keras.Model:
     """Load the Keras model a training run saved under ``model_dir``."""
     import tfads.layers  # noqa: F401  (registers the custom layers)
 
-    path = model_dir if Path(model_dir).name == MODEL_SUBDIR else os.path.join(model_dir, MODEL_SUBDIR)
+    is_saved_model = tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb"))
+    path = model_dir if is_saved_model else os.path.join(model_dir, MODEL_SUBDIR)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path}: no trained model (run `tfads train` first)")
     return keras.models.load_model(path, compile=False)

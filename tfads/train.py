@@ -25,6 +25,7 @@ from tfads.layers import AlphaAnnealer, SparsityLambdaScheduler
 log = logging.getLogger(__name__)
 MODEL_SUBDIR = "model"
 CHECKPOINT_SUBDIR = "checkpoints"
+FINAL_CHECKPOINT = "final"
 
 
 @dataclass
@@ -143,6 +144,9 @@ def train(
     )
     model_path = os.path.join(out_dir, MODEL_SUBDIR)
     model.save(model_path, include_optimizer=False)
+    # the weights actually kept (early stopping restores the best epoch) become the latest checkpoint,
+    # so `--init-from <model dir>` starts from the same weights as the saved model
+    model.save_weights(os.path.join(out_dir, CHECKPOINT_SUBDIR, FINAL_CHECKPOINT))
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     if chief:
         with tf.io.gfile.GFile(os.path.join(model_dir, "experiment.yaml"), "w") as f:

@@ -179,8 +179,9 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", default="", help="PEM root certificates: use TLS to the server")
 
 
-def make_client(args: argparse.Namespace, target: str) -> BidClient:
-    """A BidClient from the shared options (the experiment file is hot-reloaded while it runs)."""
+@contextlib.contextmanager
+def make_client(args: argparse.Namespace, target: str) -> Iterator[BidClient]:
+    """A BidClient from the shared options; the experiment file is hot-reloaded while it is open."""
     manifest = json.loads(Path(args.data).read_text())
     fallback = None
     if args.fallback == "posterior":
@@ -192,9 +193,10 @@ def make_client(args: argparse.Namespace, target: str) -> BidClient:
     credentials = None
     if args.tls_ca:
         credentials = grpc.ssl_channel_credentials(root_certificates=Path(args.tls_ca).read_bytes())
-    watcher = ExperimentWatcher(args.experiment).start()
-    return BidClient.from_manifest(target, manifest, watcher, deadline_ms=args.deadline_ms, fallback=fallback,
-                                   credentials=credentials)
+    with ExperimentWatcher(args.experiment) as watcher, BidClient.from_manifest(
+        target, manifest, watcher, deadline_ms=args.deadline_ms, fallback=fallback, credentials=credentials
+    ) as client:
+        yield client
 
 
 @contextlib.contextmanager

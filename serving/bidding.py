@@ -67,7 +67,7 @@ def ecpm(p_ctr: ArrayLike, p_cvr: ArrayLike, bid_type: ArrayLike, price: ArrayLi
     cvr, bad_cvr = _clean(p_cvr, 1.0)
     amount, bad_price = _clean(price, np.inf)
     kind = np.asarray(bid_type, dtype=object).astype(str)
-    unknown = sorted(set(kind.tolist()) - set(BID_TYPES))
+    unknown = sorted(set(kind.ravel().tolist()) - set(BID_TYPES))
     if unknown:
         raise ValueError(f"unknown bid_type {unknown[0]!r} (expected one of {', '.join(BID_TYPES)})")
     conv = (kind == "OCPC") | (kind == "OCPA")

@@ -191,24 +191,26 @@ def summarize(
     and per-scenario uplift of ``uplift_metric`` with UPR (share of scenarios with positive uplift
     among those where both arms won at least ``min_impressions``)."""
     n = len(scenario)
-    cells = 2_000_000
-    warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # e.g. CVR of an arm without clicks
-    arms = {
-        arm: {name: bootstrap_ci(lambda idx, x=x, f=f: f(_sums(x, idx)), n, rng, reps, max_cells=cells)._asdict()
-              for name, f in METRICS.items()}
-        for arm, x in outcomes.items()
-    }
     t, c = outcomes[treatment], outcomes[control]
+
+    def ci(values: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+        with warnings.catch_warnings():  # a metric undefined in every resample (no clicks: CVR) is NaN
+            warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+            return bootstrap_ci(values, n, rng, reps, max_cells=2_000_000)._asdict()
 
     def lift(f: Callable[[Sums], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
         def values(idx: np.ndarray) -> np.ndarray:
+            base = f(_sums(c, idx))
             with np.errstate(divide="ignore", invalid="ignore"):
-                return f(_sums(t, idx)) / f(_sums(c, idx)) - 1.0
+                return np.where(base > 0, f(_sums(t, idx)) / base - 1.0, np.nan)
 
         return values
 
-    uplift = {name: bootstrap_ci(lift(METRICS[name]), n, rng, reps, max_cells=cells)._asdict()
-              for name in UPLIFT_METRICS}
+    arms = {
+        arm: {name: ci(lambda idx, x=x, f=f: f(_sums(x, idx))) for name, f in METRICS.items()}
+        for arm, x in outcomes.items()
+    }
+    uplift = {name: ci(lift(METRICS[name])) for name in UPLIFT_METRICS}
     scenarios = []
     every = np.arange(n)
     for value in sorted(set(scenario.tolist())):

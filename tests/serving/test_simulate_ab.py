@@ -21,6 +21,27 @@ def test_second_price_with_reserve():
     assert second_price(np.array([0.0, 0.0]), np.array([]), 0.0) == (None, 0.0, 0.0)  # no bids, no sale
 
 
+def test_summary_metrics_and_upr_from_known_outcomes():
+    # columns: routed, won, clicks, conversions, spend, value, revenue
+    control = np.array([[1, 1, 0, 0, 0.002, 0.0, 0.002], [1, 1, 1, 0, 0.004, 1.0, 0.004], [1, 0, 0, 0, 0, 0, 0.003]])
+    treatment = np.array(
+        [[1, 1, 1, 1, 0.003, 2.0, 0.003], [1, 1, 1, 0, 0.004, 1.0, 0.004], [1, 1, 0, 0, 0.001, 0, 0.001]]
+    )
+    scenario = np.array(["a", "a", "b"], dtype=object)
+    summary = simulate_ab.summarize({"control": control, "treatment": treatment}, scenario, control="control",
+                                    treatment="treatment", rng=np.random.default_rng(0), reps=50, min_impressions=1)
+    arm = {k: v["estimate"] for k, v in summary["arms"]["treatment"].items()}
+    assert arm["impressions"] == 3 and arm["clicks"] == 2 and arm["ctr"] == pytest.approx(2 / 3)
+    assert arm["cvr"] == pytest.approx(0.5) and arm["cpc"] == pytest.approx(0.004)
+    assert arm["cpm"] == pytest.approx(1000 * 0.008 / 3) and arm["roi"] == pytest.approx(3.0 / 0.008)
+    assert summary["uplift"]["ctr"]["estimate"] == pytest.approx((2 / 3) / (1 / 2) - 1)
+    assert summary["scenarios"][0]["uplift"] == pytest.approx(1.0)  # scenario a: CTR 1/2 -> 2/2
+    assert summary["scenarios"][1]["uplift"] is None  # control won nothing in b
+    assert summary["upr"] == {"positive": 1, "scenarios": 1, "upr": 1.0}
+    markdown = simulate_ab.render_markdown(summary, {"opportunities": 3})
+    assert "UPR = 1/1 = 100%" in markdown
+
+
 def run_simulation(tmp_path, ab_server, manifest_path, logs_dir, assignment: str) -> dict:  # noqa: F811
     parser = argparse.ArgumentParser()
     simulate_ab.add_arguments(parser)

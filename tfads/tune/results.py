@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from tfads.plots import _figure, _save
+from tfads.plots import _figure
 from tfads.tune.config import TuneConfig
 from tfads.tune.tuner import PROJECT, RESULT_FILE
 
@@ -95,20 +97,20 @@ def write_report(directory: str, tune: TuneConfig) -> SweepReport:
     into the sweep directory from the trials' result files."""
     results = load_results(directory)
     table = results_table(results, tune)
-    out = Path(directory)
-    paths = {name: str(out / name) for name in ("results.md", "results.csv", "objective.png", "hparams.png")}
-    table.to_csv(paths["results.csv"], index=False)
-    Path(paths["results.md"]).write_text(_markdown(table, tune))
-    plot_objective(table, tune.objective.name, tune.objective.mode, paths["objective.png"])
-    names = [p.name for p in tune.space.params]
-    importance = hparam_importance(table, names, tune.objective.name) if not table.empty else {}
-    plot_hparams(table, importance, tune, paths["hparams.png"])
+    files = ("results.md", "results.csv", "objective.png", "hparams.png")
+    paths = {name: os.path.join(directory, name) for name in files}
+    _write(paths["results.csv"], table.to_csv(index=False))
+    _write(paths["results.md"], _markdown(table, tune))
+    _write(paths["objective.png"], _png(plot_objective(table, tune.objective.name, tune.objective.mode)))
+    hparams = [p.name for p in tune.space.params]
+    importance = hparam_importance(table, hparams, tune.objective.name) if not table.empty else {}
+    _write(paths["hparams.png"], _png(plot_hparams(table, importance, tune)))
     completed = [r for r in results if r["status"] == "COMPLETED"]
     best_yaml = None
     if completed:
         best = table.loc[table["status"] == "COMPLETED", "trial"].iloc[0]
-        best_yaml = str(out / "best.yaml")
-        Path(best_yaml).write_text(best_experiment_yaml(next(r for r in completed if r["trial_id"] == best), tune))
+        best_yaml = os.path.join(directory, "best.yaml")
+        _write(best_yaml, best_experiment_yaml(next(r for r in completed if r["trial_id"] == best), tune))
     return SweepReport(
         table_md=paths["results.md"],
         table_csv=paths["results.csv"],
@@ -120,7 +122,7 @@ def write_report(directory: str, tune: TuneConfig) -> SweepReport:
     )
 
 
-def plot_objective(table: pd.DataFrame, objective: str, mode: str, path: str) -> None:
+def plot_objective(table: pd.DataFrame, objective: str, mode: str) -> Figure:
     """Objective per trial (trial order) with the best-so-far line; failed trials marked on the axis."""
     fig = _figure((7, 4))
     ax = fig.add_subplot()
@@ -134,14 +136,15 @@ def plot_objective(table: pd.DataFrame, objective: str, mode: str, path: str) ->
         if len(failed):
             ax.plot(failed["_id"], [ax.get_ylim()[0]] * len(failed), "rx", label="failed")
         ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(objective)
     ax.set_title(f"{objective} per trial")
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
-def plot_hparams(table: pd.DataFrame, importance: dict[str, float], tune: TuneConfig, path: str) -> None:
+def plot_hparams(table: pd.DataFrame, importance: dict[str, float], tune: TuneConfig) -> Figure:
     """Objective against each of the most important hyperparameters (one panel each)."""
     names = list(importance)[:TOP_HPARAMS]
     fig = _figure((4 * max(1, len(names)), 3.5))
@@ -158,13 +161,17 @@ def plot_hparams(table: pd.DataFrame, importance: dict[str, float], tune: TuneCo
             ax.set_xticks(range(len(categories)), categories)
         else:
             ax.plot(x, done[tune.objective.name], "o")
-            if params[name].log:
+            spec = params[name]
+            if spec.log:
                 ax.set_xscale("log")
+                if spec.high / spec.low >= 10:  # major ticks exist: minor labels would only crowd
+                    ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(spec.low, spec.high)
         ax.set_xlabel(name)
         ax.set_ylabel(tune.objective.name)
         ax.set_title(f"importance {importance[name]:.2f}")
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def _markdown(table: pd.DataFrame, tune: TuneConfig) -> str:
@@ -180,3 +187,14 @@ def _markdown(table: pd.DataFrame, tune: TuneConfig) -> str:
 
 def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "/")
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _write(path: str, data: str | bytes) -> None:
+    with tf.io.gfile.GFile(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)

@@ -13,6 +13,7 @@ import math
 import os
 import time
 from concurrent import futures
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -65,7 +66,7 @@ class SweepTuner(kt.Tuner):
     def __init__(self, tune: TuneConfig, manifest: Manifest, directory: str, *, overwrite: bool = False):
         self.tune = tune
         self.manifest = manifest
-        self._outcomes: dict[str, dict[str, Any]] = {}
+        self._outcomes: dict[str, TrialOutcome] = {}
         super().__init__(oracle=make_oracle(tune), directory=directory, project_name=PROJECT, overwrite=overwrite)
 
     @property
@@ -88,45 +89,57 @@ class SweepTuner(kt.Tuner):
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Build the trial's experiment, fit it within the budget and return the best epoch's metrics."""
-        started = time.time()
-        values = dict(trial.hyperparameters.values)
-        self._outcomes[trial.trial_id] = {"values": values, "config": None, "metrics": {}, "started": started}
+        outcome = self._outcomes[trial.trial_id] = TrialOutcome(values=dict(trial.hyperparameters.values))
         _write_json(
             os.path.join(self.get_trial_dir(trial.trial_id), f"attempt-{self.tuner_id}-{os.getpid()}.json"),
-            {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, "pid": os.getpid(), "started": started},
+            {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, "pid": os.getpid(), "started": outcome.started},
         )
-        log.info("trial %s started by %s (pid %d): %s", trial.trial_id, self.tuner_id, os.getpid(), values)
-        config = trial_experiment(self.tune, values)
-        self._outcomes[trial.trial_id]["config"] = config.to_dict()
-        epochs = int(values.get("tuner/epochs", self.tune.budget.epochs))
+        log.info("trial %s started by %s (pid %d): %s", trial.trial_id, self.tuner_id, os.getpid(), outcome.values)
+        config = trial_experiment(self.tune, outcome.values)
+        outcome.config = config.to_dict()
+        epochs = int(outcome.values.get("tuner/epochs", self.tune.budget.epochs))
         history = fit_trial(config, self.manifest, self.tune.budget, self.tune.objective, epochs=epochs)
-        metrics = best_epoch_metrics(history, self.tune.objective)
-        self._outcomes[trial.trial_id]["metrics"] = metrics
-        return metrics
+        outcome.metrics = best_epoch_metrics(history, self.tune.objective)
+        return outcome.metrics
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
-        """Let the oracle record the trial, then write its ``result.json``."""
-        super().on_trial_end(trial)
-        outcome = self._outcomes.pop(trial.trial_id, {"values": dict(trial.hyperparameters.values)})
+        """Let the oracle record the trial, then write its ``result.json`` (also when the oracle raises
+        because too many trials failed in a row)."""
+        try:
+            super().on_trial_end(trial)
+        finally:
+            self._write_result(trial, self._outcomes.pop(trial.trial_id))
+
+    def _write_result(self, trial: kt.engine.trial.Trial, outcome: TrialOutcome) -> None:
         status = "COMPLETED" if trial.status == TrialStatus.COMPLETED else "FAILED"
-        error = _last_line(trial.message) if status == "FAILED" else None
+        name = self.tune.objective.name
         result = {
             "trial_id": trial.trial_id,
             "status": status,
-            "objective": self.tune.objective.name,
-            "score": outcome.get("metrics", {}).get(self.tune.objective.name),
-            "metrics": outcome.get("metrics", {}),
-            "values": outcome["values"],
-            "config": outcome.get("config"),
-            "error": error,
+            "objective": name,
+            "score": outcome.metrics.get(name),
+            "metrics": outcome.metrics,
+            "values": outcome.values,
+            "config": outcome.config,
+            "error": _last_line(trial.message) if status == "FAILED" else None,
             "tuner_id": self.tuner_id,
             "pid": os.getpid(),
-            "seconds": round(time.time() - outcome.get("started", time.time()), 2),
+            "seconds": round(time.time() - outcome.started, 2),
         }
         path = os.path.join(self.get_trial_dir(trial.trial_id), RESULT_FILE)
         _write_json(path, result)
-        score = f"{result['score']:.4f}" if result["score"] is not None else error
-        log.info("trial %s %s: %s=%s -> %s", trial.trial_id, status, self.tune.objective.name, score, path)
+        score = f"{result['score']:.4f}" if result["score"] is not None else result["error"]
+        log.info("trial %s %s: %s=%s -> %s", trial.trial_id, status, name, score, path)
+
+
+@dataclass
+class TrialOutcome:
+    """What one attempt at a trial produced so far (the sampled values, then config and metrics)."""
+
+    values: dict[str, Any]
+    started: float = field(default_factory=time.time)
+    config: dict[str, Any] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def trial_experiment(tune: TuneConfig, values: dict[str, Any]) -> ExperimentConfig:

@@ -86,6 +86,7 @@ def test_conditional_key_follows_its_flag(tmp_path):
         ("train.learning_rate", {"float": [0.0, 0.1], "log": True}, "log sampling needs low > 0"),
         ("train.learning_rate", {"float": [0.001, 0.1], "sample": "log"}, "unknown spec key 'sample'"),
         ("model.cross.projection_dim", {"int": [2, 8], "when": {"low_rank": [True]}}, "not a choice flag"),
+        ("model.cross.projection_dim", {"choice": [None, 8]}, "`otherwise: null`"),
     ],
 )
 def test_bad_search_space_names_file_and_key(tmp_path, key, spec, problem):

@@ -152,6 +152,8 @@ def _parse_spec(
     if len(kinds) != 1:
         raise ConfigError(f"{where}: {key}: give exactly one of {', '.join(KINDS)}")
     kind = kinds[0]
+    if kind == "choice" and {"step", "log"} & set(spec):
+        raise ConfigError(f"{where}: {key}: step and log apply to int and float ranges, not to a choice")
     if is_flag and "otherwise" in spec:
         raise ConfigError(f"{where}: {key}: a flag is not a config key, so it has no 'otherwise'")
     fields: dict[str, Any] = {"name": name, "kind": kind, "is_flag": is_flag, "log": spec.get("log", False)}
@@ -182,6 +184,7 @@ def _parse_choice(values: Any, where: str, key: str) -> list[Any]:
     if len(types) != 1 or not types <= {int, float, str, bool}:
         raise ConfigError(
             f"{where}: {key}: choice values must all be int, all float, all str or all bool, got {values!r}"
+            " (for null, use a flag parent with `when` and `otherwise: null`)"
         )
     if types == {bool} and sorted(values) != [False, True]:
         raise ConfigError(f"{where}: {key}: a bool choice must be [false, true] (in any order), got {values!r}")

@@ -37,7 +37,7 @@ def feature_entries(schema: Schema, tally: Tally, vocab_sizes: dict[str, int]) -
 
 def build_manifest(
     *, schema: Schema, schema_mapping: dict, tally: Tally, splits: dict[str, list[str]], out: str,
-    vocab_sizes: dict[str, int], priors: dict[str, dict[str, BetaPrior]], dead_letter_files: list[str],
+    vocab_sizes: dict[str, int], priors: dict[str, dict[str, BetaPrior]],
 ) -> dict[str, Any]:
     """Assemble the manifest; file paths are made relative to ``out``."""
     def rel(path: str) -> str:
@@ -68,7 +68,7 @@ def build_manifest(
         "splits": split_block,
         "days": days,
         "inputs": inputs,
-        "dead_letter": {"files": sorted(rel(p) for p in dead_letter_files),
+        "dead_letter": {"files": [rel(p) for p in tally.dead_files],
                         "by_reason": dict(sorted(tally.reasons.items()))},
         "posterior": {"path": POSTERIOR_PATH,
                       "priors": {f: {r: {"alpha": p.alpha, "beta": p.beta} for r, p in rates.items()}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import gzip
+
 import apache_beam as beam
 import numpy as np
 import orjson
@@ -30,7 +32,7 @@ from beam_jobs.stats import Tally, posterior_fields, tally_examples
 from beam_jobs.vocab import vocab_text, vocabulary
 from tfads.schema import DerivedField, Schema
 
-DEAD, STATS = "deadletter", "stats"
+STATS = "stats"
 EVENT_LOGS = ("clicks", "conversions")
 _KIND = {"string": "bytes", "int": "int64", "float": "float"}
 
@@ -57,6 +59,14 @@ def _count(log: str, read: int, dead: list[dict], tally: Tally) -> None:
         Metrics.counter("tfads_build", f"{log}_{reason}").inc(int(n))
 
 
+def _write_dead_letters(out: str, part: int, records: list[dict], tally: Tally) -> None:
+    """Write ``records`` as ``deadletter/part-<part>.jsonl.gz`` (nothing when empty) and note the file."""
+    if records:
+        path = f"{out}/deadletter/part-{part:05d}.jsonl.gz"
+        write_bytes(path, gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records), 3, mtime=0))
+        tally.dead_files.append(path)
+
+
 def _parse_file(f: InputFile, schema: Schema, *, keep_raw: bool) -> ParseResult:
     result = parse_bytes(read_bytes(f.path), log_columns(schema, f.log), log=f.log, source=f.path, keep_raw=keep_raw)
     result.rows[FILE] = f.index
@@ -64,18 +74,18 @@ def _parse_file(f: InputFile, schema: Schema, *, keep_raw: bool) -> ParseResult:
 
 
 class ParseEvents(beam.DoFn):
-    """A click or conversion file -> (log, parsed rows), dead letters and a Tally."""
+    """(dead-letter part, click or conversion file) -> (log, parsed rows); its dead letters written; a Tally."""
 
-    def __init__(self, schema: Schema) -> None:
-        self._schema = schema
+    def __init__(self, job: Job) -> None:
+        self._job = job
 
-    def process(self, f: InputFile):
-        result = _parse_file(f, self._schema, keep_raw=True)
+    def process(self, element: tuple[int, InputFile]):
+        part, f = element
+        result = _parse_file(f, self._job.schema, keep_raw=True)
         tally = Tally()
         _count(f.log, result.read, result.dead, tally)
+        _write_dead_letters(self._job.out, part, result.dead, tally)
         yield TaggedOutput(STATS, tally)
-        for record in result.dead:
-            yield TaggedOutput(DEAD, record)
         yield f.log, result.rows
 
 
@@ -105,7 +115,8 @@ class EventTables(beam.CombineFn):
 
 
 class JoinDay(beam.DoFn):
-    """A day -> its example shards written; dead letters, claimed click/conversion ids and a Tally out."""
+    """(dead-letter part, day) -> the day's example shards and dead letters written; claimed click/conversion
+    ids and a Tally out."""
 
     def __init__(self, job: Job) -> None:
         self._job = job
@@ -121,7 +132,8 @@ class JoinDay(beam.DoFn):
             pieces.append(result.rows)
         return pd.concat(pieces, ignore_index=True)
 
-    def process(self, day: str, events: dict[str, pd.DataFrame]):
+    def process(self, element: tuple[int, str], events: dict[str, pd.DataFrame]):
+        part, day = element
         job, schema = self._job, self._job.schema
         tally, dead = Tally(), []
         imps = self._day_rows("impressions", day, tally, dead)
@@ -145,25 +157,24 @@ class JoinDay(beam.DoFn):
             write_tfrecord_gz(path, encode_examples(examples[shard_of == shard], example_spec(schema)))
             tally.files[day].append(path)
         tally.merge(tally_examples(examples, schema, DAY, set(job.splits["train"]), unit=day))
+        _write_dead_letters(job.out, part, dead + join_dead, tally)
         yield TaggedOutput(STATS, tally)
-        for record in dead + join_dead:
-            yield TaggedOutput(DEAD, record)
         yield joined.claimed
 
 
 class Orphans(beam.DoFn):
-    """All claimed event ids -> orphan dead letters and their Tally."""
+    """All claimed event ids -> orphan dead letters written (as dead-letter ``part``); their Tally out."""
 
-    def __init__(self, paths: list[str]) -> None:
-        self._paths = paths
+    def __init__(self, job: Job, part: int) -> None:
+        self._job, self._part = job, part
 
     def process(self, claimed: np.ndarray, events: dict[str, pd.DataFrame]):
-        dead = orphans(events, claimed, self._paths)
+        dead = orphans(events, claimed, self._job.paths)
         tally = Tally()
         for log in EVENT_LOGS:
             _count(log, 0, [d for d in dead if d["log"] == log], tally)
-        yield TaggedOutput(STATS, tally)
-        yield from dead
+        _write_dead_letters(self._job.out, self._part, dead, tally)
+        yield tally
 
 
 class MergeTallies(beam.CombineFn):
@@ -185,7 +196,7 @@ class MergeTallies(beam.CombineFn):
         return acc
 
 
-def finalize(tally: Tally, dead_letter_files: list[str], job: Job) -> str:
+def finalize(tally: Tally, job: Job) -> str:
     """Write vocabularies, posterior statistics and manifest.json; return the manifest path."""
     schema, out = job.schema, job.out
     vocab_sizes = {}
@@ -203,7 +214,7 @@ def finalize(tally: Tally, dead_letter_files: list[str], job: Job) -> str:
                                                    for r in lines))
     manifest = build_manifest(
         schema=schema, schema_mapping=job.schema_mapping, tally=tally, splits=job.splits, out=out,
-        vocab_sizes=vocab_sizes, priors=priors, dead_letter_files=dead_letter_files,
+        vocab_sizes=vocab_sizes, priors=priors,
     )
     path = f"{out}/manifest.json"
     write_bytes(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
@@ -219,36 +230,30 @@ class BuildExamples(beam.PTransform):
 
     def expand(self, root):
         job = self._job
+        days = sorted(day for days in job.splits.values() for day in days)
+        event_files = [f for f in job.files if f.log in EVENT_LOGS]
+        # Dead-letter parts: one per day, one per click/conversion file, one for the orphans.
         parsed = (
             root
-            | "EventFiles" >> beam.Create([f for f in job.files if f.log in EVENT_LOGS])
-            | "ParseEvents" >> beam.ParDo(ParseEvents(job.schema)).with_outputs(DEAD, STATS, main="rows")
+            | "EventFiles" >> beam.Create([(len(days) + i, f) for i, f in enumerate(event_files)])
+            | "ParseEvents" >> beam.ParDo(ParseEvents(job)).with_outputs(STATS, main="rows")
         )
         events = beam.pvalue.AsSingleton(parsed.rows | "EventTables" >> beam.CombineGlobally(EventTables(job.schema)))
-        days = sorted(day for days in job.splits.values() for day in days)
         joined = (
             root
             | "Days" >> beam.Create(list(enumerate(days)))
             | "SpreadDays" >> beam.GroupByKey()
-            | "OneDay" >> beam.FlatMap(lambda kv: kv[1])
-            | "JoinLabelWrite" >> beam.ParDo(JoinDay(job), events).with_outputs(DEAD, STATS, main="claimed")
+            | "OneDay" >> beam.FlatMap(lambda kv: [(kv[0], day) for day in kv[1]])
+            | "JoinLabelWrite" >> beam.ParDo(JoinDay(job), events).with_outputs(STATS, main="claimed")
         )
         lost = (
             joined.claimed
             | "AllClaimed" >> beam.CombineGlobally(lambda ids: np.concatenate([np.zeros(0, np.int64), *ids]))
-            | "Orphans" >> beam.ParDo(Orphans(job.paths), events).with_outputs(STATS, main="dead")
-        )
-        dead_files = (
-            (parsed[DEAD], joined[DEAD], lost.dead)
-            | "AllDeadLetters" >> beam.Flatten()
-            | "DeadLetterJson" >> beam.Map(lambda r: orjson.dumps(r).decode())
-            | "WriteDeadLetters" >> beam.io.WriteToText(
-                f"{job.out}/deadletter/part", file_name_suffix=".jsonl.gz", shard_name_template="-SSSSS", num_shards=1
-            )
+            | "Orphans" >> beam.ParDo(Orphans(job, len(days) + len(event_files)), events)
         )
         return (
-            (parsed[STATS], joined[STATS], lost[STATS])
+            (parsed[STATS], joined[STATS], lost)
             | "AllTallies" >> beam.Flatten()
             | "MergeTallies" >> beam.CombineGlobally(MergeTallies())
-            | "Finalize" >> beam.Map(finalize, beam.pvalue.AsList(dead_files), job)
+            | "Finalize" >> beam.Map(finalize, job)
         )

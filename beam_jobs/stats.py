@@ -25,6 +25,7 @@ class Tally:
     reasons: Counter = field(default_factory=Counter)  # dead-letter reason -> count
     days: dict[str, Counter] = field(default_factory=dict)  # day -> {examples, clicks, conversions, feed}
     files: dict[str, list[str]] = field(default_factory=dict)  # day -> example shard paths
+    dead_files: list[str] = field(default_factory=list)  # dead-letter files written
     values: dict[str, pd.DataFrame] = field(default_factory=dict)  # field -> value x VALUE_COLUMNS (train ads)
     # feature -> {unit: [n, sum, sum of squares]}; kept per unit so the final sum has a fixed order
     numeric: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -41,6 +42,7 @@ class Tally:
         self.reasons.update(other.reasons)
         for day, c in other.days.items():
             self.days.setdefault(day, Counter()).update(c)
+        self.dead_files = sorted(self.dead_files + other.dead_files)
         for day, paths in other.files.items():
             self.files[day] = sorted(self.files.get(day, []) + paths)
         for name, frame in other.values.items():

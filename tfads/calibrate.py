@@ -188,9 +188,12 @@ def calibrate_and_report(
     """The whole ``tfads calibrate`` job: stats (Beam) -> fit -> combined model -> comparison report."""
     import json
 
+    import yaml
+
+    from tfads.experiment import experiment_from_dict
     from tfads.manifest import load_manifest
     from tfads.predict import predict_split
-    from tfads.train import MODEL_SUBDIR, load_trained_model
+    from tfads.model_io import EXPERIMENT, load_trained_model, save_trained_model
     from tfads.truth import attach_truth
 
     manifest = load_manifest(manifest_path)
@@ -199,8 +202,11 @@ def calibrate_and_report(
     calib = predict_split(base, manifest, "calib")
     layers = fit_calibration_layers(calib, stats, fields, epochs=epochs)
     model = combined_model(base, layers)
-    model_path = os.path.join(out_dir, MODEL_SUBDIR)
-    model.save(model_path)
+    with open(os.path.join(model_dir, EXPERIMENT)) as f:
+        config = experiment_from_dict(yaml.safe_load(f), where=os.path.join(model_dir, EXPERIMENT))
+    model_path = save_trained_model(
+        model, out_dir, manifest.path, config, calibration={t: layer.get_config() for t, layer in layers.items()}
+    )
     test = predict_split(model, manifest, "test")
     if logs:
         test = attach_truth(test, logs)

@@ -13,19 +13,16 @@ from typing import Any
 
 import tensorflow as tf
 import tf_keras as keras
-import yaml
 
 from tfads.data import make_dataset
 from tfads.experiment import ExperimentConfig
 from tfads.manifest import Manifest, load_manifest
+from tfads.model_io import CHECKPOINT_SUBDIR, load_trained_model, save_trained_model  # noqa: F401 (re-export)
 from tfads.models import build_model, compile_model
 from tfads.experiment import AdaSparseConfig
 from tfads.layers import AlphaAnnealer, SparsityLambdaScheduler
 
 log = logging.getLogger(__name__)
-MODEL_SUBDIR = "model"
-CHECKPOINT_SUBDIR = "checkpoints"
-FINAL_CHECKPOINT = "final"
 
 
 @dataclass
@@ -64,6 +61,15 @@ def resolve_checkpoint(path: str) -> str:
     raise FileNotFoundError(f"--init-from {path}: no checkpoint found there")
 
 
+def _weights_of(checkpoint: str, manifest: Manifest, config: ExperimentConfig) -> list:
+    """Model weights of a checkpoint, read through a throw-away model: loading straight into the model
+    to train would also restore the checkpoint's optimizer (learning rate, moments, step) as soon as
+    the new optimizer creates its variables, so a fine-tune would not start fresh at its own rate."""
+    source = build_model(manifest, config.model)
+    source.load_weights(checkpoint).expect_partial()
+    return source.get_weights()
+
+
 def train(
     config: ExperimentConfig,
     manifest: Manifest | str,
@@ -75,8 +81,8 @@ def train(
     """Train ``config`` on ``manifest``'s train split, validating on the valid split.
 
     Writes under ``model_dir``: ``model/`` (Keras SavedModel), ``checkpoints/`` (weights per
-    epoch), ``backup/`` (resume state while running), ``logs/`` (TensorBoard),
-    ``experiment.yaml`` and ``history.json``.
+    epoch and ``final``, the kept weights), ``backup/`` (resume state while running), ``logs/``
+    (TensorBoard), ``experiment.yaml``, ``model.json`` and ``history.json``.
     """
     if isinstance(manifest, str):
         manifest = load_manifest(manifest)
@@ -114,11 +120,11 @@ def train(
 
     with strategy.scope():
         model = build_model(manifest, config.model)
-        compile_model(model, config.model, tc.learning_rate, tc.optimizer)
         if init_from:
             checkpoint = resolve_checkpoint(init_from)
-            model.load_weights(checkpoint).expect_partial()
+            model.set_weights(_weights_of(checkpoint, manifest, config))
             log.info("initialised weights from %s", checkpoint)
+        compile_model(model, config.model, tc.learning_rate, tc.optimizer)
 
     chief = is_chief(strategy)
     out_dir = model_dir if chief else tempfile.mkdtemp(prefix="tfads-worker-")
@@ -142,15 +148,9 @@ def train(
         callbacks=callbacks,
         verbose=verbose,
     )
-    model_path = os.path.join(out_dir, MODEL_SUBDIR)
-    model.save(model_path, include_optimizer=False)
-    # the weights actually kept (early stopping restores the best epoch) become the latest checkpoint,
-    # so `--init-from <model dir>` starts from the same weights as the saved model
-    model.save_weights(os.path.join(out_dir, CHECKPOINT_SUBDIR, FINAL_CHECKPOINT))
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    model_path = save_trained_model(model, out_dir, manifest.path, config)
     if chief:
-        with tf.io.gfile.GFile(os.path.join(model_dir, "experiment.yaml"), "w") as f:
-            yaml.safe_dump(config.to_dict(), f, sort_keys=False)
         with tf.io.gfile.GFile(os.path.join(model_dir, "history.json"), "w") as f:
             json.dump(
                 {"history": hist, "epochs": history.epoch, "manifest": manifest.path, "workers": workers}, f, indent=2
@@ -166,17 +166,6 @@ def adasparse_callbacks(cfg: AdaSparseConfig, total_steps: int | None) -> list[k
         AlphaAnnealer(cfg.alpha_start, cfg.alpha_end, total_steps=total_steps or 10_000),
         SparsityLambdaScheduler(growth=cfg.lambda_growth, growth_steps=cfg.lambda_growth_steps),
     ]
-
-
-def load_trained_model(model_dir: str) -> keras.Model:
-    """Load the Keras model a training run saved under ``model_dir``."""
-    import tfads.layers  # noqa: F401  (registers the custom layers)
-
-    is_saved_model = tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb"))
-    path = model_dir if is_saved_model else os.path.join(model_dir, MODEL_SUBDIR)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path}: no trained model (run `tfads train` first)")
-    return keras.models.load_model(path, compile=False)
 
 
 def summary_line(history: dict[str, Any]) -> str:

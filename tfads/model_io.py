@@ -1,0 +1,91 @@
+"""Save and load trained models as (record, experiment config, weights) so a loaded model is rebuilt
+from its manifest exactly as it was trained.
+
+Rebuilding (rather than reviving the Keras SavedModel) matters for export: a revived Keras model keeps
+its lookup tables but not their vocabulary files, so a SavedModel written from it would carry no
+assets and point at the old model directory. A rebuilt model reads the manifest's vocabulary files,
+which TensorFlow then copies into every export's ``assets/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+import yaml
+
+from tfads.experiment import ExperimentConfig, experiment_from_dict
+from tfads.manifest import load_manifest
+
+log = logging.getLogger(__name__)
+MODEL_SUBDIR = "model"
+CHECKPOINT_SUBDIR = "checkpoints"
+FINAL_CHECKPOINT = "final"
+RECORD = "model.json"
+EXPERIMENT = "experiment.yaml"
+
+
+def save_trained_model(
+    model: keras.Model,
+    model_dir: str,
+    manifest_path: str,
+    config: ExperimentConfig,
+    *,
+    calibration: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """Write ``model/`` (Keras SavedModel), ``checkpoints/final`` (the kept weights), ``experiment.yaml``
+    and ``model.json`` (manifest path and AdaCalib layer configs, if any); return the ``model/`` path."""
+    model_path = os.path.join(model_dir, MODEL_SUBDIR)
+    model.save(model_path, include_optimizer=False)
+    model.save_weights(os.path.join(model_dir, CHECKPOINT_SUBDIR, FINAL_CHECKPOINT))
+    with tf.io.gfile.GFile(os.path.join(model_dir, EXPERIMENT), "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    with tf.io.gfile.GFile(os.path.join(model_dir, RECORD), "w") as f:
+        json.dump({"manifest": os.path.abspath(manifest_path), "calibration": calibration}, f, default=_plain)
+    return model_path
+
+
+def load_trained_model(model_dir: str) -> keras.Model:
+    """The model a `tfads train` / `tfads calibrate` run saved under ``model_dir``.
+
+    Rebuilt from its record when the record, config, weights and manifest are all present; otherwise
+    (e.g. a bare Keras SavedModel dir) revived with ``keras.models.load_model``.
+    """
+    import tfads.layers  # noqa: F401  (registers the custom layers)
+
+    record_path = os.path.join(model_dir, RECORD)
+    if tf.io.gfile.exists(record_path):
+        with tf.io.gfile.GFile(record_path) as f:
+            record = json.load(f)
+        if tf.io.gfile.exists(record["manifest"]):
+            return _rebuild(model_dir, record)
+        log.warning("%s: manifest %s is gone; reviving the Keras SavedModel instead", model_dir, record["manifest"])
+    is_saved_model = tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb"))
+    path = model_dir if is_saved_model else os.path.join(model_dir, MODEL_SUBDIR)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path}: no trained model (run `tfads train` first)")
+    return keras.models.load_model(path, compile=False)
+
+
+def _rebuild(model_dir: str, record: dict[str, Any]) -> keras.Model:
+    from tfads.models import build_model
+
+    with tf.io.gfile.GFile(os.path.join(model_dir, EXPERIMENT)) as f:
+        config = experiment_from_dict(yaml.safe_load(f), where=os.path.join(model_dir, EXPERIMENT))
+    model = build_model(load_manifest(record["manifest"]), config.model)
+    if record.get("calibration"):
+        from tfads.calibrate import combined_model
+        from tfads.calibration import AdaCalib
+
+        model = combined_model(model, {t: AdaCalib.from_config(c) for t, c in record["calibration"].items()})
+    model.load_weights(os.path.join(model_dir, CHECKPOINT_SUBDIR, FINAL_CHECKPOINT)).expect_partial()
+    return model
+
+
+def _plain(value: Any) -> Any:
+    """JSON fallback for numpy values inside layer configs."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)

@@ -1,0 +1,183 @@
+"""One incremental update per shard: train from the serving model on the shard plus replayed history,
+validate against the serving model on the shard's held-out rows, commit, export if it passed."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+import yaml
+
+from serving.export import export_model, next_version
+from tfads.calibration.stats import CalibStats
+from tfads.experiment import ExperimentConfig, experiment_from_dict
+from tfads.manifest import Manifest
+from tfads.models import compile_model
+from tfads.online.calibration import refresh_stats
+from tfads.online.config import OnlineConfig
+from tfads.online.evaluation import Scorer, ctr_metrics, gate, records_dataset, split_holdout
+from tfads.online.faults import crash_point
+from tfads.online.reservoir import Reservoir, read_records
+from tfads.online.state import OnlineState, StateStore
+from tfads.train import load_trained_model
+
+log = logging.getLogger(__name__)
+TASKS = {"ctr": ("click", None), "cvr": ("conversion", "click")}  # task -> (label, rows kept by)
+
+
+def embedding_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The feature embedding layers (named ``*_embedding``) that hold weights."""
+    return [layer for layer in model.layers if layer.name.endswith("_embedding") and layer.weights]
+
+
+def calib_path(directory: str, task: str) -> str:
+    return os.path.join(directory, f"calibration_stats_{task}.json")
+
+
+class OnlineLearner:
+    """Incremental learner over one trained model (``tfads train`` output in ``model_dir``).
+
+    The state (weights, reservoir, consumed shards, metrics) lives under ``state_dir``; a learner
+    built over an existing state continues from its last committed step.
+    """
+
+    def __init__(
+        self, model_dir: str, manifest: Manifest, state_dir: str, export_base: str, config: OnlineConfig,
+        *, model_name: str = "ctr",
+    ) -> None:
+        self.manifest, self.config = manifest, config
+        self.export_base, self.model_name = export_base, model_name
+        self.store = StateStore(state_dir)
+        self.model = load_trained_model(model_dir)
+        self.experiment = _experiment(model_dir)
+        self.fields = config.calibration_fields or [n for n, f in manifest.features.items() if f.get("calibration")]
+        if config.frozen_embeddings:
+            for layer in embedding_layers(self.model):
+                layer.trainable = False
+        compile_model(self.model, self.experiment.model, self.learning_rate, self.experiment.train.optimizer)
+        self.score = Scorer(self.model, manifest, self.fields)
+        state = self.store.load()
+        if state is None:
+            state = self._initialise()
+        self.state = state
+        self.model.load_weights(self.store.weights_prefix(state.weights_step)).expect_partial()
+        self.serving_weights = self.model.get_weights()
+        step_dir = self.store.step_dir(state.step)
+        self.reservoir = Reservoir.read(step_dir, config.reservoir_size, state.reservoir_seen)
+        self.calib = {t: CalibStats.read(calib_path(step_dir, t)) if os.path.exists(calib_path(step_dir, t)) else None
+                      for t in TASKS}
+        self.old_eval = read_records(manifest.split_files("valid"), limit=config.old_eval_examples)
+        self.ensure_exported()
+
+    @property
+    def learning_rate(self) -> float:
+        """The update learning rate: the experiment's rate x ``learning_rate_scale``."""
+        return self.experiment.train.learning_rate * self.config.learning_rate_scale
+
+    def _initialise(self) -> OnlineState:
+        """Step 0: the trained model's weights and a reservoir seeded from the train split."""
+        reservoir = Reservoir(self.config.reservoir_size)
+        if self.config.seed_reservoir_from_train and self.config.replay_ratio > 0:
+            history = read_records(self.manifest.split_files("train"), limit=10 * self.config.reservoir_size)
+            reservoir.add(history, np.random.default_rng([self.config.seed, 0]))
+        state = OnlineState(step=0, serving_version=next_version(self.export_base), reservoir_seen=reservoir.seen)
+
+        def write(directory: str) -> None:
+            self.model.save_weights(os.path.join(directory, "weights"))
+            reservoir.write(directory)
+
+        self.store.commit(state, write, keep=self.config.keep_steps)
+        return state
+
+    def ensure_exported(self) -> str:
+        """Export the serving weights as ``serving_version`` unless that version already exists."""
+        path = os.path.join(self.export_base, str(self.state.serving_version))
+        if os.path.isdir(path):
+            return path
+        for stale in glob.glob(os.path.join(self.export_base, f".tmp-{self.state.serving_version}-*")):
+            shutil.rmtree(stale)  # a half-written export of this version from a killed run
+        self.model.set_weights(self.serving_weights)
+        card = {"online_step": self.state.weights_step, "consumed_shards": len(self.state.consumed)}
+        path = export_model(self.model, self.manifest, self.export_base, version=self.state.serving_version,
+                            model_name=self.model_name, card=card)
+        crash_point("after_export")
+        return path
+
+    def update(self, shard: str, path: str) -> dict[str, Any]:
+        """Consume one shard (``shard`` is its name relative to the stream); returns its metrics record."""
+        cfg, state = self.config, self.state
+        step = state.step + 1
+        rng = np.random.default_rng([cfg.seed, step])
+        records = read_records([path])
+        train, held = split_holdout(records, cfg.holdout_fraction)
+        if not train or not held:
+            raise ValueError(f"{path}: shard too small to split ({len(records)} records)")
+        replay = self.reservoir.sample(round(cfg.replay_ratio * len(train)), rng) if cfg.replay_ratio > 0 else []
+
+        self.model.set_weights(self.serving_weights)
+        serving = {"newest": ctr_metrics(self.score(held)), "old": ctr_metrics(self.score(self.old_eval))}
+        loss = self._train(train + replay, seed=cfg.seed + step)
+        crash_point("after_train")
+        candidate = {"newest": ctr_metrics(self.score(held)), "old": ctr_metrics(self.score(self.old_eval))}
+        accepted, gain = gate(candidate["newest"], serving["newest"], cfg.gate_metric, cfg.gate_margin)
+        if not accepted:
+            self.model.set_weights(self.serving_weights)
+        scored = self.score(records)  # the model served after this step, on all the shard's rows
+        for task, (label, only) in TASKS.items():
+            rows = scored[only] == 1 if only else np.ones(len(scored[label]), bool)
+            if rows.any():
+                self.calib[task] = refresh_stats(self.calib[task], scored[task][rows], scored[label][rows],
+                                                 {f: scored[f][rows] for f in self.fields},
+                                                 decay=cfg.calibration_decay, task=task)
+        self.reservoir.add(train, rng)
+        record = {"step": step, "shard": shard, "train_examples": len(train), "replay_examples": len(replay),
+                  "heldout_examples": len(held), "train_loss": loss, "accepted": accepted,
+                  "gate": {"metric": cfg.gate_metric, "gain": gain, "margin": cfg.gate_margin},
+                  "candidate": candidate, "serving_before": serving}
+        self.state = state.advance(
+            consumed=[*state.consumed, shard],
+            weights_step=step if accepted else state.weights_step,
+            serving_version=next_version(self.export_base) if accepted else state.serving_version,
+            reservoir_seen=self.reservoir.seen,
+            history=[*state.history, record],
+        )
+        self.store.commit(self.state, lambda d: self._write_step(d, accepted), keep=cfg.keep_steps)
+        crash_point("after_commit")
+        self.serving_weights = self.model.get_weights()
+        if accepted:
+            self.ensure_exported()
+        log.info("step %d %s: %s (gain %+.4f) -> serving version %s", step, shard,
+                 "accepted" if accepted else "rejected", gain, self.state.serving_version)
+        return record
+
+    def _train(self, records: list[bytes], seed: int) -> float:
+        """Fit from the current weights with a fresh optimizer state; returns the last epoch's loss."""
+        keras.utils.set_random_seed(seed)
+        for var in self.model.optimizer.variables:  # iterations and slots (not the learning rate)
+            var.assign(tf.zeros_like(var))
+        self.model.optimizer.learning_rate.assign(self.learning_rate)
+        ds = records_dataset(records, self.manifest, self.config.batch_size, shuffle_seed=seed)
+        history = self.model.fit(ds, epochs=self.config.epochs, verbose=0)
+        return float(history.history["loss"][-1])
+
+    def _write_step(self, directory: str, accepted: bool) -> None:
+        if accepted:
+            self.model.save_weights(os.path.join(directory, "weights"))
+        self.reservoir.write(directory)
+        for task, stats in self.calib.items():
+            if stats is not None:
+                stats.write(calib_path(directory, task))
+
+
+def _experiment(model_dir: str) -> ExperimentConfig:
+    path = os.path.join(model_dir, "experiment.yaml")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no experiment.yaml (is --model-dir a `tfads train` output?)")
+    with open(path, encoding="utf-8") as f:
+        return experiment_from_dict(yaml.safe_load(f), where=path)

@@ -53,7 +53,9 @@ class ServingModule(tf.Module):
         self.serving_default = tf.function(self._serve_features).get_concrete_function(**specs)
         examples = tf.TensorSpec([None], tf.string, name="examples")
         inputs = tf.TensorSpec([None], tf.string, name="inputs")
-        self.predict_examples = tf.function(self._serve_examples).get_concrete_function(examples)
+        # one traced graph over tf.Example serves predict_examples, regress and classify
+        self._examples_fn = tf.function(self._serve_examples)
+        self.predict_examples = self._examples_fn.get_concrete_function(examples)
         self.regress = tf.function(self._regress).get_concrete_function(inputs)
         self.classify = tf.function(self._classify).get_concrete_function(inputs)
 
@@ -71,10 +73,10 @@ class ServingModule(tf.Module):
         return self._outputs(tf.io.parse_example(examples, self.example_spec))
 
     def _regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"outputs": self._serve_examples(inputs)["ctr"]}
+        return {"outputs": self._examples_fn(inputs)["ctr"]}
 
     def _classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        p = self._serve_examples(inputs)["ctr"]
+        p = self._examples_fn(inputs)["ctr"]
         scores = tf.stack([1.0 - p, p], axis=1)
         classes = tf.tile(tf.constant([["0", "1"]]), [tf.shape(p)[0], 1])
         return {"scores": scores, "classes": classes}

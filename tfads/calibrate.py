@@ -53,7 +53,15 @@ def beam_calibration_stats(
     shutil.rmtree(work_dir, ignore_errors=True)  # scratch space of this job only
     base_path = export_model(base_model, manifest, os.path.join(work_dir, "base_export"), version=1)
     stats_dir = os.path.join(work_dir, "stats")
-    argv = ["--model", base_path, "--data", manifest.path, "--out", stats_dir, *beam_args]
+    argv = [
+        "--model",
+        base_path,
+        "--data",
+        manifest.path,
+        "--out",
+        stats_dir,
+        *(beam_args or ["--runner", "DirectRunner"]),
+    ]
     if calibration_stats.run(argv) != 0:
         raise RuntimeError("the calibration statistics Beam job failed (see the error above)")
     return {task: CalibStats.read(os.path.join(stats_dir, f"calibration_stats_{task}.json")) for task in TASKS}

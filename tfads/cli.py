@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tfads {command}: not available in this build ({module_name} is missing)", file=sys.stderr)
             return 2
         raise
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for ours in ("tfads", "beam_jobs", "serving"):  # our own logs say what happened; libraries only warn
+        logging.getLogger(ours).setLevel(logging.INFO)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # DirectRunner workers' start-up chatter
+    for chatty in ("absl", "tensorflow"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if command in PASS_THROUGH:
         args = argv[1:]
     else:

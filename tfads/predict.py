@@ -9,7 +9,7 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras as keras
 
-from tfads.data import make_dataset
+from tfads.data import DTYPES, make_dataset
 from tfads.manifest import Manifest
 
 KEEP_COLUMNS = ("trace_id", "ts", "sample_source", "click", "conversion", "weight")
@@ -21,13 +21,15 @@ def predict_files(model: keras.Model, manifest: Manifest, files: list[str], *, b
     ds = make_dataset(files, manifest, batch_size, with_meta=True, for_training=False)
     feature_names = list(manifest.features)
 
-    @tf.function(reduce_retracing=True)
-    def score(batch):
-        return model({k: batch[k] for k in feature_names}, training=False)
+    signature = {k: tf.TensorSpec([None], DTYPES[f["dtype"]]) for k, f in manifest.features.items()}
+
+    @tf.function(input_signature=[signature])
+    def score(features):
+        return model(features, training=False)
 
     parts: list[dict[str, np.ndarray]] = []
     for batch in ds:
-        out = score(batch)
+        out = score({k: batch[k] for k in feature_names})
         row = {k: v.numpy() for k, v in batch.items()}
         row.update({k: v.numpy().reshape(-1) for k, v in out.items()})
         parts.append(row)

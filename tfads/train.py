@@ -15,7 +15,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.data import make_dataset
-from tfads.experiment import ExperimentConfig
+from tfads.experiment import ExperimentConfig, TrainConfig
 from tfads.manifest import Manifest, load_manifest
 from tfads.model_io import CHECKPOINT_SUBDIR, load_trained_model, save_trained_model  # noqa: F401 (re-export)
 from tfads.models import build_model, compile_model
@@ -61,6 +61,38 @@ def resolve_checkpoint(path: str) -> str:
     raise FileNotFoundError(f"--init-from {path}: no checkpoint found there")
 
 
+def train_valid_datasets(
+    tc: TrainConfig, manifest: Manifest, *, steps_per_epoch: int | None = None
+) -> tuple[tf.data.Dataset, tf.data.Dataset, int | None]:
+    """The training and validation datasets of a run, and its steps per epoch.
+
+    Training repeats with ``steps_per_epoch`` (default: one pass over the train split) unless a
+    scenario filter is set, whose size is unknown in advance: then an epoch is one filtered pass.
+    """
+    train_ds = make_dataset(
+        manifest.split_files("train"),
+        manifest,
+        tc.batch_size,
+        shuffle=True,
+        shuffle_buffer=tc.shuffle_buffer,
+        seed=tc.seed,
+        repeat=tc.scenarios is None,
+        scenarios=tc.scenarios,
+        use_sample_weight=tc.use_sample_weight,
+    )
+    valid_ds = make_dataset(
+        manifest.split_files("valid"),
+        manifest,
+        tc.batch_size,
+        scenarios=tc.scenarios,
+        use_sample_weight=tc.use_sample_weight,
+    )
+    steps = steps_per_epoch or tc.steps_per_epoch
+    if steps is None and tc.scenarios is None:
+        steps = max(1, math.ceil(manifest.split_count("train") / tc.batch_size))
+    return train_ds, valid_ds, steps
+
+
 def _weights_of(checkpoint: str, manifest: Manifest, config: ExperimentConfig) -> list:
     """Model weights of a checkpoint, read through a throw-away model: loading straight into the model
     to train would also restore the checkpoint's optimizer (learning rate, moments, step) as soon as
@@ -90,33 +122,11 @@ def train(
     keras.utils.set_random_seed(tc.seed)
     strategy = make_strategy()
     workers = strategy.num_replicas_in_sync
-    global_batch = tc.batch_size
-    train_files = manifest.split_files("train")
-    train_ds = make_dataset(
-        train_files,
-        manifest,
-        global_batch,
-        shuffle=True,
-        shuffle_buffer=tc.shuffle_buffer,
-        seed=tc.seed,
-        repeat=tc.scenarios is None,
-        scenarios=tc.scenarios,
-        use_sample_weight=tc.use_sample_weight,
-    )
-    valid_ds = make_dataset(
-        manifest.split_files("valid"),
-        manifest,
-        global_batch,
-        scenarios=tc.scenarios,
-        use_sample_weight=tc.use_sample_weight,
-    )
+    train_ds, valid_ds, steps = train_valid_datasets(tc, manifest)
     if workers > 1 or os.environ.get("TF_CONFIG"):
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train_ds, valid_ds = train_ds.with_options(options), valid_ds.with_options(options)
-    steps = tc.steps_per_epoch
-    if steps is None and tc.scenarios is None:
-        steps = max(1, math.ceil(manifest.split_count("train") / global_batch))
 
     with strategy.scope():
         model = build_model(manifest, config.model)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from concurrent import futures
@@ -25,11 +24,10 @@ from keras_tuner.src.distribute import oracle_chief
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine.trial import TrialStatus
 
-from tfads.data import make_dataset
 from tfads.experiment import ExperimentConfig, experiment_from_dict
 from tfads.manifest import Manifest
 from tfads.models import build_model, compile_model
-from tfads.train import adasparse_callbacks
+from tfads.train import adasparse_callbacks, train_valid_datasets
 from tfads.tune.config import Budget, Objective, TuneConfig
 
 log = logging.getLogger(__name__)
@@ -156,29 +154,9 @@ def fit_trial(
     tc = config.train
     keras.backend.clear_session()
     keras.utils.set_random_seed(tc.seed)
-    train_ds = make_dataset(
-        manifest.split_files("train"),
-        manifest,
-        tc.batch_size,
-        shuffle=True,
-        shuffle_buffer=tc.shuffle_buffer,
-        seed=tc.seed,
-        repeat=tc.scenarios is None,
-        scenarios=tc.scenarios,
-        use_sample_weight=tc.use_sample_weight,
-    )
-    valid_ds = make_dataset(
-        manifest.split_files("valid"),
-        manifest,
-        tc.batch_size,
-        scenarios=tc.scenarios,
-        use_sample_weight=tc.use_sample_weight,
-    )
-    steps = budget.steps_per_epoch or tc.steps_per_epoch
-    if steps is None and tc.scenarios is None:
-        steps = max(1, math.ceil(manifest.split_count("train") / tc.batch_size))
+    train_ds, valid_ds, steps = train_valid_datasets(tc, manifest, steps_per_epoch=budget.steps_per_epoch)
     model = build_model(manifest, config.model)
-    compile_model(model, config.model, tc.learning_rate)
+    compile_model(model, config.model, tc.learning_rate, tc.optimizer)
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor=objective.name, mode=objective.mode, patience=budget.early_stopping_patience

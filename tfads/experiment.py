@@ -77,6 +77,7 @@ class TrainConfig:
     optimizer: Literal["lazy_adam", "adam", "adagrad"] = "lazy_adam"
     shuffle_buffer: int = 50_000
     steps_per_epoch: int | None = None
+    validation_steps: int | None = None
     early_stopping_patience: int = 2
     seed: int = 0
     use_sample_weight: bool = True

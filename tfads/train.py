@@ -87,6 +87,8 @@ def train_valid_datasets(
         scenarios=tc.scenarios,
         use_sample_weight=tc.use_sample_weight,
     )
+    if tc.validation_steps:
+        valid_ds = valid_ds.take(tc.validation_steps)
     steps = steps_per_epoch or tc.steps_per_epoch
     if steps is None and tc.scenarios is None:
         steps = max(1, math.ceil(manifest.split_count("train") / tc.batch_size))

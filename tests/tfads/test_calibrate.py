@@ -34,7 +34,7 @@ def test_combined_model_has_raw_and_calibrated_heads(calibrated, trained_model_d
     y = scored["click"].to_numpy()
     raw = per_field_auc(y, scored["ctr_raw"].to_numpy(), scored["scenario"].to_numpy()).set_index("value")
     cal = per_field_auc(y, scored["ctr"].to_numpy(), scored["scenario"].to_numpy()).set_index("value")
-    both = raw.join(cal, rsuffix="_cal").dropna()
+    both = raw.merge(cal, left_index=True, right_index=True, suffixes=("", "_cal")).dropna()
     assert len(both) > 10
     np.testing.assert_allclose(both["auc"], both["auc_cal"], atol=2e-3)
 

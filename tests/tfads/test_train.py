@@ -50,7 +50,9 @@ def _wait_for(predicate, proc, timeout=300.0):
 
 
 def test_killed_run_resumes_from_last_epoch(tmp_path, manifest_path, small_experiment):
-    config = _write_config(tmp_path, small_experiment, epochs=6, steps_per_epoch=3, early_stopping_patience=100)
+    config = _write_config(
+        tmp_path, small_experiment, epochs=6, steps_per_epoch=3, validation_steps=2, early_stopping_patience=100
+    )
     model_dir = str(tmp_path / "run")
     backup = os.path.join(model_dir, "backup")
     proc = subprocess.Popen(
@@ -66,7 +68,6 @@ def test_killed_run_resumes_from_last_epoch(tmp_path, manifest_path, small_exper
         if proc.poll() is None:
             proc.kill()
     assert not os.path.exists(os.path.join(model_dir, "history.json")), "the run finished before it was killed"
-    config = _write_config(tmp_path, small_experiment, epochs=6, steps_per_epoch=3, early_stopping_patience=100)
     subprocess.run(_train_cmd(config, manifest_path, model_dir), check=True, capture_output=True)
     record = json.load(open(os.path.join(model_dir, "history.json")))
     assert record["epochs"][0] >= 1, "the resumed run started again from epoch 0"
@@ -80,7 +81,7 @@ def test_warm_start_fine_tunes_one_scenario(tmp_path, manifest_path, trained_mod
     from tfads.train import load_trained_model
 
     scenario = _largest_scenario(load_manifest(manifest_path))
-    config = _write_config(tmp_path, small_experiment, epochs=1, learning_rate=1e-9)
+    config = _write_config(tmp_path, small_experiment, epochs=1, learning_rate=1e-9, validation_steps=2)
     model_dir = str(tmp_path / "ft")
     subprocess.run(
         _train_cmd(config, manifest_path, model_dir, "--init-from", trained_model_dir, "--scenarios", scenario),
@@ -104,7 +105,7 @@ def _largest_scenario(manifest) -> str:
 
 
 def test_two_workers_on_loopback_match_single_worker(tmp_path, manifest_path, small_experiment):
-    config = _write_config(tmp_path, small_experiment, epochs=2, steps_per_epoch=20)
+    config = _write_config(tmp_path, small_experiment, epochs=2, steps_per_epoch=15, validation_steps=4)
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []

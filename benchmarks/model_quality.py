@@ -231,7 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     base = load_experiment(args.config)
     logs, manifest_path = prepare_data(out, args.days, args.impressions_per_day, args.seed)
     names = args.models.split(",")
-    runs = {n: run_model(n, variant_config(base, n, args), manifest_path, out) for n in names}
+    runs: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    for n in names:
+        try:
+            runs[n] = run_model(n, variant_config(base, n, args), manifest_path, out)
+        except ValueError as e:  # one broken variant must not cost the others' results
+            failed[n] = f"{type(e).__name__}: {e}"
+            print(f"{n}: FAILED: {failed[n]}", flush=True)
+    if not runs:
+        raise SystemExit(f"every model failed: {failed}")
     rows, per_scenario = evaluate(runs, test_truth(logs, manifest_path), args.bootstrap)
 
     from tfads.manifest import load_manifest
@@ -253,17 +262,22 @@ def main(argv: list[str] | None = None) -> int:
             n: r["pruned_share_per_layer"] for n, r in runs.items() if r["pruned_share_per_layer"]
         },
         "configs": {n: r["config"] for n, r in runs.items()},
+        "failed": failed,
         "plot": str(png),
     }
     with open(os.path.join(out, "model_quality.json"), "w") as f:
         json.dump(report, f, indent=2, default=float)
     print(
         json.dumps(
-            {k: report[k] for k in ("data", "models", "pruned_share_per_layer", "plot")}, indent=2, default=float
+            {k: report[k] for k in ("data", "models", "pruned_share_per_layer", "failed", "plot")},
+            indent=2,
+            default=float,
         )
     )
     print()
     print(metrics_table(_display(rows)))
+    for n, message in failed.items():
+        print(f"{n}: not measured: {message}")
     return 0
 
 

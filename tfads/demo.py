@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="working directory for every artefact")
     parser.add_argument("--days", type=int, default=8, help="days of synthetic logs")
     parser.add_argument("--impressions-per-day", type=int, default=50_000)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the experiment config's (1)")
     parser.add_argument("--opportunities", type=int, default=1500, help="auctions replayed in the A/B simulation")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from tfads.experiment import load_experiment
 
     config = load_experiment()
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
+    if args.epochs:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
     treatment = step(
         "train DCNv2 + AdaSparse (Fusion) + ESMM heads", lambda: _train(config, manifest_path, paths["model"])
     )

@@ -38,12 +38,15 @@ class AdaSparseConfig:
     beta: float = 2.0
     alpha_start: float = 0.1
     alpha_end: float = 5.0
+    alpha_anneal_fraction: float = 0.5
     lambda_start: float = 0.01
     lambda_growth: float = 2.0
     lambda_growth_steps: int = 1000
     on_embedding: bool = False
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.alpha_anneal_fraction <= 1.0:
+            raise ValueError(f"alpha_anneal_fraction must be in (0, 1], got {self.alpha_anneal_fraction}")
         if not 0.0 <= self.r_min <= self.r_max < 1.0:
             raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={self.r_min}, r_max={self.r_max}")
 

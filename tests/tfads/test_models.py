@@ -87,3 +87,15 @@ def test_feature_layer_maps_unseen_values_to_oov(batch, small_experiment):
     unseen["city"] = tf.fill(tf.shape(features["city"]), "atlantis")
     out = model(unseen, training=False)
     assert np.all(np.isfinite(out["ctr"].numpy()))
+
+
+def test_adasparse_schedules_follow_the_form():
+    from tfads.experiment import AdaSparseConfig
+    from tfads.layers import AlphaAnnealer
+    from tfads.train import adasparse_callbacks
+
+    assert adasparse_callbacks(AdaSparseConfig(form="scaling"), 100) == []  # no hard step: nothing to anneal
+    assert adasparse_callbacks(AdaSparseConfig(enabled=False), 100) == []
+    callbacks = adasparse_callbacks(AdaSparseConfig(form="fusion", alpha_anneal_fraction=0.5), 100)
+    annealer = next(c for c in callbacks if isinstance(c, AlphaAnnealer))
+    assert annealer.total_steps == 50

@@ -23,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from tfads.manifest import load_manifest
     from tfads.online import OnlineLearner, load_online_config, run_loop
 
+    if not os.path.isdir(args.stream):
+        raise FileNotFoundError(f"--stream {args.stream}: not a directory")
     config = load_online_config(args.config)
     manifest = load_manifest(args.data)
     state_dir = args.state_dir or os.path.join(args.model_dir, "online")

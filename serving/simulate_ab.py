@@ -246,8 +246,10 @@ def _fmt(ci: Mapping[str, float], percent: bool = False) -> str:
     return f"{est:,.{digits}f} [{low:,.{digits}f}, {high:,.{digits}f}]"
 
 
-def render_markdown(summary: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
-    """The A/B report as Markdown."""
+def render_markdown(
+    summary: Mapping[str, Any], settings: Mapping[str, Any], *, max_scenarios: int | None = None
+) -> str:
+    """The A/B report as Markdown; ``max_scenarios`` keeps only the busiest scenarios' rows."""
     control, treatment = summary["control"], summary["treatment"]
     arms = summary["arms"]
     lines = [
@@ -274,10 +276,18 @@ def render_markdown(summary: Mapping[str, Any], settings: Mapping[str, Any]) -> 
         f"| scenario | {control} imps | {treatment} imps | {control} {metric} | {treatment} {metric} | uplift |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for s in summary["scenarios"]:
+    scenarios = list(summary["scenarios"])
+    if max_scenarios is not None and len(scenarios) > max_scenarios:
+        scenarios = sorted(scenarios, key=lambda s: -(s["control_impressions"] + s["treatment_impressions"]))
+        hidden, scenarios = len(scenarios) - max_scenarios, scenarios[:max_scenarios]
+    else:
+        hidden = 0
+    for s in scenarios:
         up = f"{s['uplift']:+.2%}" if s["uplift"] is not None else "(too few)"
         lines.append(f"| {s['scenario']} | {s['control_impressions']} | {s['treatment_impressions']} | "
                      f"{s[f'control_{metric}']:.4f} | {s[f'treatment_{metric}']:.4f} | {up} |")
+    if hidden:
+        lines.append(f"| (+{hidden} smaller scenarios in the report file) | | | | | |")
     lines += ["", "## Model versions that answered", ""]
     for arm, versions in summary.get("versions", {}).items():
         lines.append(f"- {arm}: " + ", ".join(f"{k}: {v}" for k, v in versions.items()))
@@ -382,6 +392,6 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     paths = write_report(summary, settings, args.out)
-    print(render_markdown(summary, settings))
+    print(render_markdown(summary, settings, max_scenarios=15))
     print("report: " + ", ".join(paths.values()))
     return 0

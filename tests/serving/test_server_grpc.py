@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (
 
 from serving.server import ModelServer, parse_flags
 from serving.server.testing import Stubs, predict_request
-from serving.server.toy_model import OUTPUTS, candidates, example, save_toy_model
+from serving.server.toy_model import OUTPUTS, candidates, example
 
 CONFIG = """
 model_config_list {
@@ -35,14 +35,6 @@ model_config_list {
 }
 """
 MAX_MESSAGE = 256 * 1024
-
-
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory) -> str:
-    base = tmp_path_factory.mktemp("models") / "toy"
-    save_toy_model(str(base / "1"), bias=0.0)
-    save_toy_model(str(base / "2"), bias=0.5)
-    return str(base)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from serving.server import ModelServer, parse_flags
 from serving.server.testing import Stubs, free_port
-from serving.server.toy_model import OUTPUTS, candidates, example, save_toy_model
+from serving.server.toy_model import OUTPUTS, candidates, example
 
 CONFIG = """
 model_config_list {
@@ -28,14 +28,6 @@ model_config_list {
 }
 """
 MONITORING = 'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }'
-
-
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory) -> str:
-    base = tmp_path_factory.mktemp("models") / "toy"
-    save_toy_model(str(base / "1"), bias=0.0)
-    save_toy_model(str(base / "2"), bias=0.5)
-    return str(base)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc as psg
 from tensorflow_serving.config import model_server_config_pb2
 from google.protobuf import text_format
 
-from serving.bid_cli import embedded_server, free_port, model_config_text, requests_from_rows, split_rows
+from serving.bid_cli import free_port, requests_from_rows, split_rows
 from serving.bidding import BiddingParams, compute_bids, ecpm
 from serving.client import BidClient, BidRequestError
 from serving.experiment import Arm, Experiment
@@ -199,30 +199,6 @@ def test_fallback_when_deadline_passes(fake_server):
 
 
 # ------------------------------------------------------------------------- the embedded server
-
-
-@pytest.fixture(scope="session")
-def ab_models(manifest_path, trained_model_dir, tmp_path_factory):
-    """The trained model exported as versions 1 and 2 of ``ctr``, and a models.config labelling
-    them stable=1, canary=2."""
-    from serving.export import export_model
-    from tfads.manifest import load_manifest
-    from tfads.train import load_trained_model
-
-    root = tmp_path_factory.mktemp("ab_models")
-    model, manifest = load_trained_model(trained_model_dir), load_manifest(manifest_path)
-    for version in (1, 2):
-        export_model(model, manifest, str(root / "ctr"), version=version, warmup_examples=4)
-    config = root / "models.config"
-    config.write_text(model_config_text("ctr", str(root / "ctr"), {"stable": 1, "canary": 2}))
-    return config
-
-
-@pytest.fixture(scope="session")
-def ab_server(ab_models):
-    """The embedded server (a subprocess) serving ``ab_models``; yields its gRPC target."""
-    with embedded_server([f"--model_config_file={ab_models}"], ["ctr"]) as target:
-        yield target
 
 
 def test_bids_through_embedded_server_and_label_move(ab_server, ab_models, manifest_path):

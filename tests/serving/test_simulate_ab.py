@@ -10,7 +10,6 @@ import pytest
 
 from serving import simulate_ab
 from serving.simulate_ab import second_price
-from tests.serving.test_client import ab_models, ab_server  # noqa: F401  (session fixtures: one server)
 
 
 def test_second_price_with_reserve():

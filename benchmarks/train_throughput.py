@@ -50,7 +50,7 @@ class Throughput(keras.callbacks.Callback):
         self.rate = (self.steps - self.warmup) * BATCH / (time.perf_counter() - self.start)
 
 
-def run_tfads(data_dir: str) -> dict:
+def run_tfads(data_dir: str, optimizer: str) -> dict:
     manifest = load_manifest(os.path.join(data_dir, "manifest.json"))
     cfg = ModelConfig(
         backbone="dcnv2",
@@ -61,7 +61,7 @@ def run_tfads(data_dir: str) -> dict:
         adasparse=AdaSparseConfig(enabled=False),
     )
     model = build_model(manifest, cfg)
-    compile_model(model, cfg, 1e-3)
+    compile_model(model, cfg, 1e-3, optimizer)
     train = make_dataset(manifest.split_files("train"), manifest, BATCH, shuffle=True, shuffle_buffer=20_000)
     meter = Throughput()
     start = time.perf_counter()
@@ -126,11 +126,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=600_000, help="examples in all (80%% train)")
     parser.add_argument("--out", default="bench_out/train_throughput")
+    parser.add_argument("--optimizer", default="lazy_adam", choices=["lazy_adam", "adam", "adagrad"])
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
     data_dir = os.path.join(args.out, "data")
     arrays = criteo_like.make(data_dir, args.rows)
-    results = {"tfads DCNv2 (TFRecords)": run_tfads(data_dir)}
+    results = {"tfads DCNv2 (TFRecords)": run_tfads(data_dir, args.optimizer)}
     keras.backend.clear_session()
     results["DeepCTR DCN (numpy)"] = run_deepctr(arrays, os.path.abspath(os.path.join("bench_out", "deps")))
     ours, theirs = results["tfads DCNv2 (TFRecords)"], results["DeepCTR DCN (numpy)"]

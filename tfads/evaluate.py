@@ -43,7 +43,8 @@ class Evaluation:
 
 def evaluate_frame(scored: pd.DataFrame, *, field: str = "scenario", users: str = "user_id") -> Evaluation:
     """Metrics for each head on scored rows (from :func:`tfads.predict.predict_split`)."""
-    scored = scored[scored.get("sample_source", "ad") != "feed"] if "sample_source" in scored else scored
+    if "sample_source" in scored:  # feed (cold-start) samples are training help, not ad traffic
+        scored = scored[scored["sample_source"] != "feed"]
     results: dict[str, dict[str, Any]] = {}
     for task, (label, pred, truth, _) in TASKS.items():
         rows = scored[scored["click"] == 1] if task == "cvr" else scored

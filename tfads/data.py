@@ -11,7 +11,6 @@ from tfads.manifest import Manifest
 DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 DEFAULTS = {"string": "", "int64": 0, "float32": 0.0}
 META = {"trace_id": ("string", ""), "ts": ("int64", 0), "sample_source": ("string", "ad")}
-OUTPUTS = ("ctr", "cvr", "ctcvr")
 
 
 def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: bool = False) -> dict[str, Any]:

@@ -197,36 +197,29 @@ class World:
     def sample(self, rng: np.random.Generator, n: int, day: int, weekday: int) -> dict[str, np.ndarray]:
         """``n`` impressions of day ``day`` (0-based): feature value indices, ``second`` of the day,
         and the true ``p_ctr`` / ``p_cvr``; rows are sorted by time."""
-        second = np.sort(draw(rng, self.hour_cdf, n) * 3600 + rng.integers(0, 3600, n))
-        user = draw(rng, self.user_cdf, n)
+        x = self._context(rng, n, day, weekday)
+        user = x["user_id"]
         ad = draw(rng, self.ad_cdf, n)
         campaign = self.ad_campaign[ad]
         advertiser = self.campaign_advertiser[campaign]
-        scenario = draw(rng, self.scenario_cdf(day + 0.5), n)
-        x = {
-            "second": second,
-            "user_id": user,
-            "age": self.user_age[user],
-            "age_bucket": np.searchsorted(AGE_EDGES, self.user_age[user], side="right"),
-            "gender": self.user_gender[user],
-            "city": self.user_city[user],
-            "device": self.user_device[user],
-            "os": self.user_os[user],
-            "user_group": self.user_group[user],
-            "hour": second // 3600,
-            "weekday": np.full(n, weekday),
-            "scenario": scenario,
-            "media": scenario // N_SLOTS,
-            "slot": scenario % N_SLOTS,
-            "ad_id": ad,
-            "advertiser_id": advertiser,
-            "campaign_id": campaign,
-            "category": self.advertiser_category[advertiser],
-            "creative_type": self.ad_creative[ad],
-            "bid_type": self.campaign_bid_type[campaign],
-            "price": np.round(self.campaign_price[campaign] * np.exp(rng.normal(0, 0.2, n)), 2),
-        }
-        x["p_ctr"], x["p_cvr"] = self.probabilities(x, day + second / 86400.0)
+        x.update(
+            {
+                "age": self.user_age[user],
+                "age_bucket": np.searchsorted(AGE_EDGES, self.user_age[user], side="right"),
+                "gender": self.user_gender[user],
+                "city": self.user_city[user],
+                "device": self.user_device[user],
+                "os": self.user_os[user],
+                "ad_id": ad,
+                "advertiser_id": advertiser,
+                "campaign_id": campaign,
+                "category": self.advertiser_category[advertiser],
+                "creative_type": self.ad_creative[ad],
+                "bid_type": self.campaign_bid_type[campaign],
+                "price": np.round(self.campaign_price[campaign] * np.exp(rng.normal(0, 0.2, n)), 2),
+            }
+        )
+        x["p_ctr"], x["p_cvr"] = self.probabilities(x, day + x["second"] / 86400.0)
         return x
 
     def probabilities(self, x: dict[str, np.ndarray], t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,10 +237,17 @@ class World:
 
     def sample_feed(self, rng: np.random.Generator, n: int, day: int, weekday: int) -> dict[str, np.ndarray]:
         """``n`` organic-feed impressions of day ``day`` for the same users: indices and ``p_click``."""
+        x = self._context(rng, n, day, weekday)
+        x["category"] = rng.integers(0, N_CATEGORIES, n)
+        x["p_click"] = self._feed_prob(x, day + x["second"] / 86400.0)
+        return x
+
+    def _context(self, rng: np.random.Generator, n: int, day: int, weekday: int) -> dict[str, np.ndarray]:
+        """What ad and feed impressions share: time of day (sorted), user and scenario (slot x media)."""
         second = np.sort(draw(rng, self.hour_cdf, n) * 3600 + rng.integers(0, 3600, n))
         user = draw(rng, self.user_cdf, n)
         scenario = draw(rng, self.scenario_cdf(day + 0.5), n)
-        x = {
+        return {
             "second": second,
             "user_id": user,
             "user_group": self.user_group[user],
@@ -256,10 +256,7 @@ class World:
             "scenario": scenario,
             "media": scenario // N_SLOTS,
             "slot": scenario % N_SLOTS,
-            "category": rng.integers(0, N_CATEGORIES, n),
         }
-        x["p_click"] = self._feed_prob(x, day + second / 86400.0)
-        return x
 
     def _feed_prob(self, x: dict[str, np.ndarray], t: np.ndarray) -> np.ndarray:
         cluster = self.scenario_cluster[x["scenario"]]

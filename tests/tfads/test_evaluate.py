@@ -10,23 +10,15 @@ import sys
 import tfads  # noqa: F401
 
 
+def _evaluate(model_dir: str, manifest_path: str, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tfads.cli", "evaluate", "--model-dir", model_dir, "--data", manifest_path, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
 def test_evaluate_cli_writes_metrics_and_plots(trained_model_dir, manifest_path, logs_dir, tmp_path):
     out = tmp_path / "eval"
-    cmd = [
-        sys.executable,
-        "-m",
-        "tfads.cli",
-        "evaluate",
-        "--model-dir",
-        trained_model_dir,
-        "--data",
-        manifest_path,
-        "--logs",
-        logs_dir,
-        "--out",
-        str(out),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result = _evaluate(trained_model_dir, manifest_path, "--logs", logs_dir, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
     assert "oracle" in result.stdout
     metrics = json.load(open(out / "metrics.json"))
     assert set(metrics) == {"ctr", "cvr", "ctcvr"}
@@ -40,16 +32,6 @@ def test_evaluate_cli_writes_metrics_and_plots(trained_model_dir, manifest_path,
 
 
 def test_evaluate_cli_reports_a_missing_model_clearly(manifest_path, tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "tfads.cli",
-        "evaluate",
-        "--model-dir",
-        str(tmp_path / "nothing"),
-        "--data",
-        manifest_path,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = _evaluate(str(tmp_path / "nothing"), manifest_path)
     assert result.returncode == 2
     assert "no trained model" in result.stderr and "Traceback" not in result.stderr

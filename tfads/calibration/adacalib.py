@@ -197,45 +197,55 @@ class AdaCalib(keras.layers.Layer):
             idx = tf.where(tf.random.uniform(tf.shape(idx)) < self.global_rate, 0, idx)
         return idx
 
-    def _value_context(self, f: str) -> tf.Tensor:
-        """Per-value statistics and embedding, ``[V+1, G]`` (row 0 = global)."""
-        tabs = self.tables[f]
-        emb = self.embeddings[f](tf.range(tf.shape(tabs["value_feats"])[0]))
-        return tf.concat([tabs["value_feats"], emb], axis=1)
+    def _value_context(self, f: str, rows: tf.Tensor) -> tf.Tensor:
+        """Statistics and embedding of the table rows ``rows`` ``[U]``, ``[U, G]`` (row 0 = global)."""
+        return tf.concat([tf.gather(self.tables[f]["value_feats"], rows), self.embeddings[f](rows)], axis=1)
 
-    def _candidates(self, f: str, x: tf.Tensor, idx: tf.Tensor, vfeat: tf.Tensor) -> tf.Tensor:
-        """Calibrated logits ``[B, n_candidates]``, one monotone function per candidate bin count."""
+    def _candidates(self, f: str, x: tf.Tensor, rows: tf.Tensor, pos: tf.Tensor, vfeat: tf.Tensor) -> tf.Tensor:
+        """Calibrated logits ``[B, n_candidates]``, one monotone function per candidate bin count.
+
+        The functions are built only for the distinct table rows ``rows`` ``[U]`` present in the batch
+        (a bid request's candidates usually share one scenario); ``pos`` ``[B]`` maps inputs to them.
+        """
         tabs = self.tables[f]
-        n_rows = tf.shape(vfeat)[0]
+        n_rows = tf.shape(rows)[0]
         outs = []
         for k in self.bin_counts:
             ctx = tf.concat([vfeat, tf.fill([n_rows, 1], float(np.log2(k)) / 5)], axis=1)
-            seg_in = tf.concat([tabs[f"feats{k}"], tf.repeat(ctx[:, None, :], k, axis=1)], axis=2)
-            r = tf.squeeze(self.keypoint_net(seg_in), -1)  # [V+1, K]
-            slope = self.min_slope + tf.nn.softplus(tabs[f"pre{k}"] + r)
-            y0 = tabs[f"y0{k}"] + tf.squeeze(self.offset_net(ctx), -1)
-            ys = tf.concat([y0[:, None], y0[:, None] + tf.cumsum(slope * tabs[f"width{k}"], axis=1)], axis=1)
-            xk, yk, sk = (tf.gather(t, idx) for t in (tabs[f"x{k}"], ys, slope))  # per row
+            feats = tf.gather(tabs[f"feats{k}"], rows)
+            seg_in = tf.concat([feats, tf.repeat(ctx[:, None, :], k, axis=1)], axis=2)
+            r = tf.squeeze(self.keypoint_net(seg_in), -1)  # [U, K]
+            slope = self.min_slope + tf.nn.softplus(tf.gather(tabs[f"pre{k}"], rows) + r)
+            y0 = tf.gather(tabs[f"y0{k}"], rows) + tf.squeeze(self.offset_net(ctx), -1)
+            width = tf.gather(tabs[f"width{k}"], rows)
+            ys = tf.concat([y0[:, None], y0[:, None] + tf.cumsum(slope * width, axis=1)], axis=1)
+            xk = tf.gather(tabs[f"x{k}"], tf.gather(rows, pos))
+            yk, sk = tf.gather(ys, pos), tf.gather(slope, pos)  # per input row
             seg = tf.clip_by_value(tf.searchsorted(xk, x[:, None], side="right")[:, 0] - 1, 0, k - 1)
             x_left = tf.gather(xk, seg, batch_dims=1)
             outs.append(tf.gather(yk, seg, batch_dims=1) + tf.gather(sk, seg, batch_dims=1) * (x - x_left))
         return tf.stack(outs, axis=1)
 
+    def _distinct_rows(self, f: str, value: tf.Tensor, training: bool | None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Distinct table rows of the batch ``[U]`` and each input's position among them ``[B]``."""
+        rows, pos = tf.unique(self._value_index(f, value, training))
+        return rows, pos
+
     def candidate_logits(self, inputs: Mapping[str, tf.Tensor], field: str) -> tf.Tensor:
         """The per-bin-count calibrated logits of ``field``, ``[B, len(bin_counts)]`` (before selection)."""
-        idx = self._value_index(field, inputs[field])
-        return self._candidates(field, self._input_logit(inputs), idx, self._value_context(field))
+        rows, pos = self._distinct_rows(field, inputs[field], None)
+        return self._candidates(field, self._input_logit(inputs), rows, pos, self._value_context(field, rows))
 
     def _field_logit(self, f: str, x: tf.Tensor, value: tf.Tensor, training: bool | None) -> tf.Tensor:
         """Calibrated logit ``[B]`` of field ``f`` for input logits ``x`` ``[B]``."""
-        idx = self._value_index(f, value, training)
-        vfeat = self._value_context(f)
-        weights = tf.gather(self._selection(f, vfeat, training), idx)
-        return tf.reduce_sum(weights * self._candidates(f, x, idx, vfeat), axis=1)
+        rows, pos = self._distinct_rows(f, value, training)
+        vfeat = self._value_context(f, rows)
+        weights = tf.gather(self._selection(f, rows, vfeat, training), pos)
+        return tf.reduce_sum(weights * self._candidates(f, x, rows, pos, vfeat), axis=1)
 
-    def _selection(self, f: str, vfeat: tf.Tensor, training: bool | None) -> tf.Tensor:
-        """Per-value weights ``[V+1, n_candidates]`` over the bin counts (unsupported counts get 0)."""
-        logits = self.selectors[f](vfeat) + self.tables[f]["mask"]
+    def _selection(self, f: str, rows: tf.Tensor, vfeat: tf.Tensor, training: bool | None) -> tf.Tensor:
+        """Weights ``[U, n_candidates]`` of the rows ``rows`` over the bin counts (unsupported counts get 0)."""
+        logits = self.selectors[f](vfeat) + tf.gather(self.tables[f]["mask"], rows)
         if self.selection == "hard" and self.gumbel and training:
             u = tf.random.uniform(tf.shape(logits), 1e-9, 1.0)
             logits = logits - tf.math.log(-tf.math.log(u))

@@ -1,5 +1,6 @@
 """Online learning: exactly-once resume after kills, the validation gate, frozen embeddings, export
-picked up by the embedded server, and the reservoir / calibration-statistics bookkeeping."""
+picked up by the embedded server, recalibration of a calibrated model, and the reservoir /
+calibration-statistics bookkeeping."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import tfads  # noqa: F401  (before TensorFlow)
 import tensorflow as tf
 
-from tfads.calibration.stats import compute_calibration_stats
+from tfads.calibration.stats import CalibStats, compute_calibration_stats
 from tfads.manifest import load_manifest
 from tfads.online import (
     OnlineConfig,
@@ -30,6 +31,7 @@ from tfads.online import (
 from tfads.online.calibration import refresh_stats
 from tfads.online.faults import CRASH_EXIT_CODE, ENV
 from tfads.online.reservoir import read_records
+from tfads.online.updater import calib_path
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = OnlineConfig(reservoir_size=500, old_eval_examples=500, batch_size=256, holdout_fraction=0.3,
@@ -152,6 +154,78 @@ def test_kills_mid_shard_and_between_shards_resume_exactly_once(
     assert state.reservoir_seen == initial["reservoir_seen"] + train_rows  # each shard offered exactly once
     assert sorted(os.listdir(tmp_path / "export")) == ["1"]
     assert (state_dir / "metrics.json").exists() and (state_dir / "online_auc.png").exists()
+
+
+@pytest.fixture(scope="module")
+def calibrated_model_dir(trained_model_dir, manifest_path, small_experiment, tmp_path_factory) -> str:
+    """The session model + AdaCalib on scenario, combined and saved as `tfads calibrate` does (statistics
+    computed in process instead of by the Beam job, one fitting epoch)."""
+    from tfads.calibrate import combined_model, fit_calibration_layers
+    from tfads.model_io import save_trained_model
+    from tfads.predict import predict_split
+    from tfads.train import load_trained_model
+
+    manifest = load_manifest(manifest_path)
+    base = load_trained_model(trained_model_dir)
+    calib = predict_split(base, manifest, "calib")
+    fields = [n for n, f in manifest.features.items() if f.get("calibration")]
+    stats = {}
+    for task, label, rows in (("ctr", "click", calib), ("cvr", "conversion", calib[calib["click"] == 1])):
+        stats[task] = compute_calibration_stats(rows[task], rows[label], {f: rows[f] for f in fields}, task=task)
+    layers = fit_calibration_layers(calib, stats, ["scenario"], epochs=1)
+    out = str(tmp_path_factory.mktemp("calibrated"))
+    save_trained_model(combined_model(base, layers), out, manifest_path, small_experiment,
+                       calibration={t: layer.get_config() for t, layer in layers.items()})
+    return out
+
+
+def with_extra_clicks(records: list[bytes], rate: float, seed: int = 0) -> list[bytes]:
+    """The records with ``rate`` of them turned into clicks: a base-rate shift the model never saw."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for record in records:
+        example = tf.train.Example.FromString(record)
+        if rng.uniform() < rate:
+            example.features.feature["click"].int64_list.value[:] = [1]
+        out.append(example.SerializeToString())
+    return out
+
+
+def test_recalibrated_export_follows_a_base_rate_shift(calibrated_model_dir, manifest_path, newest_records, tmp_path):
+    from serving.server import ModelServer, parse_flags
+    from serving.server.testing import Stubs, predict_request
+
+    config = dataclasses.replace(FAST, calibration_decay=0.0, recalibration_epochs=2)  # the new shard's counts only
+    learner = OnlineLearner(calibrated_model_dir, load_manifest(manifest_path), str(tmp_path / "state"),
+                            str(tmp_path / "export"), config)
+    assert set(learner.layers) == {"ctr", "cvr"} and learner.calib["ctr"] is not None  # seeded from the layers
+    records = with_extra_clicks(newest_records[:3000], 0.05)
+    clicks = np.array([tf.train.Example.FromString(r).features.feature["click"].int64_list.value[0] for r in records])
+    shard = write_shards(records, tmp_path / "stream", [3000])[0]
+    record = learner.update(shard, str(tmp_path / "stream" / shard))
+
+    assert record["accepted"] and record["recalibrated"], record["gate"]
+    refreshed = CalibStats.read(calib_path(learner.store.step_dir(1), "ctr"))
+    assert learner.layers["ctr"].stats.global_stats == refreshed.global_stats  # the served layer's statistics
+    assert refreshed.global_stats.impressions == 3000 and refreshed.global_stats.positives == clicks.sum()
+    after = record["calibrated"]["served_after"]["newest"]["PCOC"]
+    assert abs(after - 1) < 0.2 < 1 - record["candidate"]["newest"]["PCOC"]
+    server = ModelServer(parse_flags(["--port=0", "--model_name=ctr", f"--model_base_path={learner.export_base}",
+                                      "--file_system_poll_wait_seconds=1"])).start()
+    try:
+        stubs = Stubs.connect(f"127.0.0.1:{server.grpc_port}")
+        stubs.wait_serving()
+        stubs.wait_for_states("ctr", {2: "AVAILABLE"})
+        request = predict_request("ctr", {"examples": np.array(records, dtype=object)},
+                                  signature_name="predict_examples")
+        response = stubs.predict.Predict(request, timeout=60)
+    finally:
+        server.stop()
+    assert response.model_spec.version.value == 2
+    ctr, raw = (tf.make_ndarray(response.outputs[k]) for k in ("ctr", "ctr_raw"))
+    assert raw.mean() / clicks.mean() < 0.8  # the base model under-predicts the shifted shard ...
+    assert abs(ctr.mean() / clicks.mean() - 1) < 0.2  # ... its refitted calibration does not
+    assert json.loads((tmp_path / "export" / "2" / "model_card.json").read_text())["calibration"]["ctr"]
 
 
 def test_reservoir_is_bounded_uniform_and_round_trips(tmp_path):

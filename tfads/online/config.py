@@ -30,6 +30,10 @@ class OnlineConfig:
         to measure forgetting.
       calibration_fields: fields whose posterior statistics are refreshed after each update.
       calibration_decay: weight kept by the old posterior counts at each refresh (1.0: plain sums).
+      recalibrate: when the model dir holds a calibrated model (``tfads calibrate``), rebuild its AdaCalib
+        layers from the refreshed statistics and refit them after each accepted update (off: the loaded
+        layers are kept); either way the export is the combined model. No effect on an uncalibrated model.
+      recalibration_epochs: passes of each AdaCalib refit over the shard's rows.
       poll_seconds: how often the stream directory is listed when idle.
       max_idle_polls: stop after this many empty polls in a row (null: watch forever).
       keep_steps: committed step directories kept besides the current and the serving one.
@@ -49,6 +53,8 @@ class OnlineConfig:
     old_eval_examples: int = 5000
     calibration_fields: list[str] | None = None
     calibration_decay: float = 0.9
+    recalibrate: bool = True
+    recalibration_epochs: int = 3
     poll_seconds: float = 5.0
     max_idle_polls: int | None = None
     keep_steps: int = 2
@@ -65,6 +71,8 @@ class OnlineConfig:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if not 0.0 <= self.calibration_decay <= 1.0:
             raise ValueError(f"calibration_decay must be in [0, 1], got {self.calibration_decay}")
+        if self.recalibration_epochs < 1:
+            raise ValueError(f"recalibration_epochs must be >= 1, got {self.recalibration_epochs}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
 

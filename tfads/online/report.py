@@ -1,4 +1,5 @@
-"""Per-update metrics over time: ``metrics.json`` and PNGs of AUC / PCOC on the newest and older data."""
+"""Per-update metrics over time: ``metrics.json`` and PNGs of AUC / PCOC on the newest and older data
+(raw outputs and, for a calibrated model, the calibrated ones)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def write_report(out_dir: str, history: list[dict[str, Any]]) -> list[str]:
             for who, key in (("candidate", "candidate"), ("serving before", "serving_before"))
             for data in ("newest", "old")
         }
+        if all("calibrated" in r for r in history):  # a calibrated model: AdaCalib outputs beside the raw ones
+            series.update({
+                f"calibrated, {who.replace('_', ' ')} on {data}": (steps, [r["calibrated"][who][data][metric]
+                                                                          for r in history])
+                for who in ("serving_before", "served_after") for data in ("newest", "old")
+            })
         png = os.path.join(out_dir, f"online_{metric.lower()}.png")
         metric_over_time(series, png, ylabel=f"pCTR {metric}", xlabel="update",
                          title=f"online updates: {metric} on the newest shard and on older days")

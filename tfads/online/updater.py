@@ -15,20 +15,29 @@ import tf_keras as keras
 import yaml
 
 from serving.export import export_model, next_version
-from tfads.calibration.stats import CalibStats
+from tfads.calibration import AdaCalib, CalibStats
 from tfads.experiment import ExperimentConfig, experiment_from_dict
 from tfads.manifest import Manifest
-from tfads.models import compile_model
+from tfads.models import build_model, compile_model
 from tfads.online.calibration import refresh_stats
 from tfads.online.config import OnlineConfig
 from tfads.online.evaluation import Scorer, ctr_metrics, gate, records_dataset, split_holdout
 from tfads.online.faults import crash_point
+from tfads.online.recalibration import (
+    TASKS,
+    calibrated_scores,
+    export_view,
+    read_layers,
+    refit,
+    split_calibrated,
+    task_rows,
+    write_layers,
+)
 from tfads.online.reservoir import Reservoir, read_records
 from tfads.online.state import OnlineState, StateStore
 from tfads.train import load_trained_model
 
 log = logging.getLogger(__name__)
-TASKS = {"ctr": ("click", None), "cvr": ("conversion", "click")}  # task -> (label, rows kept by)
 
 
 def embedding_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -44,19 +53,25 @@ class OnlineLearner:
     """Incremental learner over one trained model (``tfads train`` output in ``model_dir``).
 
     The state (weights, reservoir, consumed shards, metrics) lives under ``state_dir``; a learner
-    built over an existing state continues from its last committed step.
+    built over an existing state continues from its last committed step. Accepted versions are exported
+    under ``export_base`` (``None``: only counted in the state, for benchmarks). A ``tfads calibrate``
+    model is split into its base, which the updates train, and its AdaCalib layers (``layers``).
     """
 
     def __init__(
-        self, model_dir: str, manifest: Manifest, state_dir: str, export_base: str, config: OnlineConfig,
+        self, model_dir: str, manifest: Manifest, state_dir: str, export_base: str | None, config: OnlineConfig,
         *, model_name: str = "ctr",
     ) -> None:
         self.manifest, self.config = manifest, config
         self.export_base, self.model_name = export_base, model_name
         self.store = StateStore(state_dir)
-        self.model = load_trained_model(model_dir)
+        self.model, layers = split_calibrated(load_trained_model(model_dir))
         self.experiment = _experiment(model_dir)
         self.fields = config.calibration_fields or [n for n, f in manifest.features.items() if f.get("calibration")]
+        for task, layer in layers.items():
+            if missing := [f for f in layer.fields if f not in self.fields]:
+                raise ValueError(f"{model_dir}: its {task} AdaCalib layer uses fields {missing}, which the online "
+                                 f"calibration statistics do not refresh (calibration_fields: {self.fields})")
         if config.frozen_embeddings:
             for layer in embedding_layers(self.model):
                 layer.trainable = False
@@ -64,15 +79,20 @@ class OnlineLearner:
         self.score = Scorer(self.model, manifest, self.fields)
         state = self.store.load()
         if state is None:
-            state = self._initialise()
+            state = self._initialise(layers)
         self.state = state
         self.model.load_weights(self.store.weights_prefix(state.weights_step)).expect_partial()
         self.serving_weights = self.model.get_weights()
+        # the served calibration: the layers committed with the serving weights ({} for a plain model)
+        self.layers = read_layers(self.store.step_dir(state.weights_step), list(layers))
+        self._export_base = build_model(manifest, self.experiment.model) if self.layers and export_base else None
         step_dir = self.store.step_dir(state.step)
         self.reservoir = Reservoir.read(step_dir, config.reservoir_size, state.reservoir_seen)
         self.calib = {t: CalibStats.read(calib_path(step_dir, t)) if os.path.exists(calib_path(step_dir, t)) else None
                       for t in TASKS}
         self.old_eval = read_records(manifest.split_files("valid"), limit=config.old_eval_examples)
+        if config.recalibrate and not self.layers:
+            log.info("%s holds no calibrated model: exporting the base model, nothing to recalibrate", model_dir)
         self.ensure_exported()
 
     @property
@@ -80,32 +100,50 @@ class OnlineLearner:
         """The update learning rate: the experiment's rate x ``learning_rate_scale``."""
         return self.experiment.train.learning_rate * self.config.learning_rate_scale
 
-    def _initialise(self) -> OnlineState:
-        """Step 0: the trained model's weights and a reservoir seeded from the train split."""
+    def _initialise(self, layers: dict[str, AdaCalib]) -> OnlineState:
+        """Step 0: the trained model's weights, its AdaCalib layers and their statistics (if calibrated)
+        and a reservoir seeded from the train split."""
         reservoir = Reservoir(self.config.reservoir_size)
         if self.config.seed_reservoir_from_train and self.config.replay_ratio > 0:
             history = read_records(self.manifest.split_files("train"), limit=10 * self.config.reservoir_size)
             reservoir.add(history, np.random.default_rng([self.config.seed, 0]))
-        state = OnlineState(step=0, serving_version=next_version(self.export_base), reservoir_seen=reservoir.seen)
+        state = OnlineState(step=0, serving_version=self._next_version(None), reservoir_seen=reservoir.seen)
 
         def write(directory: str) -> None:
             self.model.save_weights(os.path.join(directory, "weights"))
             reservoir.write(directory)
+            write_layers(directory, layers)
+            for task, layer in layers.items():
+                layer.stats.write(calib_path(directory, task))
 
         self.store.commit(state, write, keep=self.config.keep_steps)
         return state
 
-    def ensure_exported(self) -> str:
-        """Export the serving weights as ``serving_version`` unless that version already exists."""
+    def _next_version(self, current: int | None) -> int:
+        """The version an accepted update is exported as (counted in the state when nothing is exported)."""
+        return next_version(self.export_base) if self.export_base else (current or 0) + 1
+
+    def ensure_exported(self) -> str | None:
+        """Export the serving model as ``serving_version`` unless that version already exists (or
+        ``export_base`` is None); returns the version directory."""
+        if self.export_base is None:
+            return None
         path = os.path.join(self.export_base, str(self.state.serving_version))
         if os.path.isdir(path):
             return path
         for stale in glob.glob(os.path.join(self.export_base, f".tmp-{self.state.serving_version}-*")):
             shutil.rmtree(stale)  # a half-written export of this version from a killed run
-        self.model.set_weights(self.serving_weights)
-        card = {"online_step": self.state.weights_step, "consumed_shards": len(self.state.consumed)}
-        path = export_model(self.model, self.manifest, self.export_base, version=self.state.serving_version,
-                            model_name=self.model_name, card=card)
+        if self._export_base is None:
+            base = self.model
+            base.set_weights(self.serving_weights)
+        else:  # by checkpoint, not set_weights: the weights' order follows the layers' trainable flags
+            base = self._export_base
+            base.load_weights(self.store.weights_prefix(self.state.weights_step)).expect_partial()
+        card = {"online_step": self.state.weights_step, "consumed_shards": len(self.state.consumed),
+                "calibration": {t: {"fields": layer.fields, "stats_impressions": layer.stats.global_stats.impressions}
+                                for t, layer in self.layers.items()} or None}
+        path = export_model(export_view(base, self.layers), self.manifest, self.export_base,
+                            version=self.state.serving_version, model_name=self.model_name, card=card)
         crash_point("after_export")
         return path
 
@@ -121,29 +159,31 @@ class OnlineLearner:
         replay = self.reservoir.sample(round(cfg.replay_ratio * len(train)), rng) if cfg.replay_ratio > 0 else []
 
         self.model.set_weights(self.serving_weights)
-        serving = {"newest": ctr_metrics(self.score(held)), "old": ctr_metrics(self.score(self.old_eval))}
+        before = {"newest": self.score(held), "old": self.score(self.old_eval)}
+        serving = {data: ctr_metrics(s) for data, s in before.items()}
         loss = self._train(train + replay, seed=cfg.seed + step)
         crash_point("after_train")
-        candidate = {"newest": ctr_metrics(self.score(held)), "old": ctr_metrics(self.score(self.old_eval))}
+        after = {"newest": self.score(held), "old": self.score(self.old_eval)}
+        candidate = {data: ctr_metrics(s) for data, s in after.items()}
         accepted, gain = gate(candidate["newest"], serving["newest"], cfg.gate_metric, cfg.gate_margin)
         if not accepted:
             self.model.set_weights(self.serving_weights)
+            after = before
+        calibrated = {"serving_before": self._calibrated_metrics(before)} if self.layers else None
         scored = self.score(records)  # the model served after this step, on all the shard's rows
-        for task, (label, only) in TASKS.items():
-            rows = scored[only] == 1 if only else np.ones(len(scored[label]), bool)
-            if rows.any():
-                self.calib[task] = refresh_stats(self.calib[task], scored[task][rows], scored[label][rows],
-                                                 {f: scored[f][rows] for f in self.fields},
-                                                 decay=cfg.calibration_decay, task=task)
+        self._refresh_calibration(scored, recalibrate=accepted and cfg.recalibrate, seed=cfg.seed + step)
+        if calibrated:
+            calibrated["served_after"] = self._calibrated_metrics(after)
         self.reservoir.add(train, rng)
         record = {"step": step, "shard": shard, "train_examples": len(train), "replay_examples": len(replay),
                   "heldout_examples": len(held), "train_loss": loss, "accepted": accepted,
                   "gate": {"metric": cfg.gate_metric, "gain": gain, "margin": cfg.gate_margin},
-                  "candidate": candidate, "serving_before": serving}
+                  "candidate": candidate, "serving_before": serving,
+                  **({"calibrated": calibrated, "recalibrated": accepted and cfg.recalibrate} if calibrated else {})}
         self.state = state.advance(
             consumed=[*state.consumed, shard],
             weights_step=step if accepted else state.weights_step,
-            serving_version=next_version(self.export_base) if accepted else state.serving_version,
+            serving_version=self._next_version(state.serving_version) if accepted else state.serving_version,
             reservoir_seen=self.reservoir.seen,
             history=[*state.history, record],
         )
@@ -155,6 +195,24 @@ class OnlineLearner:
         log.info("step %d %s: %s (gain %+.4f) -> serving version %s", step, shard,
                  "accepted" if accepted else "rejected", gain, self.state.serving_version)
         return record
+
+    def _refresh_calibration(self, scored: dict[str, np.ndarray], *, recalibrate: bool, seed: int) -> None:
+        """Merge the shard's rows into the posterior statistics; with ``recalibrate`` rebuild and refit the
+        AdaCalib layers from them on the same rows (as ``tfads calibrate`` fits on its statistics' split)."""
+        for task, (label, _) in TASKS.items():
+            rows = task_rows(scored, task)
+            if not rows.any():
+                continue
+            fields = {f: scored[f][rows] for f in self.fields}
+            self.calib[task] = refresh_stats(self.calib[task], scored[task][rows], scored[label][rows], fields,
+                                             decay=self.config.calibration_decay, task=task)
+            if recalibrate and task in self.layers:
+                self.layers[task] = refit(self.layers[task], self.calib[task], scored[task][rows], scored[label][rows],
+                                          fields, epochs=self.config.recalibration_epochs, seed=seed)
+
+    def _calibrated_metrics(self, scored: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+        """pCTR metrics of the served calibration on already-scored rows (by data name)."""
+        return {data: ctr_metrics(calibrated_scores(self.layers, s)) for data, s in scored.items()}
 
     def _train(self, records: list[bytes], seed: int) -> float:
         """Fit from the current weights with a fresh optimizer state; returns the last epoch's loss."""
@@ -169,6 +227,7 @@ class OnlineLearner:
     def _write_step(self, directory: str, accepted: bool) -> None:
         if accepted:
             self.model.save_weights(os.path.join(directory, "weights"))
+            write_layers(directory, self.layers)
         self.reservoir.write(directory)
         for task, stats in self.calib.items():
             if stats is not None:

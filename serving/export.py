@@ -31,6 +31,7 @@ import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from serving.compiled_calibration import compile_calibration
 from tfads.data import DTYPES, feature_spec
 from tfads.manifest import Manifest
 
@@ -47,6 +48,8 @@ class ServingModule(tf.Module):
     def __init__(self, model: keras.Model, manifest: Manifest) -> None:
         super().__init__()
         self.model = model
+        # a calibrated model serves its AdaCalib layers as precomputed per-value tables (same outputs)
+        self.calibrated = compile_calibration(model)
         self.feature_names = list(manifest.features)
         self.example_spec = feature_spec(manifest, with_labels=False)
         specs = {name: tf.TensorSpec([None], DTYPES[f["dtype"]], name=name) for name, f in manifest.features.items()}
@@ -60,11 +63,22 @@ class ServingModule(tf.Module):
         self.classify = tf.function(self._classify).get_concrete_function(inputs)
 
     def _outputs(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        out = self.model({k: features[k] for k in self.feature_names}, training=False)
+        features = {k: features[k] for k in self.feature_names}
+        out = self._calibrated_outputs(features) if self.calibrated else self.model(features, training=False)
         result = {k: tf.reshape(out[k], [-1]) for k in OUTPUTS}
         for k in OUTPUTS:
             result[f"{k}_raw"] = tf.reshape(out[f"{k}_raw"], [-1]) if f"{k}_raw" in out else result[k]
         return result
+
+    def _calibrated_outputs(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        base, compiled = self.calibrated
+        raw = base(features, training=False)
+        out = {f"{k}_raw": raw[k] for k in OUTPUTS}
+        for task in ("ctr", "cvr"):
+            calibrate = compiled.get(task)
+            out[task] = calibrate(raw[task], {f: features[f] for f in calibrate.fields}) if calibrate else raw[task]
+        out["ctcvr"] = out["ctr"] * out["cvr"]
+        return out
 
     def _serve_features(self, **features: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._outputs(features)

@@ -87,11 +87,22 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def generator_digest() -> str:
+    """Digest of the generator's source (``tfads/datagen/*.py``): a changed generator means new data."""
+    import tfads.datagen
+
+    h = hashlib.sha1()
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(tfads.datagen.__file__), "*.py"))):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
+
+
 def prepare_data(out: str, days: int, impressions_per_day: int, seed: int) -> tuple[str, str]:
-    """Synthetic logs + Beam job under ``out`` (reused when the settings match); (logs dir, manifest)."""
+    """Synthetic logs + Beam job under ``out`` (reused when the settings and generator match); (logs dir, manifest)."""
     logs, data = os.path.join(out, "logs"), os.path.join(out, "data")
     stamp = os.path.join(out, "data.json")
-    settings = {"days": days, "impressions_per_day": impressions_per_day, "seed": seed}
+    settings = {"days": days, "impressions_per_day": impressions_per_day, "seed": seed, "generator": generator_digest()}
     manifest = os.path.join(data, "manifest.json")
     if os.path.exists(stamp) and os.path.exists(manifest):
         with open(stamp) as f:

@@ -4,8 +4,12 @@ Both probabilities are logistic in a logit built from
   * shared global effects: a bias per value of every feature (category, device, hour, ...),
   * feature crosses through low-rank dot products: user group (age bucket x gender) x category,
     device x creative type, hour x media,
-  * ``N_CLUSTERS`` clusters of similar scenarios (by media group x slot group), each with its own
-    weight vector over user/ad embeddings and its own strength of the user-group x category cross,
+  * ``N_CLUSTERS`` clusters of similar scenarios (media group x slot group, e.g. "video apps x
+    interstitial slots"), each with its own weight vector over user/ad embeddings and its own rank-4
+    matrix for the user-group x category cross (which taste dimensions matter, and how much, in that
+    kind of placement), so the interaction itself depends on the domain,
+  * a per-scenario deviation of the cluster weights (no two placements behave exactly alike; head
+    scenarios have the data to learn theirs, tail scenarios have to borrow from their cluster),
   * a bias per scenario (so per-scenario calibration matters),
   * drift: the category embeddings of the cross rotate slowly with time and scenario traffic shifts.
 The intercepts are solved so that the mean CTR is ``TARGET_CTR`` and the click-weighted mean CVR is
@@ -21,7 +25,10 @@ import numpy as np
 N_MEDIA, N_SLOTS = 20, 15
 N_SCENARIOS = N_MEDIA * N_SLOTS
 N_USERS, N_ADS, N_CAMPAIGNS, N_ADVERTISERS = 1_000_000, 100_000, 10_000, 2_000
-N_CATEGORIES, N_CITIES, N_CLUSTERS = 100, 300, 6
+N_CATEGORIES, N_CITIES = 100, 300
+N_MEDIA_GROUPS, N_SLOT_GROUPS = 6, 5  # scenario clusters = media group x slot group
+N_CLUSTERS = N_MEDIA_GROUPS * N_SLOT_GROUPS
+CROSS_RANK = 4  # rank of the user-group x category cross
 AGE_EDGES = np.array([18, 25, 30, 35, 40, 50, 60])
 N_USER_GROUPS = (len(AGE_EDGES) + 1) * 3
 
@@ -85,8 +92,8 @@ class Effects:
     group_emb: np.ndarray  # (user groups, r) of the user-group x category cross
     cat_emb_a: np.ndarray  # (categories, r): the category side rotates from a ...
     cat_emb_b: np.ndarray  # ... towards b as time goes on
-    cluster_alpha: np.ndarray  # (clusters,) strength of that cross per cluster
-    cluster_w: np.ndarray  # (clusters, d) weights on the cluster features
+    cluster_cross: np.ndarray  # (clusters, r, r) matrix of that cross per cluster
+    scenario_w: np.ndarray  # (scenarios, d) weights on the cluster features: cluster's + own deviation
     scenario_bias: np.ndarray  # (scenarios,)
     intercept: float = 0.0
 
@@ -94,16 +101,24 @@ class Effects:
     def draw(
         cls, rng: np.random.Generator, sizes: dict[str, int], cluster_dim: int, scale: float, cluster_of: np.ndarray
     ) -> Effects:
-        """Random effects; ``scale`` multiplies every effect size."""
-        rank = 4
+        """Random effects; ``scale`` multiplies every effect size.
+
+        The cross matrix of cluster c is ``a_c I + B_c`` (``a_c`` ~ U(0.2, 1.8): how much taste matters
+        there; ``B_c``: which taste dimensions it favours); a scenario's weights are its cluster's plus a
+        deviation of half their size, its bias its cluster's plus a deviation of similar size."""
         cluster_bias = _normal(rng, 0.4 * scale, N_CLUSTERS)
+        strength = rng.uniform(0.2, 1.8, N_CLUSTERS)
+        cluster_cross = strength[:, None, None] * np.eye(CROSS_RANK) + _normal(
+            rng, 0.45, N_CLUSTERS, CROSS_RANK, CROSS_RANK
+        )
+        cluster_w = _normal(rng, 0.2 * scale, N_CLUSTERS, cluster_dim)
         return cls(
             bias={name: _normal(rng, 0.18 * scale, n) for name, n in sizes.items()},
-            group_emb=_normal(rng, 0.55 * scale, N_USER_GROUPS, rank),
-            cat_emb_a=_normal(rng, 0.55, N_CATEGORIES, rank),
-            cat_emb_b=_normal(rng, 0.55, N_CATEGORIES, rank),
-            cluster_alpha=rng.uniform(0.2, 1.8, N_CLUSTERS),
-            cluster_w=_normal(rng, 0.2 * scale, N_CLUSTERS, cluster_dim),
+            group_emb=_normal(rng, 0.55 * scale, N_USER_GROUPS, CROSS_RANK),
+            cat_emb_a=_normal(rng, 0.55, N_CATEGORIES, CROSS_RANK),
+            cat_emb_b=_normal(rng, 0.55, N_CATEGORIES, CROSS_RANK),
+            cluster_cross=cluster_cross,
+            scenario_w=cluster_w[cluster_of] + _normal(rng, 0.1 * scale, N_SCENARIOS, cluster_dim),
             scenario_bias=cluster_bias[cluster_of] + _normal(rng, 0.35 * scale, N_SCENARIOS),
         )
 
@@ -116,10 +131,10 @@ class Effects:
             z = z + b[x[name]]
         theta = ROTATION_PER_DAY * t[:, None]
         cat = self.cat_emb_a[x["category"]] * np.cos(theta) + self.cat_emb_b[x["category"]] * np.sin(theta)
-        z = z + self.cluster_alpha[cluster] * np.einsum("nr,nr->n", self.group_emb[x["user_group"]], cat)
-        if cluster_feats is None:  # no cluster-specific weights (the organic feed)
+        z = z + np.einsum("nr,nrs,ns->n", self.group_emb[x["user_group"]], self.cluster_cross[cluster], cat)
+        if cluster_feats is None:  # no scenario-specific weights (the organic feed)
             return z
-        return z + np.einsum("nd,nd->n", self.cluster_w[cluster], cluster_feats)
+        return z + np.einsum("nd,nd->n", self.scenario_w[x["scenario"]], cluster_feats)
 
 
 class World:
@@ -152,9 +167,9 @@ class World:
         # Scenarios: Zipf traffic with a per-day drift; clusters = media group x slot group.
         self.scenario_logw = np.log(zipf_weights(N_SCENARIOS, 1.1, 1.0, rng))
         self.scenario_slope = rng.normal(0.0, TRAFFIC_DRIFT, N_SCENARIOS)
-        media_group = rng.permutation(N_MEDIA) % 3
-        slot_group = rng.permutation(N_SLOTS) % 2
-        self.scenario_cluster = (media_group[:, None] * 2 + slot_group[None, :]).ravel()
+        media_group = rng.permutation(N_MEDIA) % N_MEDIA_GROUPS
+        slot_group = rng.permutation(N_SLOTS) % N_SLOT_GROUPS
+        self.scenario_cluster = (media_group[:, None] * N_SLOT_GROUPS + slot_group[None, :]).ravel()
         self.hour_cdf = np.cumsum(HOUR_PROFILE)
         # Embeddings the cluster weights act on, and the two small crosses.
         self.emb = {

@@ -48,7 +48,12 @@ HASHED_ABOVE = 20_000
 
 
 def make(out_dir: str, rows: int, *, seed: int = 0, shards: int = 4) -> dict[str, np.ndarray]:
-    """Write ``rows`` examples split 80/10/10 into train/valid/test; return the arrays (for DeepCTR)."""
+    """Write ``rows`` examples split 80/10/10 into train/valid/test; return the arrays (for DeepCTR).
+
+    The files are written once per (rows, seed, shards): a manifest recording the same settings is
+    reused, since the arrays are regenerated identically from the seed.
+    """
+    settings = {"rows": rows, "seed": seed, "shards": shards}
     rng = np.random.default_rng(seed)
     cats = np.stack([np.minimum(rng.zipf(1.3, rows) - 1, c - 1) for c in CARDINALITIES], axis=1).astype(np.int64)
     nums = rng.lognormal(0.0, 1.5, size=(rows, N_NUM)).astype(np.float32)
@@ -59,9 +64,16 @@ def make(out_dir: str, rows: int, *, seed: int = 0, shards: int = 4) -> dict[str
     logit += 0.3 * np.log1p(nums[:, 0]) - 0.2 * np.log1p(nums[:, 1])
     click = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
 
+    n_train = int(rows * 0.8)
+    bounds = {"train": (0, n_train), "valid": (n_train, int(rows * 0.9)), "test": (int(rows * 0.9), rows)}
+    arrays = {"cats": cats, "nums": nums, "click": click, "bounds": bounds}
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            if json.load(f).get("generator") == settings:
+                return arrays
     os.makedirs(os.path.join(out_dir, "vocab"), exist_ok=True)
     features: dict[str, dict] = {}
-    n_train = int(rows * 0.8)
     for j, card in enumerate(CARDINALITIES):
         name = f"C{j + 1}"
         if card > HASHED_ABOVE:
@@ -83,7 +95,6 @@ def make(out_dir: str, rows: int, *, seed: int = 0, shards: int = 4) -> dict[str
             "std": float(logged.std()),
             "boundaries": [],
         }
-    bounds = {"train": (0, n_train), "valid": (n_train, int(rows * 0.9)), "test": (int(rows * 0.9), rows)}
     splits = {}
     for split, (lo, hi) in bounds.items():
         files = []
@@ -108,10 +119,11 @@ def make(out_dir: str, rows: int, *, seed: int = 0, shards: int = 4) -> dict[str
         "weight": "weight",
         "splits": splits,
         "days": {k: {"files": v["files"], "examples": v["examples"]} for k, v in splits.items()},
+        "generator": settings,
     }
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+    with open(manifest_path, "w") as f:
         json.dump(manifest, f)
-    return {"cats": cats, "nums": nums, "click": click, "bounds": bounds}
+    return arrays
 
 
 def _write(path: str, cats: np.ndarray, nums: np.ndarray, click: np.ndarray) -> None:

@@ -1,18 +1,24 @@
 """Training throughput: tfads (TFRecords -> tf.data -> DCNv2) vs DeepCTR's DCN (numpy in memory).
 
 Criteo-like shape: 26 categorical + 13 numeric features, embedding 16, 3 full-rank cross layers,
-MLP 256-128, batch 1024, one epoch each, side by side in one run. DeepCTR is installed only for this
+MLP 256-128, batch 1024, one epoch per run. Every tfads variant and DeepCTR run once per round,
+side by side, for ``--repeats`` rounds (the machine is shared: interleaving keeps load drift out of the
+ratio); the table shows medians, the JSON every run. ``cpu_ms_per_1k`` is the process CPU time per
+1,000 examples (all threads), a load-robust measure of the work. DeepCTR is installed only for this
 benchmark, into ``bench_out/deps`` (``pip install --target``), never into the project environment.
 
-    python -m benchmarks.train_throughput [--rows 600000]
+    python -m benchmarks.train_throughput [--rows 600000] [--repeats 3] [--variants baseline fast]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -32,47 +38,62 @@ from tfads.models import build_model, compile_model
 
 DEEPCTR = "deepctr==0.9.4"
 BATCH = 1024
+SHAPE = ModelConfig(
+    backbone="dcnv2",
+    embedding_dim=16,
+    deep_units=[256, 128],
+    tower_units=[],
+    cross=CrossConfig(layers=3),
+    adasparse=AdaSparseConfig(enabled=False),
+)
+# tfads variants: model config overrides and steps_per_execution (the tfads train options they stand for)
+VARIANTS = {
+    "baseline": ({}, 1),
+    "dense-numeric": ({"numeric_encoding": "dense"}, 1),
+    "fast": ({"numeric_encoding": "dense", "fused_embeddings": True}, 8),
+}
+DEEPCTR_NAME = "DeepCTR DCN (numpy)"
 
 
 class Throughput(keras.callbacks.Callback):
-    """Examples/s over the epoch, skipping the first ``warmup`` steps (tracing, autotuning)."""
+    """Examples/s and CPU ms per 1,000 examples over the epoch, after ``warmup`` steps (tracing, autotuning).
+
+    Uses the step index Keras passes, so it also counts right with ``steps_per_execution`` > 1."""
 
     def __init__(self, warmup: int = 20) -> None:
         super().__init__()
-        self.warmup, self.steps, self.start = warmup, 0, None
+        self.warmup, self.start, self.steps = warmup, None, 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.steps == self.warmup:
-            self.start = time.perf_counter()
+        self.steps = batch + 1
+        if self.start is None and self.steps >= self.warmup:
+            self.start = (self.steps, time.perf_counter(), time.process_time())
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.rate = (self.steps - self.warmup) * BATCH / (time.perf_counter() - self.start)
+    def result(self) -> dict:
+        steps, wall, cpu = self.start
+        examples = (self.steps - steps) * BATCH
+        return {
+            "examples_per_s": examples / (time.perf_counter() - wall),
+            "cpu_ms_per_1k": 1e6 * (time.process_time() - cpu) / examples,
+        }
 
 
-def run_tfads(data_dir: str, optimizer: str) -> dict:
+def run_tfads(data_dir: str, optimizer: str, overrides: dict, steps_per_execution: int) -> dict:
     manifest = load_manifest(os.path.join(data_dir, "manifest.json"))
-    cfg = ModelConfig(
-        backbone="dcnv2",
-        embedding_dim=16,
-        deep_units=[256, 128],
-        tower_units=[],
-        cross=CrossConfig(layers=3),
-        adasparse=AdaSparseConfig(enabled=False),
-    )
+    cfg = dataclasses.replace(SHAPE, **overrides)
     model = build_model(manifest, cfg)
-    compile_model(model, cfg, 1e-3, optimizer)
+    compile_model(model, cfg, 1e-3, optimizer, steps_per_execution=steps_per_execution)
     train = make_dataset(manifest.split_files("train"), manifest, BATCH, shuffle=True, shuffle_buffer=20_000)
     meter = Throughput()
-    start = time.perf_counter()
-    model.fit(train, epochs=1, callbacks=[meter], verbose=0)
-    wall = time.perf_counter() - start
+    steps = math.ceil(manifest.split_count("train") / BATCH)  # steps_per_execution > 1 needs the count
+    model.fit(train, epochs=1, steps_per_epoch=steps, callbacks=[meter], verbose=0)
+    result = meter.result()
     test = make_dataset(manifest.split_files("test"), manifest, 8192, for_training=False)
     ys, ps = [], []
     for batch in test:
         ps.append(model({k: batch[k] for k in manifest.features}, training=False)["ctr"].numpy().ravel())
         ys.append(batch["click"].numpy())
-    return {"examples_per_s": meter.rate, "epoch_wall_s": wall, "test_auc": auc(np.concatenate(ys), np.concatenate(ps))}
+    return {**result, "test_auc": auc(np.concatenate(ys), np.concatenate(ps))}
 
 
 def _import_deepctr(deps_dir: str):
@@ -114,12 +135,15 @@ def run_deepctr(arrays: dict, deps_dir: str) -> dict:
         return x
 
     meter = Throughput()
-    start = time.perf_counter()
     model.fit(inputs(lo, hi), click[lo:hi], batch_size=BATCH, epochs=1, callbacks=[meter], verbose=0)
-    wall = time.perf_counter() - start
+    result = meter.result()
     tlo, thi = arrays["bounds"]["test"]
     p = model.predict(inputs(tlo, thi), batch_size=8192, verbose=0).ravel()
-    return {"examples_per_s": meter.rate, "epoch_wall_s": wall, "test_auc": auc(click[tlo:thi], p)}
+    return {**result, "test_auc": auc(click[tlo:thi], p)}
+
+
+def _median(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,25 +151,50 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=600_000, help="examples in all (80%% train)")
     parser.add_argument("--out", default="bench_out/train_throughput")
     parser.add_argument("--optimizer", default="lazy_adam", choices=["lazy_adam", "adam", "adagrad"])
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of (every variant, DeepCTR)")
+    parser.add_argument("--variants", nargs="+", default=["baseline", "fast"], choices=sorted(VARIANTS))
     args = parser.parse_args(argv)
-    keras.utils.set_random_seed(0)
     data_dir = os.path.join(args.out, "data")
     arrays = criteo_like.make(data_dir, args.rows)
-    results = {"tfads DCNv2 (TFRecords)": run_tfads(data_dir, args.optimizer)}
-    keras.backend.clear_session()
-    results["DeepCTR DCN (numpy)"] = run_deepctr(arrays, os.path.abspath(os.path.join("bench_out", "deps")))
-    ours, theirs = results["tfads DCNv2 (TFRecords)"], results["DeepCTR DCN (numpy)"]
+    deps = os.path.abspath(os.path.join("bench_out", "deps"))
+    names = [f"tfads {v}" for v in args.variants] + [DEEPCTR_NAME]
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    load_before = os.getloadavg()
+    for _ in range(args.repeats):
+        for variant in args.variants:
+            keras.utils.set_random_seed(0)
+            runs[f"tfads {variant}"].append(run_tfads(data_dir, args.optimizer, *VARIANTS[variant]))
+            keras.backend.clear_session()
+        keras.utils.set_random_seed(0)
+        runs[DEEPCTR_NAME].append(run_deepctr(arrays, deps))
+        keras.backend.clear_session()
+    results = {n: _median(r) for n, r in runs.items()}
+    theirs = results[DEEPCTR_NAME]
+    for name in names[:-1]:
+        ours = results[name]
+        ours["speedup"] = ours["examples_per_s"] / theirs["examples_per_s"]
+        ours["round_speedups"] = [
+            a["examples_per_s"] / b["examples_per_s"] for a, b in zip(runs[name], runs[DEEPCTR_NAME], strict=True)
+        ]
+        ours["auc_delta"] = ours["test_auc"] - theirs["test_auc"]
     summary = {
         "rows": args.rows,
         "batch": BATCH,
+        "optimizer": args.optimizer,
+        "repeats": args.repeats,
+        "variants": {v: {"model": VARIANTS[v][0], "steps_per_execution": VARIANTS[v][1]} for v in args.variants},
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         "threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "results": results,
-        "speedup": ours["examples_per_s"] / theirs["examples_per_s"],
-        "auc_delta": ours["test_auc"] - theirs["test_auc"],
+        "runs": runs,
     }
     print(json.dumps(summary, indent=2))
-    print(metrics_table(results))
-    print(f"speedup (examples/s): {summary['speedup']:.2f}x   AUC delta: {summary['auc_delta']:+.4f}")
+    table = {n: {k: v for k, v in r.items() if k != "round_speedups"} for n, r in results.items()}
+    print(metrics_table(table))
+    for name in names[:-1]:
+        r = results[name]
+        print(f"{name}: {r['speedup']:.2f}x DeepCTR examples/s, AUC delta {r['auc_delta']:+.4f}")
+    print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
     return summary
 
 

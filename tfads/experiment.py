@@ -53,7 +53,13 @@ class AdaSparseConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: embeddings, backbone, AdaSparse and ESMM heads."""
+    """The network: embeddings, backbone, AdaSparse and ESMM heads.
+
+    ``numeric_encoding``: ``embedding`` (standardised value times a learned ``embedding_dim`` vector)
+    or ``dense`` (the standardised value itself, one column of x0, as DeepCTR's dense features).
+    ``fused_embeddings``: one embedding table for all categorical/hashed features (one gather and
+    one sparse update per step instead of one per feature).
+    """
 
     backbone: Literal["dnn", "dcnv2", "star", "shared_bottom"] = "dcnv2"
     embedding_dim: int = 16
@@ -64,6 +70,8 @@ class ModelConfig:
     adasparse: AdaSparseConfig = field(default_factory=AdaSparseConfig)
     direct_cvr_loss: bool = False
     cvr_loss_weight: float = 1.0
+    numeric_encoding: Literal["embedding", "dense"] = "embedding"
+    fused_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 1:
@@ -85,6 +93,11 @@ class TrainConfig:
     seed: int = 0
     use_sample_weight: bool = True
     scenarios: list[str] | None = None
+    steps_per_execution: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be >= 1, got {self.steps_per_execution}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The feature layer: raw feature tensors in, one embedding per feature out.
+"""The feature layer: raw feature tensors in, the stacked input ``x0`` (and the domain embedding) out.
 
 Built from the manifest (feature kinds, vocabulary files, hash sizes, numeric statistics), out of
 standard Keras preprocessing layers, so the same lookups run in training and inside the SavedModel
@@ -15,26 +15,29 @@ import tf_keras as keras
 from tfads.data import DTYPES
 from tfads.manifest import Manifest
 
+FUSED_EMBEDDING = "fused_embedding"
+
 
 @dataclass
 class EmbeddedFeatures:
     """Output of :func:`embed_features`.
 
     Attributes:
-      embeddings: feature name -> (batch, dim) embedding, in manifest order.
+      parts: the blocks of ``x0`` in order, each (batch, width): per-feature embeddings, or one
+        (batch, n * dim) block for all fused categorical embeddings, and the numeric encodings.
       domain: concatenated embeddings of the domain-aware (scenario) features, (batch, k*dim).
       domain_index: integer id of the primary domain feature's value (0 = unseen), (batch,).
       num_domains: size of the primary domain feature's id space (vocabulary + OOV).
     """
 
-    embeddings: dict[str, tf.Tensor]
+    parts: list[tf.Tensor]
     domain: tf.Tensor
     domain_index: tf.Tensor
     num_domains: int
 
     def stacked(self) -> tf.Tensor:
-        """All embeddings concatenated: (batch, num_features * dim)."""
-        return keras.layers.Concatenate(name="x0")(list(self.embeddings.values()))
+        """All parts concatenated: ``x0``, (batch, total width)."""
+        return keras.layers.Concatenate(name="x0")(self.parts) if len(self.parts) > 1 else self.parts[0]
 
 
 def feature_inputs(manifest: Manifest) -> dict[str, keras.Input]:
@@ -43,63 +46,97 @@ def feature_inputs(manifest: Manifest) -> dict[str, keras.Input]:
 
 
 def embed_features(
-    inputs: dict[str, tf.Tensor], manifest: Manifest, dim: int, *, primary_domain: str = "scenario"
+    inputs: dict[str, tf.Tensor],
+    manifest: Manifest,
+    dim: int,
+    *,
+    primary_domain: str = "scenario",
+    numeric_encoding: str = "embedding",
+    fused: bool = False,
 ) -> EmbeddedFeatures:
     """Embed every raw feature.
 
-    categorical: StringLookup over the vocabulary file (ints are looked up as decimal strings),
-    one OOV bucket, then an embedding. hashed: Hashing into ``hash_bins``, then an embedding.
-    numeric: optional log1p, standardisation with the train split's mean/std, times a learned
-    vector; plus an embedding of its bucket when ``boundaries`` are given.
+    categorical: StringLookup over the vocabulary file (ints are looked up as decimal strings), one
+    OOV bucket. hashed: Hashing into ``hash_bins``. Each id then gets an embedding: one table per
+    feature, or with ``fused`` one table for all of them (each feature's ids offset into its own rows),
+    so a step does one gather and one sparse update instead of one per feature.
+    numeric: optional log1p and standardisation with the train split's mean/std, then with
+    ``numeric_encoding="embedding"`` times a learned vector (dim wide), with ``"dense"`` the
+    standardised value itself (1 wide, as DeepCTR's dense features); plus an embedding of its bucket
+    when ``boundaries`` are given.
     """
+    if numeric_encoding not in ("embedding", "dense"):
+        raise ValueError(f"numeric_encoding must be 'embedding' or 'dense', got {numeric_encoding!r}")
+    ids: dict[str, tuple[tf.Tensor, int]] = {}
     embeddings: dict[str, tf.Tensor] = {}
-    indices: dict[str, tf.Tensor] = {}
-    sizes: dict[str, int] = {}
+    parts: list[tf.Tensor] = []  # x0 in manifest order (the fused block goes first)
     for name, spec in manifest.features.items():
-        x = inputs[name]
         kind = spec["kind"]
-        if kind == "categorical":
-            if spec["dtype"] != "string":
-                x = tf.strings.as_string(x)
-            lookup = keras.layers.StringLookup(
-                vocabulary=manifest.vocab_path(name), num_oov_indices=1, name=f"{name}_lookup"
-            )
-            idx = lookup(x)
-            size = lookup.vocabulary_size()
-            embeddings[name] = keras.layers.Embedding(size, dim, name=f"{name}_embedding")(idx)
-        elif kind == "hashed":
-            size = int(spec["hash_bins"])
-            idx = keras.layers.Hashing(size, name=f"{name}_hash")(x)
-            embeddings[name] = keras.layers.Embedding(size, dim, name=f"{name}_embedding")(idx)
+        if kind in ("categorical", "hashed"):
+            idx, size = ids[name] = _lookup(name, inputs[name], spec, manifest)
+            if not fused:
+                embeddings[name] = keras.layers.Embedding(size, dim, name=f"{name}_embedding")(idx)
+                parts.append(embeddings[name])
         elif kind == "numeric":
-            embeddings[name] = _embed_numeric(name, x, spec, dim)
-            continue
+            parts.extend(_encode_numeric(name, inputs[name], spec, dim, numeric_encoding))
         else:
             raise ValueError(f"feature {name!r}: unknown kind {kind!r} in manifest")
-        indices[name], sizes[name] = idx, size
-    domain_names = [n for n in manifest.domain_features if n in embeddings]
+    domain_names = [n for n in manifest.domain_features if n in ids]
     if not domain_names:
         raise ValueError("the manifest marks no domain_aware feature; AdaSparse/STAR need one (e.g. scenario)")
+    if fused:
+        block, embeddings = _fused_embeddings(ids, dim, domain_names)
+        parts.insert(0, block)
     domain = (
         embeddings[domain_names[0]]
         if len(domain_names) == 1
         else keras.layers.Concatenate(name="domain_embedding")([embeddings[n] for n in domain_names])
     )
-    primary = primary_domain if primary_domain in indices else domain_names[0]
-    return EmbeddedFeatures(embeddings, domain, indices[primary], sizes[primary])
+    primary = primary_domain if primary_domain in ids else domain_names[0]
+    return EmbeddedFeatures(parts, domain, *ids[primary])
 
 
-def _embed_numeric(name: str, x: tf.Tensor, spec: dict, dim: int) -> tf.Tensor:
+def _lookup(name: str, x: tf.Tensor, spec: dict, manifest: Manifest) -> tuple[tf.Tensor, int]:
+    """Integer ids of a categorical (vocabulary, 0 = OOV) or hashed feature, and the id space's size."""
+    if spec["kind"] == "hashed":
+        size = int(spec["hash_bins"])
+        return keras.layers.Hashing(size, name=f"{name}_hash")(x), size
+    if spec["dtype"] != "string":
+        x = tf.strings.as_string(x)
+    lookup = keras.layers.StringLookup(vocabulary=manifest.vocab_path(name), num_oov_indices=1, name=f"{name}_lookup")
+    return lookup(x), lookup.vocabulary_size()
+
+
+def _fused_embeddings(
+    ids: dict[str, tuple[tf.Tensor, int]], dim: int, wanted: list[str]
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """One table for every id feature: the (batch, n * dim) block of all embeddings, and the
+    (batch, dim) embeddings of the ``wanted`` features."""
+    names = list(ids)
+    offsets, total = [], 0
+    for _, size in ids.values():
+        offsets.append(total)
+        total += size
+    rows = tf.stack([tf.cast(idx, tf.int64) for idx, _ in ids.values()], axis=1) + tf.constant(offsets, tf.int64)
+    table = keras.layers.Embedding(total, dim, name=FUSED_EMBEDDING)(rows)  # (batch, n, dim)
+    block = keras.layers.Reshape((len(names) * dim,), name="fused_x0")(table)
+    return block, {name: table[:, names.index(name), :] for name in wanted}
+
+
+def _encode_numeric(name: str, x: tf.Tensor, spec: dict, dim: int, encoding: str) -> list[tf.Tensor]:
     x = tf.cast(x, tf.float32)
     raw = x
     if spec.get("log"):
         x = tf.math.log1p(tf.maximum(x, 0.0))
     std = float(spec.get("std") or 1.0)
-    x = (x - float(spec.get("mean", 0.0))) / max(std, 1e-6)
-    emb = keras.layers.Dense(dim, use_bias=True, name=f"{name}_value_embedding")(tf.expand_dims(x, -1))
+    x = tf.expand_dims((x - float(spec.get("mean", 0.0))) / max(std, 1e-6), -1)
+    if encoding == "embedding":
+        x = keras.layers.Dense(dim, use_bias=True, name=f"{name}_value_embedding")(x)
     boundaries = spec.get("boundaries") or []
-    if boundaries:
-        bucket = keras.layers.Discretization(bin_boundaries=list(boundaries), name=f"{name}_buckets")(raw)
-        bucket_emb = keras.layers.Embedding(len(boundaries) + 1, dim, name=f"{name}_bucket_embedding")(bucket)
-        emb = keras.layers.Add(name=f"{name}_embedding")([emb, bucket_emb])
-    return emb
+    if not boundaries:
+        return [x]
+    bucket = keras.layers.Discretization(bin_boundaries=list(boundaries), name=f"{name}_buckets")(raw)
+    bucket_emb = keras.layers.Embedding(len(boundaries) + 1, dim, name=f"{name}_bucket_embedding")(bucket)
+    if encoding == "embedding":
+        return [keras.layers.Add(name=f"{name}_embedding")([x, bucket_emb])]
+    return [x, bucket_emb]

@@ -95,6 +95,27 @@ def train_valid_datasets(
     return train_ds, valid_ds, steps
 
 
+def execution_steps(tc: TrainConfig, manifest: Manifest, steps: int | None) -> tuple[int, int | None]:
+    """``(steps_per_execution, validation_steps)`` for ``fit``.
+
+    Several steps per execution need the step counts of the epoch and of the validation pass; a
+    scenario filter leaves them unknown, and then training runs one step per execution.
+    """
+    if tc.steps_per_execution == 1:
+        return 1, None
+    validation = tc.validation_steps
+    if validation is None and tc.scenarios is None:
+        validation = max(1, math.ceil(manifest.split_count("valid") / tc.batch_size))
+    if steps is None or validation is None:
+        log.warning(
+            "train.steps_per_execution=%d needs known step counts, which the scenario filter leaves unknown: "
+            "running one step per execution",
+            tc.steps_per_execution,
+        )
+        return 1, None
+    return tc.steps_per_execution, validation
+
+
 def _weights_of(checkpoint: str, manifest: Manifest, config: ExperimentConfig) -> list:
     """Model weights of a checkpoint, read through a throw-away model: loading straight into the model
     to train would also restore the checkpoint's optimizer (learning rate, moments, step) as soon as
@@ -136,7 +157,8 @@ def train(
             checkpoint = resolve_checkpoint(init_from)
             model.set_weights(_weights_of(checkpoint, manifest, config))
             log.info("initialised weights from %s", checkpoint)
-        compile_model(model, config.model, tc.learning_rate, tc.optimizer)
+        steps_per_execution, validation_steps = execution_steps(tc, manifest, steps)
+        compile_model(model, config.model, tc.learning_rate, tc.optimizer, steps_per_execution=steps_per_execution)
 
     chief = is_chief(strategy)
     out_dir = model_dir if chief else tempfile.mkdtemp(prefix="tfads-worker-")
@@ -157,6 +179,7 @@ def train(
         validation_data=valid_ds,
         epochs=tc.epochs,
         steps_per_epoch=steps,
+        validation_steps=validation_steps,
         callbacks=callbacks,
         verbose=verbose,
     )

@@ -17,6 +17,7 @@ from tfads.data import make_dataset
 from tfads.manifest import load_manifest
 from tfads.metrics import auc, logloss
 from tfads.models import build_model
+from tfads.models.esmm import LogitAUC
 from tfads.predict import predict_split
 from tfads.train import load_trained_model
 
@@ -31,6 +32,11 @@ VARIANTS = {
         "backbone": "dcnv2",
         "cross": {"layers": 2, "num_experts": 3, "expert_rank": 8},
         "adasparse": {"form": "scaling"},
+    },
+    "dcnv2+dense-numeric+fused-embeddings": {
+        "backbone": "dcnv2",
+        "numeric_encoding": "dense",
+        "fused_embeddings": True,
     },
     "star": {"backbone": "star", "adasparse": {"enabled": False}},
     "shared_bottom": {"backbone": "shared_bottom", "adasparse": {"enabled": False}},
@@ -99,3 +105,39 @@ def test_adasparse_schedules_follow_the_form():
     callbacks = adasparse_callbacks(AdaSparseConfig(form="fusion", alpha_anneal_fraction=0.5), 100)
     annealer = next(c for c in callbacks if isinstance(c, AlphaAnnealer))
     assert annealer.total_steps == 50
+
+
+def test_fused_table_holds_every_id_feature_at_its_offset(batch, small_experiment):
+    manifest, features = batch
+    cfg = dataclasses.replace(small_experiment.model, fused_embeddings=True, numeric_encoding="dense")
+    model = build_model(manifest, cfg)
+    table = model.get_layer("fused_embedding").embeddings.numpy()
+    tables = [x.name for x in model.layers if isinstance(x, keras.layers.Embedding) and "bucket" not in x.name]
+    assert tables == ["fused_embedding"]
+    blocks, offset = [], 0
+    for name, spec in manifest.features.items():
+        if spec["kind"] == "numeric":
+            continue
+        layer = model.get_layer(f"{name}_hash" if spec["kind"] == "hashed" else f"{name}_lookup")
+        x = (
+            features[name]
+            if spec["kind"] == "hashed" or spec["dtype"] == "string"
+            else tf.strings.as_string(features[name])
+        )
+        blocks.append(table[offset + layer(x).numpy()])
+        offset += layer.num_bins if spec["kind"] == "hashed" else layer.vocabulary_size()
+    assert offset == table.shape[0]
+    x0 = keras.Model(model.inputs, model.get_layer("fused_x0").output)(features).numpy()
+    np.testing.assert_allclose(x0, np.concatenate(blocks, axis=1), rtol=1e-6)
+
+
+def test_logit_auc_matches_exact_auc_and_serialises():
+    rng = np.random.default_rng(0)
+    y = (rng.random(20_000) < 0.05).astype(np.float32)
+    p = 1 / (1 + np.exp(-(rng.normal(-4, 1.5, y.size) + 1.2 * y)))
+    metric = LogitAUC()
+    for chunk in np.array_split(np.arange(y.size), 7):
+        metric.update_state(y[chunk, None], p[chunk, None])
+    assert float(metric.result()) == pytest.approx(auc(y, p), abs=2e-3)
+    again = LogitAUC.from_config(metric.get_config())
+    assert again.logit_range == metric.logit_range and again.num_thresholds == metric.num_thresholds

@@ -11,6 +11,9 @@ import time
 import numpy as np
 import yaml
 
+import tfads  # noqa: F401
+import tensorflow as tf
+
 from tests.conftest import free_port
 
 PY = sys.executable
@@ -128,3 +131,42 @@ def test_two_workers_on_loopback_match_single_worker(tmp_path, manifest_path, sm
     subprocess.run(_train_cmd(config, manifest_path, str(tmp_path / "single")), check=True, capture_output=True)
     single = json.load(open(tmp_path / "single" / "history.json"))
     assert abs(multi["history"]["loss"][-1] - single["history"]["loss"][-1]) < 0.15 * single["history"]["loss"][-1]
+
+
+def test_fast_options_train_with_several_steps_per_execution(tmp_path, manifest_path, small_experiment):
+    import dataclasses
+
+    from tfads.train import load_trained_model, train
+
+    config = dataclasses.replace(
+        small_experiment,
+        model=dataclasses.replace(small_experiment.model, numeric_encoding="dense", fused_embeddings=True),
+        train=dataclasses.replace(small_experiment.train, epochs=1, steps_per_epoch=7, steps_per_execution=3),
+    )
+    result = train(config, manifest_path, str(tmp_path / "fast"), verbose=0)
+    assert int(result.model.optimizer.iterations.numpy()) == 7  # 3 + 3 + 1: the last execution is shorter
+    assert result.history["val_ctr_auc"], "validation ran over the whole valid split"
+    features = {k: tf.constant(v) for k, v in _some_features(manifest_path).items()}
+    again = load_trained_model(str(tmp_path / "fast"))(features, training=False)["ctr"].numpy()
+    np.testing.assert_allclose(again, result.model(features, training=False)["ctr"].numpy(), atol=1e-6)
+
+
+def _some_features(manifest_path) -> dict:
+    from tfads.data import make_dataset
+    from tfads.manifest import load_manifest
+
+    manifest = load_manifest(manifest_path)
+    features, _, _ = next(iter(make_dataset(manifest.split_files("test"), manifest, 32)))
+    return {k: v.numpy() for k, v in features.items()}
+
+
+def test_steps_per_execution_falls_back_to_one_when_step_counts_are_unknown(manifest_path):
+    from tfads.experiment import TrainConfig
+    from tfads.manifest import load_manifest
+    from tfads.train import execution_steps
+
+    manifest = load_manifest(manifest_path)
+    valid_steps = -(-manifest.split_count("valid") // 64)
+    assert execution_steps(TrainConfig(batch_size=64, steps_per_execution=4), manifest, 10) == (4, valid_steps)
+    assert execution_steps(TrainConfig(steps_per_execution=4, scenarios=["a|b"]), manifest, None) == (1, None)
+    assert execution_steps(TrainConfig(steps_per_execution=4, validation_steps=3), manifest, 10) == (4, 3)

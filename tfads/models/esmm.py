@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 import tensorflow as tf
 import tf_keras as keras
 
@@ -30,7 +28,9 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     domain-specific head) to both towers.
     """
     inputs = feature_inputs(manifest)
-    feats = embed_features(inputs, manifest, cfg.embedding_dim)
+    feats = embed_features(
+        inputs, manifest, cfg.embedding_dim, numeric_encoding=cfg.numeric_encoding, fused=cfg.fused_embeddings
+    )
     h = backbone(feats.stacked(), feats, cfg)
     logits = {}
     train_stats = manifest.data["splits"]["train"]
@@ -46,20 +46,54 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     return keras.Model(inputs=inputs, outputs=outputs, name=f"tfads_{cfg.backbone}")
 
 
-def _auc() -> keras.metrics.AUC:
-    """Streaming AUC with thresholds spread evenly in logit space: ad probabilities sit far below the
-    default linear thresholds' 0.005 spacing, which would lump most predictions into one bucket."""
-    thresholds = (1.0 / (1.0 + np.exp(-np.linspace(-12.0, 6.0, 1000)))).tolist()
-    return keras.metrics.AUC(thresholds=thresholds, name="auc")
+@keras.utils.register_keras_serializable(package="tfads")
+class LogitAUC(keras.metrics.AUC):
+    """Streaming ROC AUC with ``num_thresholds`` thresholds evenly spaced in **logit** space over
+    ``logit_range``: ad probabilities sit far below Keras' default linear thresholds' 0.005 spacing,
+    which would lump most predictions into one bucket.
+
+    Predictions are mapped to ``(logit(p) - lo) / (hi - lo)`` (clipped to [0, 1]) and counted against
+    evenly spaced thresholds there, which takes Keras' bucketed O(batch) path instead of comparing
+    every prediction with every threshold (O(batch x thresholds); that cost 10% of a training step).
+    """
+
+    def __init__(
+        self, num_thresholds: int = 1000, logit_range: tuple[float, float] = (-12.0, 6.0), name: str = "auc", **kwargs
+    ) -> None:
+        super().__init__(num_thresholds=num_thresholds, name=name, **kwargs)
+        lo, hi = (float(v) for v in logit_range)
+        if not lo < hi:
+            raise ValueError(f"LogitAUC: logit_range must be increasing, got {logit_range}")
+        self.logit_range = (lo, hi)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        lo, hi = self.logit_range
+        p = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-7, 1.0 - 1e-7)
+        z = (tf.math.log(p) - tf.math.log1p(-p) - lo) / (hi - lo)
+        return super().update_state(y_true, tf.clip_by_value(z, 0.0, 1.0), sample_weight)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "logit_range": list(self.logit_range)}
 
 
-def compile_model(model: keras.Model, cfg: ModelConfig, learning_rate: float, optimizer: str = "lazy_adam") -> None:
+def compile_model(
+    model: keras.Model,
+    cfg: ModelConfig,
+    learning_rate: float,
+    optimizer: str = "lazy_adam",
+    *,
+    steps_per_execution: int = 1,
+) -> None:
     """ESMM losses: CE(click, pCTR) + CE(click & conversion, pCTCVR) over all impressions, plus an
-    optional direct CE(conversion, pCVR) on clicked samples (its sample weight is the click)."""
+    optional direct CE(conversion, pCVR) on clicked samples (its sample weight is the click).
+
+    ``steps_per_execution`` runs that many training steps per call into the compiled graph (fewer
+    Python round trips; batch callbacks then run once per call)."""
     bce = keras.losses.BinaryCrossentropy()
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),
         loss={"ctr": bce, "cvr": bce, "ctcvr": bce},
         loss_weights={"ctr": 1.0, "ctcvr": 1.0, "cvr": cfg.cvr_loss_weight if cfg.direct_cvr_loss else 0.0},
-        weighted_metrics={"ctr": [_auc()], "ctcvr": [_auc()]},
+        weighted_metrics={"ctr": [LogitAUC()], "ctcvr": [LogitAUC()]},
+        steps_per_execution=steps_per_execution,
     )

@@ -159,7 +159,7 @@ def test_kills_mid_shard_and_between_shards_resume_exactly_once(
 @pytest.fixture(scope="module")
 def calibrated_model_dir(trained_model_dir, manifest_path, small_experiment, tmp_path_factory) -> str:
     """The session model + AdaCalib on scenario, combined and saved as `tfads calibrate` does (statistics
-    computed in process instead of by the Beam job, one fitting epoch)."""
+    computed in process instead of by the Beam job; two bin counts and one fitting epoch keep it small)."""
     from tfads.calibrate import combined_model, fit_calibration_layers
     from tfads.model_io import save_trained_model
     from tfads.predict import predict_split
@@ -171,7 +171,8 @@ def calibrated_model_dir(trained_model_dir, manifest_path, small_experiment, tmp
     fields = [n for n, f in manifest.features.items() if f.get("calibration")]
     stats = {}
     for task, label, rows in (("ctr", "click", calib), ("cvr", "conversion", calib[calib["click"] == 1])):
-        stats[task] = compute_calibration_stats(rows[task], rows[label], {f: rows[f] for f in fields}, task=task)
+        stats[task] = compute_calibration_stats(rows[task], rows[label], {f: rows[f] for f in fields}, (4, 8),
+                                                task=task)
     layers = fit_calibration_layers(calib, stats, ["scenario"], epochs=1)
     out = str(tmp_path_factory.mktemp("calibrated"))
     save_trained_model(combined_model(base, layers), out, manifest_path, small_experiment,
@@ -195,7 +196,7 @@ def test_recalibrated_export_follows_a_base_rate_shift(calibrated_model_dir, man
     from serving.server import ModelServer, parse_flags
     from serving.server.testing import Stubs, predict_request
 
-    config = dataclasses.replace(FAST, calibration_decay=0.0, recalibration_epochs=2)  # the new shard's counts only
+    config = dataclasses.replace(FAST, calibration_decay=0.0, recalibration_epochs=1)  # the new shard's counts only
     learner = OnlineLearner(calibrated_model_dir, load_manifest(manifest_path), str(tmp_path / "state"),
                             str(tmp_path / "export"), config)
     assert set(learner.layers) == {"ctr", "cvr"} and learner.calib["ctr"] is not None  # seeded from the layers

@@ -181,6 +181,9 @@ class CalibrationReport:
     rows: dict[str, dict[str, float]]
     table: str
     files: list[str]
+    calib: pd.DataFrame | None = None  # the base model's calib-split predictions
+    test: pd.DataFrame | None = None  # the combined model's test-split predictions (with truth if given)
+    preds: dict[str, np.ndarray] | None = None  # calibrated pCTR of each method on the test rows
 
 
 def calibrate_and_report(
@@ -217,7 +220,7 @@ def calibrate_and_report(
     )
     test = predict_split(model, manifest, "test")
     if logs:
-        test = attach_truth(test, logs)
+        calib, test = attach_truth(calib, logs), attach_truth(test, logs)
     report_dir = os.path.join(out_dir, "report")
     os.makedirs(report_dir, exist_ok=True)
     rows, preds = compare(calib, test, fields=fields)
@@ -230,4 +233,4 @@ def calibrate_and_report(
     with open(files[1], "w") as f:
         json.dump(rows, f, indent=2, default=float)
     files += [str(p) for p in reliability_plots(test, preds, report_dir, show=("uncalibrated", best, "AdaCalib"))]
-    return CalibrationReport(model, model_path, rows, table, files)
+    return CalibrationReport(model, model_path, rows, table, files, calib=calib, test=test, preds=preds)

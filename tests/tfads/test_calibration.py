@@ -319,3 +319,40 @@ def test_two_fields_int_values_and_logit_input(calib):
     q = layer({PREDICTION: z.astype(np.float32), "scenario": s.astype(object),
                "advertiser_id": advertiser.astype(np.int64)}).numpy()
     assert q.mean() / y.mean() == pytest.approx(1.0, abs=0.05)
+
+
+def _shifted_values(shift_sd: float, seed: int) -> tuple[CalibStats, np.ndarray, list[str]]:
+    """Zipf-sized values whose true rate is the prediction shifted by N(0, shift_sd) in logit."""
+    rng = np.random.default_rng(seed)
+    sizes = (20_000 / np.arange(1, 41) ** 1.5).astype(int) + 20
+    shift = rng.normal(0, shift_sd, sizes.size)
+    v = np.repeat(np.arange(sizes.size), sizes)
+    z = rng.normal(-3, 0.7, v.size)
+    y = (rng.random(v.size) < 1 / (1 + np.exp(-(z + shift[v])))).astype(float)
+    names = np.array([f"v{i:02d}" for i in range(sizes.size)])
+    stats = compute_calibration_stats(1 / (1 + np.exp(-z)), y, {"scenario": names[v]})
+    return stats, shift, sorted(stats.fields["scenario"])
+
+
+def test_empirical_bayes_shrinks_tail_values_and_keeps_head_values():
+    from tfads.calibration.shrinkage import shrink
+
+    stats, shift, names = _shifted_values(0.25, seed=3)
+    values = [stats.fields["scenario"][k] for k in names]
+    eb = shrink(stats.global_stats, values, stats.bin_counts)
+    n = np.array([s.impressions for s in values])
+    head, tail = n >= 3000, n < 200
+    est = eb.shift[1:]
+    true = shift - np.mean(shift[head] - est[head])  # the global function absorbs a common offset
+    assert 1 < eb.value_strength < 1000  # values really differ: a finite prior strength
+    np.testing.assert_allclose(est[head], true[head], atol=0.12)  # big values keep their own shift
+    # tail values: shrunken toward the global function, closer to the truth than their own noisy rates
+    raw = np.array([np.log((s.positives + 0.5) / (s.impressions * s.mean_pred)) for s in values])
+    raw = raw - np.average(raw, weights=n)  # each value's own (unshrunken) shift
+    raw = raw - np.mean(raw[head] - est[head])  # same origin as the estimates
+    assert np.mean((est[tail] - true[tail]) ** 2) < 0.7 * np.mean((raw[tail] - true[tail]) ** 2)
+
+    null_stats, _, null_names = _shifted_values(0.0, seed=4)  # no differences: everything pools
+    null = shrink(null_stats.global_stats, [null_stats.fields["scenario"][k] for k in null_names],
+                  null_stats.bin_counts)
+    assert null.value_strength > 1000 and np.all(np.abs(null.shift) < 0.05)

@@ -14,6 +14,8 @@ import tfads  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 import tf_keras as keras
 
+from tfads.calibration.shrinkage import logit as _logit
+from tfads.calibration.shrinkage import pav, shrink, sigmoid
 from tfads.calibration.stats import CalibStats, ValueStats
 
 PREDICTION = "prediction"  # input key of the uncalibrated probability (or logit)
@@ -22,32 +24,16 @@ _MIN_WIDTH = 1e-3  # keypoints closer than this (tied quantiles) are pushed apar
 _MAX_LOGIT = 15.0  # the output logit is clipped so float32 sigmoid stays strictly inside (0, 1)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _P_EPS, 1 - _P_EPS)
-    return np.log(p) - np.log1p(-p)
-
-
 def _softplus_inv(y: np.ndarray) -> np.ndarray:
     return np.where(y > 20, y, np.log(np.expm1(np.minimum(y, 20))))
 
 
-def _pav(y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted isotonic (non-decreasing) fit by pool-adjacent-violators."""
-    blocks: list[list[float]] = []  # [mean, weight, count]
-    for yi, wi in zip(y, w, strict=True):
-        blocks.append([yi, wi, 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, w2, c2 = blocks.pop()
-            m1, w1, c1 = blocks.pop()
-            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
-    return np.concatenate([np.full(int(c), m) for m, _, c in blocks])
-
-
-def _segment_tables(vs: ValueStats, k: int, min_slope: float) -> dict[str, np.ndarray]:
+def _segment_tables(vs: ValueStats, k: int, min_slope: float, posterior: np.ndarray) -> dict[str, np.ndarray]:
     """Keypoints, per-segment posterior features and the posterior anchor of one value for ``k`` bins.
 
-    The anchor is the piecewise-linear function through the isotonic (PAV) fit of the bins' posterior
-    rates, in logit space: the network outputs corrections to it (zero at initialisation).
+    ``posterior`` are the bins' empirical-Bayes posterior rates (``shrinkage.shrink``). The anchor is the
+    piecewise-linear function through their isotonic (PAV) fit, in logit space: the network outputs
+    corrections to it (zero at initialisation).
     """
     t = vs.tables[k]
     x = _logit(np.asarray(t.boundaries))
@@ -56,8 +42,8 @@ def _segment_tables(vs: ValueStats, k: int, min_slope: float) -> dict[str, np.nd
     width = np.diff(x)
     mid = (x[:-1] + x[1:]) / 2
     imps, hits = np.asarray(t.impressions, float), np.asarray(t.positives, float)
-    post = _logit(np.asarray(t.posterior))
-    iso = _logit(_pav(np.asarray(t.posterior), np.maximum(imps, 1e-3)))
+    post = _logit(posterior)
+    iso = _logit(pav(posterior, np.maximum(imps, 1e-3)))
     inner = (iso[:-1] + iso[1:]) / 2  # interior keypoints: halfway between neighbouring bins
     a = np.concatenate([[2 * iso[0] - inner[0]], inner, [2 * iso[-1] - inner[-1]]])  # ends: bin value at mid
     slope = np.clip(np.diff(a) / width, 0.0, 50.0)
@@ -165,12 +151,14 @@ class AdaCalib(keras.layers.Layer):
         """Per-value tables (row 0 = global function) as non-trainable weights, plus lookup/embedding.
 
         A value too small for any bin count keeps its own value-level statistics and embedding but the
-        global bins (``own_tables`` = 0), so the network can still shift it by its posterior rate.
+        global bins (``own_tables`` = 0) with the global posteriors shifted by its shrunken value shift.
         """
         glob = self.stats.global_stats
         values = sorted(self.stats.fields[f])
         rows = [glob] + [self.stats.fields[f][v] for v in values]
         binned = [s if s.max_bins > 0 else glob for s in rows]
+        shrunk = shrink(glob, rows[1:], self.bin_counts)
+        own = np.array([b is s for s, b in zip(rows, binned, strict=True)])
         self.vocab[f] = values
         self.lookups[f] = keras.layers.StringLookup(vocabulary=values, num_oov_indices=1,
                                                     name=f"{f}_lookup")
@@ -178,11 +166,13 @@ class AdaCalib(keras.layers.Layer):
         self.selectors[f] = keras.layers.Dense(len(self.bin_counts), kernel_initializer="zeros",
                                                name=f"{f}_selector")
         mask = [[0.0 if k <= s.max_bins else -1e9 for k in self.bin_counts] for s in binned]
-        value_feats = [_value_features(s, b is s) for s, b in zip(rows, binned, strict=True)]
+        value_feats = [_value_features(s, o) for s, o in zip(rows, own, strict=True)]
         tabs: dict[str, tf.Variable] = {"value_feats": self._const(f"{f}_value_feats", value_feats),
                                         "mask": self._const(f"{f}_mask", mask)}
         for k in self.bin_counts:
-            seg = [_segment_tables(s, k, self.min_slope) for s in binned]
+            post = shrunk.posterior[k]
+            post = np.where(own[:, None], post, sigmoid(_logit(post[:1]) + shrunk.shift[:, None]))
+            seg = [_segment_tables(s, k, self.min_slope, q) for s, q in zip(binned, post, strict=True)]
             for key in ("x", "width", "feats", "y0", "pre"):
                 tabs[f"{key}{k}"] = self._const(f"{f}_{key}{k}", np.stack([t[key] for t in seg]))
         self.tables[f] = tabs

@@ -46,7 +46,8 @@ def fit_adacalib(
       p_calib: uncalibrated probabilities ``[n]`` (logits if ``input_space="logit"`` is passed).
       y_calib: 0/1 labels ``[n]``.
       field_calib: calibration field name -> values ``[n]``; its keys are the layer's fields.
-      epochs / batch_size / lr: Adam training schedule.
+      epochs / batch_size / lr: Adam training schedule; the learning rate decays linearly from ``lr`` to 0
+        so the last steps settle instead of leaving the function at a noisy point.
       seed: seeds weight initialisation and shuffling.
       **layer_kwargs: forwarded to ``AdaCalib`` (selection, temperature, hidden_units, ...).
 
@@ -62,6 +63,8 @@ def fit_adacalib(
     inputs = {PREDICTION: keras.Input(shape=(), name=PREDICTION, dtype="float32")}
     inputs.update({f: keras.Input(shape=(), name=f, dtype="string") for f in field_calib})
     model = keras.Model(inputs, layer(inputs))
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.BinaryCrossentropy())
+    steps = epochs * -(-y.size // batch_size)
+    schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(steps, 1), end_learning_rate=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=keras.losses.BinaryCrossentropy())
     model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
     return layer

@@ -43,7 +43,7 @@ SHAPE = ModelConfig(
     embedding_dim=16,
     deep_units=[256, 128],
     tower_units=[],
-    cross=CrossConfig(layers=3),
+    cross=CrossConfig(layers=3, structure="parallel"),  # cross and deep side by side on x0, as DeepCTR's DCN
     adasparse=AdaSparseConfig(enabled=False),
 )
 # tfads variants: model config overrides and steps_per_execution (the tfads train options they stand for)
@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="bench_out/train_throughput")
     parser.add_argument("--optimizer", default="lazy_adam", choices=["lazy_adam", "adam", "adagrad"])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of (every variant, DeepCTR)")
-    parser.add_argument("--variants", nargs="+", default=["baseline", "fast"], choices=sorted(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=["baseline", "dense-numeric", "fast"], choices=sorted(VARIANTS)
+    )
     args = parser.parse_args(argv)
     data_dir = os.path.join(args.out, "data")
     arrays = criteo_like.make(data_dir, args.rows)

@@ -10,6 +10,11 @@ clicks). Writes ``model_quality.json`` and ``per_scenario_auc.png`` under ``--ou
 
     python -m benchmarks.model_quality                       # 10 days x 300k: 2.1M train rows
     python -m benchmarks.model_quality --days 8 --impressions-per-day 100000 --models dnn,dcnv2
+    python -m benchmarks.model_quality --models dcnv2,dcnv2_binarization --repeats 3   # with training noise
+
+With ``--repeats N`` every model is trained N times (train seeds seed, seed + 1, ...); the table then
+shows means over the trainings, the AUC range, and dAUC as the mean of the N paired differences (repeat
+k of a model against repeat k of DCNv2) with a bootstrap interval of that mean.
 
 Data and per-model results are cached under ``--out`` (keyed by their settings), so a re-run only
 trains the models whose configuration changed.
@@ -58,17 +63,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embedding-dim", type=int, default=None, help="override model.embedding_dim")
     p.add_argument("--seed", type=int, default=0, help="data seed")
     p.add_argument("--bootstrap", type=int, default=200, help="paired bootstrap resamples (0 = off)")
+    p.add_argument("--repeats", type=int, default=1, help="trainings per model (train seeds seed, seed + 1, ...)")
     args = p.parse_args(argv)
     unknown = [m for m in args.models.split(",") if m not in VARIANTS]
     if unknown:
         p.error(f"--models: unknown {unknown}; choose from {list(VARIANTS)}")
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.days < 4:
         p.error("--days must be >= 4 (valid, calib and test take one day each)")
     return args
 
 
-def variant_config(base: ExperimentConfig, name: str, args: argparse.Namespace) -> ExperimentConfig:
-    """``base`` with the backbone / AdaSparse form of variant ``name`` and the command-line overrides."""
+def variant_config(base: ExperimentConfig, name: str, args: argparse.Namespace, repeat: int = 0) -> ExperimentConfig:
+    """``base`` with the backbone / AdaSparse form of variant ``name``, the command-line overrides and the
+    train seed of training ``repeat``."""
     v = VARIANTS[name]
     m: ModelConfig = base.model
     form = v["adasparse"]
@@ -76,7 +85,7 @@ def variant_config(base: ExperimentConfig, name: str, args: argparse.Namespace) 
     model = dataclasses.replace(m, backbone=v["backbone"], adasparse=ada)
     if args.embedding_dim:
         model = dataclasses.replace(model, embedding_dim=args.embedding_dim)
-    train = base.train
+    train = dataclasses.replace(base.train, seed=base.train.seed + repeat)
     if args.epochs:
         train = dataclasses.replace(train, epochs=args.epochs)
     if args.learning_rate:
@@ -126,9 +135,9 @@ def prepare_data(out: str, days: int, impressions_per_day: int, seed: int) -> tu
     return logs, manifest
 
 
-def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str) -> dict[str, Any]:
+def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str, repeat: int = 0) -> dict[str, Any]:
     """Train, score the test split and return metrics plus the scored frame's key columns (cached)."""
-    run_dir = os.path.join(out, "runs", name)
+    run_dir = os.path.join(out, "runs", name if repeat == 0 else f"{name}-r{repeat}")
     key = _digest({"config": config.to_dict(), "data": open(os.path.join(out, "data.json")).read()})
     result_path, scored_path = os.path.join(run_dir, "result.json"), os.path.join(run_dir, "scored.parquet")
     if os.path.exists(result_path) and os.path.exists(scored_path):
@@ -182,10 +191,14 @@ def test_truth(logs: str, manifest_path: str) -> pd.DataFrame:
     return truth.rename(columns={"p_ctr": "true_ctr"})[["trace_id", "true_ctr"]]
 
 
-def _paired_auc_diff(y: np.ndarray, p: np.ndarray, q: np.ndarray, reps: int) -> list[float]:
-    """AUC(p) - AUC(q) on the same rows with a paired percentile-bootstrap 95 % interval."""
+def _paired_auc_diff(y: np.ndarray, ps: list[np.ndarray], qs: list[np.ndarray], reps: int) -> list[float]:
+    """Mean over repeats k of AUC(ps[k]) - AUC(qs[k]) on the same rows, with a paired percentile-bootstrap
+    95 % interval."""
     ci = bootstrap_ci(
-        lambda idx: [auc(y[i], p[i]) - auc(y[i], q[i]) for i in idx], len(y), np.random.default_rng(0), reps=reps
+        lambda idx: [np.mean([auc(y[i], p[i]) - auc(y[i], q[i]) for p, q in zip(ps, qs, strict=True)]) for i in idx],
+        len(y),
+        np.random.default_rng(0),
+        reps=reps,
     )
     return [ci.estimate, ci.low, ci.high]
 
@@ -197,34 +210,57 @@ def upr(mine: pd.DataFrame, base: pd.DataFrame, min_clicks: int = 0) -> tuple[fl
     return (float((both["auc"] > both["auc_base"]).mean()) if len(both) else float("nan")), len(both)
 
 
+def _mean_per_field(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-scenario AUC frames of several trainings -> one frame with the mean AUC per scenario."""
+    if len(frames) == 1:
+        return frames[0]
+    both = pd.concat(frames)
+    mean = both.groupby("value", sort=False).agg(impressions=("impressions", "first"), positives=("positives", "first"))
+    return mean.assign(auc=both.groupby("value", sort=False)["auc"].mean()).reset_index()
+
+
 def evaluate(
-    runs: dict[str, dict[str, Any]], truth: pd.DataFrame, reps: int
+    runs: dict[str, list[dict[str, Any]]], truth: pd.DataFrame, reps: int
 ) -> tuple[dict[str, dict[str, Any]], dict[str, pd.DataFrame]]:
-    """Metric rows per model (plus the oracle) and per-scenario AUC frames."""
-    first = next(iter(runs.values()))["scored"].merge(truth, on="trace_id", how="left")
+    """Metric rows per model (means over its trainings, plus the oracle) and per-scenario AUC frames."""
+    first = next(iter(runs.values()))[0]["scored"].merge(truth, on="trace_id", how="left")
     if first["true_ctr"].isna().any():
         raise RuntimeError("test rows without truth: are the logs and the Beam output from the same run?")
     y, truth, scenario = first["click"].to_numpy(), first["true_ctr"].to_numpy(), first["scenario"]
-    for name, run in runs.items():
-        if not (run["scored"]["trace_id"].to_numpy() == first["trace_id"].to_numpy()).all():
+    for name, trainings in runs.items():
+        if not all((run["scored"]["trace_id"].to_numpy() == first["trace_id"].to_numpy()).all() for run in trainings):
             raise RuntimeError(f"{name}: test rows differ from the other models'")
-    preds = {name: run["scored"]["ctr"].to_numpy() for name, run in runs.items()}
-    per_scenario = {name: per_field_auc(y, p, scenario) for name, p in preds.items()}
-    per_scenario["oracle"] = per_field_auc(y, truth, scenario)
+    preds = {name: [run["scored"]["ctr"].to_numpy() for run in trainings] for name, trainings in runs.items()}
+    preds["oracle"] = [truth]
+    per_scenario = {name: _mean_per_field([per_field_auc(y, p, scenario) for p in ps]) for name, ps in preds.items()}
     oracle_auc = auc(y, truth)
+    base = preds.get(BASELINE)
     rows: dict[str, dict[str, Any]] = {}
-    for name, p in {**preds, "oracle": truth}.items():
-        row: dict[str, Any] = {"AUC": auc(y, p), "LogLoss": logloss(y, p), "GAUC": gauc(y, p, first["user_id"])}
-        row["Oracle gap"] = oracle_auc - row["AUC"]
-        if BASELINE in preds and name != BASELINE:
+    for name, ps in preds.items():
+        aucs = [auc(y, p) for p in ps]
+        row: dict[str, Any] = {
+            "AUC": float(np.mean(aucs)),
+            "LogLoss": float(np.mean([logloss(y, p) for p in ps])),
+            "GAUC": float(np.mean([gauc(y, p, first["user_id"]) for p in ps])),
+            "Oracle gap": oracle_auc - float(np.mean(aucs)),
+        }
+        if len(ps) > 1:
+            row["AUC range"] = max(aucs) - min(aucs)
+        if base is not None and name != BASELINE:
             if reps:
-                row["dAUC vs DCNv2 [95% CI]"] = _paired_auc_diff(y, p, preds[BASELINE], reps)
+                paired = ps * len(base) if len(ps) == 1 else ps  # the oracle is one "training"
+                row["dAUC vs DCNv2 [95% CI]"] = _paired_auc_diff(y, paired, base, reps)
             row["UPR"], row["scenarios"] = upr(per_scenario[name], per_scenario[BASELINE])
             row[f"UPR>={MIN_CLICKS}clk"], row[f"scen>={MIN_CLICKS}clk"] = upr(
                 per_scenario[name], per_scenario[BASELINE], MIN_CLICKS
             )
         if name in runs:
-            row.update({"epochs": runs[name]["epochs_run"], "train s": round(runs[name]["train_seconds"])})
+            row.update(
+                {
+                    "epochs": runs[name][0]["epochs_run"],
+                    "train s": round(float(np.mean([r["train_seconds"] for r in runs[name]]))),
+                }
+            )
         rows[name] = row
     return rows, per_scenario
 
@@ -243,11 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     base = load_experiment(args.config)
     logs, manifest_path = prepare_data(out, args.days, args.impressions_per_day, args.seed)
     names = args.models.split(",")
-    runs: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     failed: dict[str, str] = {}
     for n in names:
         try:
-            runs[n] = run_model(n, variant_config(base, n, args), manifest_path, out)
+            runs[n] = [
+                run_model(n, variant_config(base, n, args, k), manifest_path, out, k) for k in range(args.repeats)
+            ]
         except ValueError as e:  # one broken variant must not cost the others' results
             failed[n] = f"{type(e).__name__}: {e}"
             print(f"{n}: FAILED: {failed[n]}", flush=True)
@@ -268,12 +306,13 @@ def main(argv: list[str] | None = None) -> int:
             "impressions_per_day": args.impressions_per_day,
             "train_rows": manifest.split_count("train"),
             "test_rows": manifest.split_count("test"),
+            "repeats": args.repeats,
         },
         "models": rows,
         "pruned_share_per_layer": {
-            n: r["pruned_share_per_layer"] for n, r in runs.items() if r["pruned_share_per_layer"]
+            n: [r["pruned_share_per_layer"] for r in rs] for n, rs in runs.items() if rs[0]["pruned_share_per_layer"]
         },
-        "configs": {n: r["config"] for n, r in runs.items()},
+        "configs": {n: rs[0]["config"] for n, rs in runs.items()},
         "failed": failed,
         "plot": str(png),
     }

@@ -21,7 +21,8 @@ day and, with ``--calibration``, its AdaCalib calibration day); every later day 
              statistics after each update (recalibrate: true)
 
 Measures per stream day d: progressive AUC / PCOC on all of day d, each shard scored before the model
-sees it (the model serving it; "served" PCOC is the calibrated output for the calibrated arms), and
+sees it (the model serving it; "served" PCOC and Field-RCE[scenario] are of the calibrated output for
+the calibrated arms), and
 forgetting: AUC on each earlier stream day's held-out rows (never trained on) right after that day's
 last update minus at the end, and AUC on the starting model's validation day (the day before the stream,
 never trained on) at the end minus at the start.
@@ -47,6 +48,7 @@ import tensorflow as tf
 
 from tfads.experiment import load_experiment
 from tfads.manifest import Manifest, load_manifest
+from tfads.metrics import field_rce
 from tfads.online import OnlineConfig, OnlineLearner, load_online_config
 from tfads.online.evaluation import ctr_metrics, split_holdout
 from tfads.online.recalibration import calibrated_scores
@@ -155,12 +157,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         model_dirs[True] = calibrate_static(model_dirs[False], manifest, work.with_name(work.name + "_calibrated"))
     stream_days = sorted(full.data["days"])[args.initial_days + 1:]
     base = load_online_config(args.config)
-    learners = {arm: _learner(model_dirs[calibrated], manifest, out, arm, config)
-                for arm, (config, calibrated) in arm_configs(base, args).items()}
+    configs = arm_configs(base, args)
+    chosen = args.arms.split(",") if args.arms else list(configs)
+    if unknown := sorted(set(chosen) - set(configs)):
+        raise SystemExit(f"--arms: unknown {unknown}; with these flags the arms are {list(configs)}")
+    learners = {arm: _learner(model_dirs[configs[arm][1]], manifest, out, arm, configs[arm][0]) for arm in chosen}
     arms = list(learners)
     day_records = {d: read_records(full.day_files(d)) for d in stream_days}
     holdouts = {d: split_holdout(day_records[d], base.holdout_fraction)[1] for d in stream_days}
-    valid = learners["static"].old_eval  # the starting model's validation day, just before the stream
+    valid = learners[arms[0]].old_eval  # the starting model's validation day, just before the stream
     valid_start = {arm: ctr_metrics(learner.score(valid))["AUC"] for arm, learner in learners.items()}
     progressive: dict[str, list[dict]] = {a: [] for a in arms}
     after: dict[str, dict[str, float]] = {a: {} for a in arms}  # arm -> day -> AUC on its holdout
@@ -179,15 +184,20 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             for arm, learner in learners.items():
                 scored = learner.score(records)
                 served = calibrated_scores(learner.layers, scored) if learner.layers else scored
-                seen[arm].append({"click": scored["click"], "ctr": scored["ctr"], "served": served["ctr"]})
+                seen[arm].append({"click": scored["click"], "ctr": scored["ctr"], "served": served["ctr"],
+                                  "scenario": scored["scenario"]})
                 if not arm.startswith("static"):
                     start = time.perf_counter()
                     accepted[arm].append(learner.update(shard.name, str(shard))["accepted"])
                     timings[arm] += time.perf_counter() - start
         for arm, learner in learners.items():
-            day_rows = {k: np.concatenate([part[k] for part in seen[arm]]) for k in ("click", "ctr", "served")}
-            served = ctr_metrics({"click": day_rows["click"], "ctr": day_rows["served"]})
-            progressive[arm].append({"day": day, **ctr_metrics(day_rows), "PCOC served": served["PCOC"]})
+            rows = {k: np.concatenate([part[k] for part in seen[arm]]) for k in seen[arm][0]}
+            served = ctr_metrics({"click": rows["click"], "ctr": rows["served"]})
+            progressive[arm].append({
+                "day": day, **ctr_metrics(rows), "PCOC served": served["PCOC"],
+                "Field-RCE raw": field_rce(rows["click"], rows["ctr"], rows["scenario"]),
+                "Field-RCE served": field_rce(rows["click"], rows["served"], rows["scenario"]),
+            })
             after[arm][day] = ctr_metrics(learner.score(holdouts[day]))["AUC"]
         print(f"{day}: " + "  ".join(f"{a} AUC={progressive[a][-1]['AUC']:.4f} "
                                      f"PCOC={progressive[a][-1]['PCOC served']:.3f}" for a in arms), flush=True)
@@ -231,6 +241,8 @@ def summarize(
             "|PCOC-1| raw": float(np.nanmean(pcoc)),
             "|PCOC-1| served": float(np.nanmean(served)),
             f"|PCOC-1| served (last {later})": float(np.nanmean(served[-later:])),
+            "Field-RCE[scenario] raw": float(np.nanmean([r.get("Field-RCE raw", np.nan) for r in recs])),
+            "Field-RCE[scenario] served": float(np.nanmean([r.get("Field-RCE served", np.nan) for r in recs])),
             "forgetting (AUC drop on earlier days)": float(np.nanmean(forgetting)),
             "AUC at end, earlier days": float(np.nanmean([final[arm][d] for d in days[:-1]])),
             "AUC day before stream, end - start": valid_end[arm] - valid_start[arm],
@@ -273,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablations", action="store_true", help="also odl with each of its parts switched off")
     parser.add_argument("--calibration", action="store_true",
                         help="also the calibrated starting model: static, odl with fixed and with refitted AdaCalib")
+    parser.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all)")
     parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "online.yaml"))
     args = parser.parse_args(argv)
     result = run_benchmark(args)

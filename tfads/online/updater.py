@@ -50,7 +50,7 @@ def calib_path(directory: str, task: str) -> str:
 
 
 class OnlineLearner:
-    """Incremental learner over one trained model (``tfads train`` output in ``model_dir``).
+    """Incremental learner over one trained model (``tfads train`` or ``tfads calibrate`` output in ``model_dir``).
 
     The state (weights, reservoir, consumed shards, metrics) lives under ``state_dir``; a learner
     built over an existing state continues from its last committed step. Accepted versions are exported

@@ -50,7 +50,7 @@ SHAPE = ModelConfig(
 VARIANTS = {
     "baseline": ({}, 1),
     "dense-numeric": ({"numeric_encoding": "dense"}, 1),
-    "fast": ({"numeric_encoding": "dense", "fused_embeddings": True}, 8),
+    "fast": ({"numeric_encoding": "dense", "fused_embeddings": True, "embedding_init_std": 0.01}, 8),
 }
 DEEPCTR_NAME = "DeepCTR DCN (numpy)"
 

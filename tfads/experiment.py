@@ -59,6 +59,8 @@ class ModelConfig:
     or ``dense`` (the standardised value itself, one column of x0, as DeepCTR's dense features).
     ``fused_embeddings``: one embedding table for all categorical/hashed features (one gather and
     one sparse update per step instead of one per feature).
+    ``embedding_init_std``: embedding tables start normal with this std (DeepCTR-like small init);
+    null keeps Keras' uniform +-0.05.
     """
 
     backbone: Literal["dnn", "dcnv2", "star", "shared_bottom"] = "dcnv2"
@@ -72,10 +74,13 @@ class ModelConfig:
     cvr_loss_weight: float = 1.0
     numeric_encoding: Literal["embedding", "dense"] = "embedding"
     fused_embeddings: bool = False
+    embedding_init_std: float | None = None
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if self.embedding_init_std is not None and self.embedding_init_std <= 0:
+            raise ValueError(f"embedding_init_std must be > 0 (or null), got {self.embedding_init_std}")
 
 
 @dataclass(frozen=True)

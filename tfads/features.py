@@ -53,6 +53,7 @@ def embed_features(
     primary_domain: str = "scenario",
     numeric_encoding: str = "embedding",
     fused: bool = False,
+    init_std: float | None = None,
 ) -> EmbeddedFeatures:
     """Embed every raw feature.
 
@@ -64,6 +65,7 @@ def embed_features(
     ``numeric_encoding="embedding"`` times a learned vector (dim wide), with ``"dense"`` the
     standardised value itself (1 wide, as DeepCTR's dense features); plus an embedding of its bucket
     when ``boundaries`` are given.
+    Embedding tables start uniform in +-0.05 (Keras' default), or normal with ``init_std``.
     """
     if numeric_encoding not in ("embedding", "dense"):
         raise ValueError(f"numeric_encoding must be 'embedding' or 'dense', got {numeric_encoding!r}")
@@ -75,17 +77,17 @@ def embed_features(
         if kind in ("categorical", "hashed"):
             idx, size = ids[name] = _lookup(name, inputs[name], spec, manifest)
             if not fused:
-                embeddings[name] = keras.layers.Embedding(size, dim, name=f"{name}_embedding")(idx)
+                embeddings[name] = keras.layers.Embedding(size, dim, _init(init_std), name=f"{name}_embedding")(idx)
                 parts.append(embeddings[name])
         elif kind == "numeric":
-            parts.extend(_encode_numeric(name, inputs[name], spec, dim, numeric_encoding))
+            parts.extend(_encode_numeric(name, inputs[name], spec, dim, numeric_encoding, init_std))
         else:
             raise ValueError(f"feature {name!r}: unknown kind {kind!r} in manifest")
     domain_names = [n for n in manifest.domain_features if n in ids]
     if not domain_names:
         raise ValueError("the manifest marks no domain_aware feature; AdaSparse/STAR need one (e.g. scenario)")
     if fused:
-        block, embeddings = _fused_embeddings(ids, dim, domain_names)
+        block, embeddings = _fused_embeddings(ids, dim, domain_names, init_std)
         parts.insert(0, block)
     domain = (
         embeddings[domain_names[0]]
@@ -94,6 +96,11 @@ def embed_features(
     )
     primary = primary_domain if primary_domain in ids else domain_names[0]
     return EmbeddedFeatures(parts, domain, *ids[primary])
+
+
+def _init(init_std: float | None) -> str | keras.initializers.Initializer:
+    """A fresh initializer per table (an unseeded Keras initializer reused would repeat its values)."""
+    return "uniform" if init_std is None else keras.initializers.RandomNormal(stddev=init_std)
 
 
 def _lookup(name: str, x: tf.Tensor, spec: dict, manifest: Manifest) -> tuple[tf.Tensor, int]:
@@ -108,7 +115,7 @@ def _lookup(name: str, x: tf.Tensor, spec: dict, manifest: Manifest) -> tuple[tf
 
 
 def _fused_embeddings(
-    ids: dict[str, tuple[tf.Tensor, int]], dim: int, wanted: list[str]
+    ids: dict[str, tuple[tf.Tensor, int]], dim: int, wanted: list[str], init_std: float | None
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """One table for every id feature: the (batch, n * dim) block of all embeddings, and the
     (batch, dim) embeddings of the ``wanted`` features."""
@@ -118,12 +125,14 @@ def _fused_embeddings(
         offsets.append(total)
         total += size
     rows = tf.stack([tf.cast(idx, tf.int64) for idx, _ in ids.values()], axis=1) + tf.constant(offsets, tf.int64)
-    table = keras.layers.Embedding(total, dim, name=FUSED_EMBEDDING)(rows)  # (batch, n, dim)
+    table = keras.layers.Embedding(total, dim, _init(init_std), name=FUSED_EMBEDDING)(rows)  # (batch, n, dim)
     block = keras.layers.Reshape((len(names) * dim,), name="fused_x0")(table)
     return block, {name: table[:, names.index(name), :] for name in wanted}
 
 
-def _encode_numeric(name: str, x: tf.Tensor, spec: dict, dim: int, encoding: str) -> list[tf.Tensor]:
+def _encode_numeric(
+    name: str, x: tf.Tensor, spec: dict, dim: int, encoding: str, init_std: float | None
+) -> list[tf.Tensor]:
     x = tf.cast(x, tf.float32)
     raw = x
     if spec.get("log"):
@@ -136,7 +145,8 @@ def _encode_numeric(name: str, x: tf.Tensor, spec: dict, dim: int, encoding: str
     if not boundaries:
         return [x]
     bucket = keras.layers.Discretization(bin_boundaries=list(boundaries), name=f"{name}_buckets")(raw)
-    bucket_emb = keras.layers.Embedding(len(boundaries) + 1, dim, name=f"{name}_bucket_embedding")(bucket)
+    table = keras.layers.Embedding(len(boundaries) + 1, dim, _init(init_std), name=f"{name}_bucket_embedding")
+    bucket_emb = table(bucket)
     if encoding == "embedding":
         return [keras.layers.Add(name=f"{name}_embedding")([x, bucket_emb])]
     return [x, bucket_emb]

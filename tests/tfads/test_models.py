@@ -37,6 +37,7 @@ VARIANTS = {
         "backbone": "dcnv2",
         "numeric_encoding": "dense",
         "fused_embeddings": True,
+        "embedding_init_std": 0.01,
     },
     "star": {"backbone": "star", "adasparse": {"enabled": False}},
     "shared_bottom": {"backbone": "shared_bottom", "adasparse": {"enabled": False}},

@@ -29,7 +29,12 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     """
     inputs = feature_inputs(manifest)
     feats = embed_features(
-        inputs, manifest, cfg.embedding_dim, numeric_encoding=cfg.numeric_encoding, fused=cfg.fused_embeddings
+        inputs,
+        manifest,
+        cfg.embedding_dim,
+        numeric_encoding=cfg.numeric_encoding,
+        fused=cfg.fused_embeddings,
+        init_std=cfg.embedding_init_std,
     )
     h = backbone(feats.stacked(), feats, cfg)
     logits = {}

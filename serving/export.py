@@ -3,7 +3,8 @@
 Layout: ``<model_base_path>/<version>/`` holding the SavedModel (signatures below), its vocabulary
 assets, ``assets.extra/tf_serving_warmup_requests`` and ``model_card.json``. The version is built in
 a hidden temporary directory beside it and renamed into place, so a half-written version is never
-visible to a polling server.
+visible to a polling server. A calibrated model (``tfads calibrate``) serves its AdaCalib layers as
+precomputed per-value tables (``serving.compiled_calibration``): same outputs, a fraction of the ops.
 
 Signatures:
   serving_default          raw feature tensors by name (batch dimension) -> ctr, cvr, ctcvr (calibrated)

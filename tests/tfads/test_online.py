@@ -4,11 +4,13 @@ calibration-statistics bookkeeping."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,17 +68,25 @@ def learner(trained_model_dir, manifest_path, tmp_path_factory) -> OnlineLearner
                          str(root / "export"), FAST)
 
 
-def test_update_keeps_embeddings_and_new_version_is_served(learner, newest_records, tmp_path):
+@contextlib.contextmanager
+def polling_server(base: str) -> Iterator:
+    """The embedded server on ``base`` (model ``ctr``, polling every second), its stubs once SERVING."""
     from serving.server import ModelServer, parse_flags
-    from serving.server.testing import Stubs, predict_request
+    from serving.server.testing import Stubs
+
+    flags = ["--port=0", "--model_name=ctr", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1"]
+    with ModelServer(parse_flags(flags)) as server:
+        stubs = Stubs.connect(f"127.0.0.1:{server.grpc_port}")
+        stubs.wait_serving()
+        yield stubs
+
+
+def test_update_keeps_embeddings_and_new_version_is_served(learner, newest_records, tmp_path):
+    from serving.server.testing import predict_request
 
     base = learner.export_base
     assert sorted(os.listdir(base)) == ["1"]  # the starting model, exported at step 0
-    server = ModelServer(parse_flags(["--port=0", "--model_name=ctr", f"--model_base_path={base}",
-                                      "--file_system_poll_wait_seconds=1"])).start()
-    try:
-        stubs = Stubs.connect(f"127.0.0.1:{server.grpc_port}")
-        stubs.wait_serving()
+    with polling_server(base) as stubs:
         stubs.wait_for_states("ctr", {1: "AVAILABLE"})
         frozen = {layer.name: [w.numpy().copy() for w in layer.weights] for layer in embedding_layers(learner.model)}
         trained_before = [w.numpy().copy() for w in learner.model.trainable_weights]
@@ -98,8 +108,6 @@ def test_update_keeps_embeddings_and_new_version_is_served(learner, newest_recor
         response = stubs.predict.Predict(request, timeout=30)
         assert response.model_spec.version.value == 2
         assert tf.make_ndarray(response.outputs["ctr"]).shape == (4,)
-    finally:
-        server.stop()
 
 
 def test_gate_blocks_a_broken_update(learner, newest_records, tmp_path):
@@ -193,8 +201,7 @@ def with_extra_clicks(records: list[bytes], rate: float, seed: int = 0) -> list[
 
 
 def test_recalibrated_export_follows_a_base_rate_shift(calibrated_model_dir, manifest_path, newest_records, tmp_path):
-    from serving.server import ModelServer, parse_flags
-    from serving.server.testing import Stubs, predict_request
+    from serving.server.testing import predict_request
 
     config = dataclasses.replace(FAST, calibration_decay=0.0, recalibration_epochs=1)  # the new shard's counts only
     learner = OnlineLearner(calibrated_model_dir, load_manifest(manifest_path), str(tmp_path / "state"),
@@ -211,17 +218,11 @@ def test_recalibrated_export_follows_a_base_rate_shift(calibrated_model_dir, man
     assert refreshed.global_stats.impressions == 3000 and refreshed.global_stats.positives == clicks.sum()
     after = record["calibrated"]["served_after"]["newest"]["PCOC"]
     assert abs(after - 1) < 0.2 < 1 - record["candidate"]["newest"]["PCOC"]
-    server = ModelServer(parse_flags(["--port=0", "--model_name=ctr", f"--model_base_path={learner.export_base}",
-                                      "--file_system_poll_wait_seconds=1"])).start()
-    try:
-        stubs = Stubs.connect(f"127.0.0.1:{server.grpc_port}")
-        stubs.wait_serving()
+    with polling_server(learner.export_base) as stubs:
         stubs.wait_for_states("ctr", {2: "AVAILABLE"})
         request = predict_request("ctr", {"examples": np.array(records, dtype=object)},
                                   signature_name="predict_examples")
         response = stubs.predict.Predict(request, timeout=60)
-    finally:
-        server.stop()
     assert response.model_spec.version.value == 2
     ctr, raw = (tf.make_ndarray(response.outputs[k]) for k in ("ctr", "ctr_raw"))
     assert raw.mean() / clicks.mean() < 0.8  # the base model under-predicts the shifted shard ...

@@ -16,6 +16,7 @@ import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 import tf_keras as keras
 
+from tfads.calibrate import split_calibrated
 from tfads.calibration import AdaCalib
 
 _PAD_X = 1e9  # keypoints past a candidate's last one: never to the left of an input logit
@@ -92,14 +93,5 @@ def compile_calibration(model: keras.Model) -> tuple[keras.Model, dict[str, Comp
 
     Returns None for a model without AdaCalib layers.
     """
-    base = next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)
-    compiled = {}
-    for task in ("ctr", "cvr"):
-        try:
-            output = model.get_layer(task)
-        except ValueError:
-            continue
-        source = output.inbound_nodes[0].inbound_layers
-        if isinstance(source, AdaCalib):
-            compiled[task] = CompiledCalibration(source)
-    return (base, compiled) if base is not None and compiled else None
+    base, layers = split_calibrated(model)
+    return (base, {task: CompiledCalibration(layer) for task, layer in layers.items()}) if layers else None

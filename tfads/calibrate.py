@@ -103,6 +103,17 @@ def combined_model(base: keras.Model, layers: dict[str, AdaCalib]) -> keras.Mode
     return keras.Model(inputs, outputs, name=f"{base.name}_adacalib")
 
 
+def split_calibrated(model: keras.Model) -> tuple[keras.Model, dict[str, AdaCalib]]:
+    """The inverse of :func:`combined_model`: ``(base, {task: AdaCalib})``; ``(model, {})`` for a plain model."""
+    names = {layer.name for layer in model.layers}
+    sources = {task: model.get_layer(task).inbound_nodes[0].inbound_layers for task in ("ctr", "cvr") if task in names}
+    layers = {task: layer for task, layer in sources.items() if isinstance(layer, AdaCalib)}
+    if not layers:
+        return model, {}
+    (base,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return base, layers
+
+
 def compare(
     calib: pd.DataFrame,
     test: pd.DataFrame,

@@ -45,7 +45,7 @@ def save_trained_model(
     with tf.io.gfile.GFile(os.path.join(model_dir, EXPERIMENT), "w") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
     with tf.io.gfile.GFile(os.path.join(model_dir, RECORD), "w") as f:
-        json.dump({"manifest": os.path.abspath(manifest_path), "calibration": calibration}, f, default=_plain)
+        json.dump({"manifest": os.path.abspath(manifest_path), "calibration": calibration}, f, default=json_plain)
     return model_path
 
 
@@ -86,6 +86,6 @@ def _rebuild(model_dir: str, record: dict[str, Any]) -> keras.Model:
     return model
 
 
-def _plain(value: Any) -> Any:
+def json_plain(value: Any) -> Any:
     """JSON fallback for numpy values inside layer configs."""
     return value.tolist() if hasattr(value, "tolist") else str(value)

@@ -18,11 +18,12 @@ from numpy.typing import ArrayLike
 import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tf_keras as keras
 
-from tfads.calibrate import combined_model
+from tfads import calibrate
+from tfads.calibrate import TASKS, combined_model
 from tfads.calibration import AdaCalib, CalibStats, fit_adacalib
 from tfads.calibration.fit import calibration_inputs
+from tfads.model_io import json_plain
 
-TASKS = {"ctr": ("click", None), "cvr": ("conversion", "click")}  # task -> (label, rows kept by)
 # AdaCalib's keyword-only settings (selection, temperature, ...): kept when a layer is rebuilt
 SETTINGS = tuple(n for n, p in inspect.signature(AdaCalib.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY)
 
@@ -32,10 +33,7 @@ def split_calibrated(model: keras.Model) -> tuple[keras.Model, dict[str, AdaCali
 
     The base comes back trainable (``combined_model`` freezes it).
     """
-    layers = {layer.stats.task: layer for layer in model.layers if isinstance(layer, AdaCalib)}
-    if not layers:
-        return model, {}
-    (base,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    base, layers = calibrate.split_calibrated(model)
     base.trainable = True
     return base, layers
 
@@ -75,7 +73,7 @@ def write_layers(directory: str, layers: Mapping[str, AdaCalib]) -> None:
     """Each layer's config (``adacalib_<task>.json``, statistics included) and weights (``.npz``)."""
     for task, layer in layers.items():
         with open(os.path.join(directory, f"adacalib_{task}.json"), "w", encoding="utf-8") as f:
-            json.dump(layer.get_config(), f, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+            json.dump(layer.get_config(), f, default=json_plain)
         np.savez(os.path.join(directory, f"adacalib_{task}.npz"), *layer.get_weights())
 
 

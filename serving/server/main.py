@@ -24,6 +24,7 @@ from serving.server.grpc_service import GrpcServer
 from serving.server.model_manager import ModelManager
 from serving.server.monitoring import Metrics
 from serving.server.rest import RestServer
+from serving.server.servable import session_config
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ class ModelServer:
             on_unload=self._batching.detach if self._batching else None,
             on_load_attempt=self.metrics.load_attempt,
             on_change=self._update_health,
+            session_config=session_config(
+                args.tensorflow_session_parallelism,
+                args.tensorflow_intra_op_parallelism,
+                args.tensorflow_inter_op_parallelism,
+            ),
         )
         self.grpc = GrpcServer(
             self.manager,

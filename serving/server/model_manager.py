@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -82,6 +83,7 @@ class ModelManager:
         on_unload: LoadHook | None = None,
         on_load_attempt: Callable[[str, bool], None] | None = None,
         on_change: Callable[[], None] | None = None,
+        session_config: tf.compat.v1.ConfigProto | None = None,
     ) -> None:
         validate_model_server_config(config, "model config")
         self._config = config
@@ -89,6 +91,7 @@ class ModelManager:
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._on_load, self._on_unload, self._on_load_attempt = on_load, on_unload, on_load_attempt
         self._on_change = on_change
+        self._session_config = session_config
         self._models: dict[str, _Model] = {}  # replaced, never mutated
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -185,7 +188,7 @@ class ModelManager:
         model.statuses[version] = VersionStatus(State.LOADING)
         servable = None
         try:
-            servable = Servable.load(name, version, path)
+            servable = Servable.load(name, version, path, self._session_config)
             if self._on_load is not None:
                 self._on_load(servable)
             start = time.perf_counter()

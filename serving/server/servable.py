@@ -1,9 +1,14 @@
-"""One loaded model version: its SavedModel, signatures and their input/output specs."""
+"""One loaded model version: its SavedModel in a Session, signatures and their input/output specs.
+
+Like tensorflow_model_server (``LoadSavedModel`` -> ``Session::Run``), the ``serve`` MetaGraph is loaded
+into a graph-mode Session and each signature runs as one callable feeding and fetching the tensor
+names its SignatureDef lists: no eager dispatch, no Python function tracing on the request path.
+"""
 
 from __future__ import annotations
 
 import functools
-import os
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -11,7 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving.server.errors import ServingError
@@ -20,8 +25,21 @@ from serving.server.tensors import dtype_name
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+SERVE_TAG = "serve"
+INIT_OP_SIGNATURE = "__saved_model_init_op"  # TF2 SavedModels' table initializer, not a servable signature
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def session_config(session_parallelism: int = 0, intra_op: int = 0, inter_op: int = 0) -> tf.compat.v1.ConfigProto:
+    """TF Serving's session threading: intra/inter-op threads, each falling back to session_parallelism.
+
+    0 everywhere lets TensorFlow pick (one thread per core), as tensorflow_model_server does by default.
+    """
+    return tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=intra_op or session_parallelism,
+        inter_op_parallelism_threads=inter_op or session_parallelism,
+    )
 
 
 @dataclass
@@ -32,18 +50,18 @@ class Signature:
     method_name: str
     inputs: dict[str, tf.TensorSpec]
     outputs: dict[str, tf.TensorSpec]
-    fn: Callable
+    session_run: Callable[..., list[np.ndarray]] = field(repr=False)  # feeds sorted input aliases
     runner: RunFn | None = field(default=None, repr=False)  # set by batching; defaults to run_direct
 
     def run_direct(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Call the concrete function on validated numpy inputs; TF errors become ServingErrors."""
+        """One Session run on validated numpy inputs; TF errors become ServingErrors with TF's code."""
         try:
-            result = self.fn(**{k: tf.convert_to_tensor(v, self.inputs[k].dtype) for k, v in inputs.items()})
+            values = self.session_run(*(inputs[alias] for alias in sorted(self.inputs)))
         except tf.errors.OpError as e:
             raise ServingError(_grpc_code(e.error_code), e.message) from e
         except (TypeError, ValueError) as e:
             raise ServingError.invalid_argument(str(e)) from e
-        return {k: v.numpy() for k, v in result.items()}
+        return dict(zip(sorted(self.outputs), values, strict=True))
 
     def run(self, inputs: dict[str, np.ndarray], output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """Validate inputs like TF Serving's Predict, run (batched if enabled), keep filtered outputs."""
@@ -107,21 +125,49 @@ def _grpc_code(tf_code: int) -> grpc.StatusCode:
     return next((c for c in grpc.StatusCode if c.value[0] == tf_code), grpc.StatusCode.UNKNOWN)
 
 
+def _tensor_name(sig_key: str, alias: str, info: meta_graph_pb2.TensorInfo) -> str:
+    if info.WhichOneof("encoding") != "name":
+        raise ServingError.internal(
+            f"signature '{sig_key}': tensor '{alias}' is {info.WhichOneof('encoding')}-encoded; "
+            "only dense tensors are supported"
+        )
+    return info.name
+
+
 def _spec(info: meta_graph_pb2.TensorInfo) -> tf.TensorSpec:
     shape = None if info.tensor_shape.unknown_rank else [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
     return tf.TensorSpec(shape, tf.as_dtype(info.dtype))
 
 
-def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The ``serve``-tagged MetaGraph's SignatureDefs from ``<path>/saved_model.pb``."""
-    pb_path = os.path.join(path, "saved_model.pb")
-    saved = saved_model_pb2.SavedModel()
-    with open(pb_path, "rb") as f:
-        saved.ParseFromString(f.read())
-    for meta_graph in saved.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    raise ServingError.not_found(f"{pb_path}: no MetaGraph tagged 'serve'")
+def _signature(session: tf.compat.v1.Session, key: str, sig_def: meta_graph_pb2.SignatureDef) -> Signature:
+    feeds = [_tensor_name(key, alias, sig_def.inputs[alias]) for alias in sorted(sig_def.inputs)]
+    fetches = [_tensor_name(key, alias, sig_def.outputs[alias]) for alias in sorted(sig_def.outputs)]
+    return Signature(
+        name=key,
+        method_name=sig_def.method_name,
+        inputs={k: _spec(v) for k, v in sig_def.inputs.items()},
+        outputs={k: _spec(v) for k, v in sig_def.outputs.items()},
+        session_run=session.make_callable(fetches, feed_list=feeds),
+    )
+
+
+def _load_meta_graph(
+    path: str, config: tf.compat.v1.ConfigProto | None
+) -> tuple[tf.compat.v1.Session, meta_graph_pb2.MetaGraphDef]:
+    """Restore the ``serve`` MetaGraph (variables, asset-backed tables) into a new Session."""
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=config)
+    try:
+        with graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], path)
+    except BaseException:
+        session.close()
+        raise
+    return session, meta_graph
+
+
+# The v1 loader is the API tensorflow_model_server uses; its "use tf.saved_model.load" notice is noise here.
+logging.getLogger("tensorflow").addFilter(lambda record: "tf.saved_model.load" not in record.getMessage())
 
 
 @dataclass
@@ -134,32 +180,20 @@ class Servable:
     signatures: dict[str, Signature]
     signature_defs: dict[str, meta_graph_pb2.SignatureDef]
     load_seconds: float
-    _model: object = field(repr=False, default=None)  # keeps the loaded object (and its variables) alive
+    session: tf.compat.v1.Session = field(repr=False, default=None)  # owns the graph, variables and tables
 
     @classmethod
-    def load(cls, name: str, version: int, path: str) -> Servable:
+    def load(cls, name: str, version: int, path: str, config: tf.compat.v1.ConfigProto | None = None) -> Servable:
         """Load ``path`` as a SavedModel; any failure becomes a ServingError naming the path."""
         start = time.perf_counter()
         try:
-            signature_defs = read_signature_defs(path)
-            model = tf.saved_model.load(path, tags=["serve"])
-        except ServingError:
-            raise
+            session, meta_graph = _load_meta_graph(path, config)
         except Exception as e:  # noqa: BLE001 - any load failure is reported in GetModelStatus
             raise ServingError.internal(f"Failed to load SavedModel at {path}: {type(e).__name__}: {e}") from e
-        signatures = {}
-        for key, fn in model.signatures.items():
-            sig_def = signature_defs.get(key)
-            if sig_def is None:
-                continue
-            signatures[key] = Signature(
-                name=key,
-                method_name=sig_def.method_name,
-                inputs={k: _spec(v) for k, v in sig_def.inputs.items()},
-                outputs={k: _spec(v) for k, v in sig_def.outputs.items()},
-                fn=fn,
-            )
-        return cls(name, version, path, signatures, signature_defs, time.perf_counter() - start, model)
+        signature_defs = dict(meta_graph.signature_def)
+        served = {key: sig_def for key, sig_def in signature_defs.items() if key != INIT_OP_SIGNATURE}
+        signatures = {key: _signature(session, key, sig_def) for key, sig_def in served.items()}
+        return cls(name, version, path, signatures, signature_defs, time.perf_counter() - start, session)
 
     def signature(self, name: str) -> Signature:
         """The signature ``name`` (empty = serving_default), FAILED_PRECONDITION if absent like TF Serving."""

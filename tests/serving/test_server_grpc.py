@@ -19,6 +19,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.server import ModelServer, parse_flags
+from serving.server.servable import session_config
 from serving.server.testing import Stubs, predict_request
 from serving.server.toy_model import OUTPUTS, candidates, example
 
@@ -290,4 +291,27 @@ def test_grpc_socket_path_serves_the_same_api(toy_base, tmp_path):
         stubs.wait_serving()
         response = stubs.predict.Predict(predict_request("toy", candidates(3)), timeout=10)
         assert response.model_spec.version.value == 2 and len(response.outputs["ctr"].float_val) == 3
+        stubs.channel.close()
+
+
+def test_session_threading_flags_follow_tf_serving(toy_base):
+    config = session_config(session_parallelism=1, inter_op=2)
+    assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (1, 2)
+    args = parse_flags(
+        [
+            "--port=0",
+            "--model_name=toy",
+            f"--model_base_path={toy_base}",
+            "--file_system_poll_wait_seconds=0",
+            "--tensorflow_session_parallelism=1",
+            "--tensorflow_inter_op_parallelism=2",
+        ]
+    )
+    with ModelServer(args) as server:
+        stubs = Stubs.connect(f"127.0.0.1:{server.grpc_port}")
+        stubs.wait_serving()
+        inputs = candidates(4)
+        response = stubs.predict.Predict(predict_request("toy", inputs), timeout=10)
+        expected = reference(toy_base, 2, inputs)["ctr"]
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs["ctr"]), expected, rtol=1e-6)
         stubs.channel.close()

@@ -110,6 +110,21 @@ def test_straight_through_gradient_reaches_the_pruner(form: str) -> None:
     assert np.all(np.abs(grad.numpy()).sum(axis=0) > 0), "every unit, pruned or not, gets a gradient"
 
 
+def test_domain_only_pruner_gives_one_mask_per_domain_and_mlp_pruner_has_a_hidden_layer() -> None:
+    h = RNG.normal(size=(6, 16)).astype(np.float32)
+    e = np.repeat(RNG.normal(size=(2, 4)).astype(np.float32) * 3.0, 3, axis=0)  # rows 0-2 domain A, 3-5 B
+    pruner = AdaSparsePruner(form="binarization", pruner_input="domain", hidden_units=8)
+    pruner([h, e])
+    pruner.alpha.assign(5.0)
+    pruner.record_masks = True
+    pruner([h, e])
+    keep = pruner.last_keep.numpy()
+    np.testing.assert_array_equal(keep[0], keep[1])
+    np.testing.assert_array_equal(keep[3], keep[5])
+    assert pruner.hidden.kernel.shape == (4, 8) and pruner.dense.kernel.shape == (8, 16)
+    assert AdaSparsePruner.from_config(pruner.get_config()).get_config() == pruner.get_config()
+
+
 def test_sparsity_regulariser_is_zero_inside_range_and_has_gradient_outside() -> None:
     pruner = AdaSparsePruner(form="fusion", eps=0.25, r_min=0.15, r_max=0.25, lambda_init=1.0)
     h = tf.ones((64, 16))
@@ -155,19 +170,31 @@ def _domain_problem(n: int, num_domains: int) -> tuple[np.ndarray, np.ndarray, n
     return x, d, y
 
 
-def test_alpha_annealer_and_lambda_scheduler_follow_their_schedules() -> None:
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_alpha_annealer_and_lambda_scheduler_follow_their_schedules(steps_per_execution: int) -> None:
     x, d, y = _domain_problem(256, 4)
     model = _adasparse_model("fusion", 4)
-    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy", steps_per_execution=steps_per_execution)
+    pruner = find_pruners(model)[0]
     seen: list[tuple[float, float]] = []
     record = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda *_: seen.append(
-            (find_pruners(model)[0].alpha.numpy(), find_pruners(model)[0].lambda_hat.numpy())
-        )
+        on_epoch_end=lambda *_: seen.append((pruner.alpha.numpy(), pruner.lambda_hat.numpy()))
     )
     annealer = AlphaAnnealer(0.1, 5.0)
     scheduler = SparsityLambdaScheduler(growth=2.0, growth_steps=8)
-    model.fit([x, d], y, batch_size=32, epochs=3, verbose=0, callbacks=[annealer, scheduler, record])
+    # Each batch runs with the values of the optimizer step it starts at.
+    mismatches: list[int] = []
+    check = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda *_: mismatches.extend(
+            [int(model.optimizer.iterations.numpy())]
+            if pruner.alpha.numpy() != pytest.approx(annealer.alpha_at(int(model.optimizer.iterations.numpy())))
+            or pruner.lambda_hat.numpy()
+            != pytest.approx(scheduler.lambda_at(0.01, int(model.optimizer.iterations.numpy())))
+            else []
+        )
+    )
+    model.fit([x, d], y, batch_size=32, epochs=3, verbose=0, callbacks=[annealer, scheduler, record, check])
+    assert mismatches == []
     alphas, lambdas = zip(*seen, strict=True)
     assert alphas[0] < alphas[1] < alphas[2] <= 5.0
     assert alphas[0] > 0.1
@@ -176,7 +203,7 @@ def test_alpha_annealer_and_lambda_scheduler_follow_their_schedules() -> None:
     assert scheduler.lambda_at(0.01, 16) == pytest.approx(0.04)
     # Inference does not move alpha.
     model.predict([x, d], verbose=0)
-    assert find_pruners(model)[0].alpha.numpy() == alphas[2]
+    assert pruner.alpha.numpy() == alphas[2]
 
 
 @pytest.mark.parametrize("form", ["fusion", "binarization"])
@@ -275,7 +302,7 @@ def _model_with_every_layer(num_domains: int = 3) -> keras.Model:
     e = keras.layers.Embedding(num_domains, 4)(d_in)
     pruned_x = AdaSparsePruner(form="binarization", eps=0.3)([x_in, e])
     deep = AdaSparseMLP([16, 8], dropout=0.1, pruner={"form": "fusion", "eps": 0.5})([pruned_x, e])
-    scaled = AdaSparsePruner(form="scaling")([deep, e])
+    scaled = AdaSparsePruner(form="scaling", hidden_units=4, pruner_input="domain")([deep, e])
     cross = CrossMix(num_experts=2, low_rank=3)(x_in, CrossMix(num_experts=2, low_rank=3)(x_in))
     star = StarTower([8, 4], num_domains)([x_in, d_in])
     normed = PartitionedNormalization(num_domains)([StarDense(4, num_domains)([x_in, d_in]), d_in])

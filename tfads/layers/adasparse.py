@@ -14,7 +14,18 @@ import tf_keras as keras
 FORMS = ("fusion", "binarization", "scaling")
 
 
-def _validate_pruner_args(form: str, eps: float, beta: float, r_min: float, r_max: float) -> None:
+PRUNER_INPUTS = ("domain_hidden", "domain")
+
+
+def _validate_pruner_args(
+    form: str, eps: float, beta: float, r_min: float, r_max: float, hidden_units: int, pruner_input: str
+) -> None:
+    if hidden_units < 0:
+        raise ValueError(f"AdaSparsePruner: `hidden_units` must be >= 0. Received: hidden_units={hidden_units}.")
+    if pruner_input not in PRUNER_INPUTS:
+        raise ValueError(
+            f"AdaSparsePruner: `pruner_input` must be one of {PRUNER_INPUTS}. Received: pruner_input={pruner_input!r}."
+        )
     if form not in FORMS:
         raise ValueError(f"AdaSparsePruner: `form` must be one of {FORMS}. Received: form={form!r}.")
     if beta <= 0:
@@ -30,7 +41,9 @@ def _validate_pruner_args(form: str, eps: float, beta: float, r_min: float, r_ma
 class AdaSparsePruner(keras.layers.Layer):
     """Domain-aware pruner: multiplies a hidden layer by a per-unit, per-example factor ``pi``.
 
-    ``v = W_p [e_d ; h] + b_p`` (one linear map, ``units`` = width of ``h``), then
+    ``v = W_p [e_d ; h] + b_p`` (one linear map, ``units`` = width of ``h``; with ``hidden_units`` a
+    shallow MLP ``W_p relu(W_1 [e_d ; h] + b_1) + b_p``; with ``pruner_input="domain"`` it reads ``e_d``
+    only, so every row of a domain gets the same mask), then
 
     - ``binarization``: ``pi = 1[sigmoid(alpha v) > eps]``
     - ``scaling``:      ``pi = beta * sigmoid(v)``                       (nothing is pruned)
@@ -56,6 +69,8 @@ class AdaSparsePruner(keras.layers.Layer):
       r_min, r_max: target sparsity range.
       lambda_init: initial ``lambda_hat``.
       surrogate_sharpness: ``k`` of the smooth sparsity surrogate.
+      hidden_units: width of the pruner's hidden ReLU layer (0: one linear map).
+      pruner_input: "domain_hidden" (``[e_d ; h]``) or "domain" (``e_d`` only).
       kernel_initializer, kernel_regularizer: for ``W_p``.
 
     Call: ``layer([h, domain_emb])`` with ``h`` of shape (batch, units) and ``domain_emb`` of shape
@@ -77,12 +92,16 @@ class AdaSparsePruner(keras.layers.Layer):
         r_max: float = 0.25,
         lambda_init: float = 0.01,
         surrogate_sharpness: float = 1.0,
+        hidden_units: int = 0,
+        pruner_input: str = "domain_hidden",
         kernel_initializer: Any = "glorot_uniform",
         kernel_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _validate_pruner_args(form, eps, beta, r_min, r_max)
+        _validate_pruner_args(form, eps, beta, r_min, r_max, int(hidden_units), pruner_input)
+        self.hidden_units = int(hidden_units)
+        self.pruner_input = pruner_input
         self.form = form
         self.eps = float(eps)
         self.beta = float(beta)
@@ -108,13 +127,25 @@ class AdaSparsePruner(keras.layers.Layer):
         units, emb = h_shape[-1], e_shape[-1]
         if units is None or emb is None:
             raise ValueError(f"{self.name}: the last dimension of h and domain_emb must be known.")
+        width = emb + (units if self.pruner_input == "domain_hidden" else 0)
+        self.hidden = None
+        if self.hidden_units:
+            self.hidden = keras.layers.Dense(
+                self.hidden_units,
+                activation="relu",
+                kernel_initializer=keras.initializers.get(keras.initializers.serialize(self.kernel_initializer)),
+                kernel_regularizer=self.kernel_regularizer,
+                name="w_hidden",
+            )
+            self.hidden.build(tf.TensorShape([None, width]))
+            width = self.hidden_units
         self.dense = keras.layers.Dense(
             units,
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer,
             name="w_p",
         )
-        self.dense.build(tf.TensorShape([None, units + emb]))
+        self.dense.build(tf.TensorShape([None, width]))
         self.alpha = self.add_weight(
             name="alpha",
             shape=(),
@@ -161,7 +192,11 @@ class AdaSparsePruner(keras.layers.Layer):
 
     def call(self, inputs: Sequence[tf.Tensor]) -> tf.Tensor:
         h, domain_emb = inputs
-        x = tf.concat([tf.cast(domain_emb, h.dtype), h], axis=-1)
+        x = tf.cast(domain_emb, h.dtype)
+        if self.pruner_input == "domain_hidden":
+            x = tf.concat([x, h], axis=-1)
+        if self.hidden is not None:
+            x = self.hidden(x)
         v = tf.cast(self.dense(x), tf.float32)
         pi, keep = self._factor(v)
         if keep is not None:
@@ -184,6 +219,8 @@ class AdaSparsePruner(keras.layers.Layer):
             "r_max": self.r_max,
             "lambda_init": self.lambda_init,
             "surrogate_sharpness": self.surrogate_sharpness,
+            "hidden_units": self.hidden_units,
+            "pruner_input": self.pruner_input,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
         }

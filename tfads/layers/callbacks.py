@@ -16,19 +16,30 @@ from tfads.layers.adasparse import AdaSparsePruner, find_pruners
 
 
 class _PrunerSchedule(keras.callbacks.Callback):
-    """Sets one variable of every pruner from the optimizer step before each training batch."""
+    """Sets one variable of every pruner from the optimizer step before each training batch.
+
+    The step is read from ``optimizer.iterations`` once per epoch (a device sync) and advanced by the
+    batch index within the epoch, so batches do not wait for the previous step to finish.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._pruners: list[AdaSparsePruner] = []
+        self._epoch_step: int | None = None  # optimizer step at the epoch's first batch
+        self._epoch_batch = 0  # index of the epoch's first batch (> 0 when resumed mid-epoch)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._pruners = [p for p in find_pruners(self.model) if self._applies_to(p)]
         if not self._pruners:
             raise ValueError(f"{type(self).__name__}: the model has no AdaSparsePruner this schedule applies to.")
 
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch_step = None
+
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        step = int(self.model.optimizer.iterations.numpy())
+        if self._epoch_step is None:
+            self._epoch_step, self._epoch_batch = int(self.model.optimizer.iterations.numpy()), batch
+        step = self._epoch_step + batch - self._epoch_batch
         for p in self._pruners:
             self._assign(p, step)
 

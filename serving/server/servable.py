@@ -34,12 +34,24 @@ RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 def session_config(session_parallelism: int = 0, intra_op: int = 0, inter_op: int = 0) -> tf.compat.v1.ConfigProto:
     """TF Serving's session threading: intra/inter-op threads, each falling back to session_parallelism.
 
-    0 everywhere lets TensorFlow pick (one thread per core), as tensorflow_model_server does by default.
+    0 lets TensorFlow pick (one thread per core), as tensorflow_model_server does by default.
     """
     return tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=intra_op or session_parallelism,
         inter_op_parallelism_threads=inter_op or session_parallelism,
     )
+
+
+def run_options(config: tf.compat.v1.ConfigProto | None) -> tf.compat.v1.RunOptions:
+    """Run a request's graph in the request's own thread unless an inter-op pool of >= 2 threads is asked for.
+
+    Concurrent requests already run in parallel on the gRPC/REST handler threads, and a serving graph
+    of 100 candidates is mostly a chain of small ops: handing each op to a pool thread and waking the
+    caller costs more than it overlaps (measured in BUILD.md). ``inter_op_thread_pool = -1`` is TF's
+    documented "use the caller thread" setting; ops still use the intra-op pool for their own work.
+    """
+    pool_size = config.inter_op_parallelism_threads if config is not None else 0
+    return tf.compat.v1.RunOptions(inter_op_thread_pool=0 if pool_size >= 2 else -1)
 
 
 @dataclass
@@ -139,15 +151,18 @@ def _spec(info: meta_graph_pb2.TensorInfo) -> tf.TensorSpec:
     return tf.TensorSpec(shape, tf.as_dtype(info.dtype))
 
 
-def _signature(session: tf.compat.v1.Session, key: str, sig_def: meta_graph_pb2.SignatureDef) -> Signature:
+def _signature(
+    session: tf.compat.v1.Session, key: str, sig_def: meta_graph_pb2.SignatureDef, options: tf.compat.v1.RunOptions
+) -> Signature:
     feeds = [_tensor_name(key, alias, sig_def.inputs[alias]) for alias in sorted(sig_def.inputs)]
     fetches = [_tensor_name(key, alias, sig_def.outputs[alias]) for alias in sorted(sig_def.outputs)]
+    run = session.make_callable(fetches, feed_list=feeds, accept_options=True)
     return Signature(
         name=key,
         method_name=sig_def.method_name,
         inputs={k: _spec(v) for k, v in sig_def.inputs.items()},
         outputs={k: _spec(v) for k, v in sig_def.outputs.items()},
-        session_run=session.make_callable(fetches, feed_list=feeds),
+        session_run=functools.partial(run, options=options),
     )
 
 
@@ -192,7 +207,8 @@ class Servable:
             raise ServingError.internal(f"Failed to load SavedModel at {path}: {type(e).__name__}: {e}") from e
         signature_defs = dict(meta_graph.signature_def)
         served = {key: sig_def for key, sig_def in signature_defs.items() if key != INIT_OP_SIGNATURE}
-        signatures = {key: _signature(session, key, sig_def) for key, sig_def in served.items()}
+        options = run_options(config)
+        signatures = {key: _signature(session, key, sig_def, options) for key, sig_def in served.items()}
         return cls(name, version, path, signatures, signature_defs, time.perf_counter() - start, session)
 
     def signature(self, name: str) -> Signature:

@@ -19,7 +19,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.server import ModelServer, parse_flags
-from serving.server.servable import session_config
+from serving.server.servable import run_options, session_config
 from serving.server.testing import Stubs, predict_request
 from serving.server.toy_model import OUTPUTS, candidates, example
 
@@ -297,6 +297,8 @@ def test_grpc_socket_path_serves_the_same_api(toy_base, tmp_path):
 def test_session_threading_flags_follow_tf_serving(toy_base):
     config = session_config(session_parallelism=1, inter_op=2)
     assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (1, 2)
+    assert run_options(config).inter_op_thread_pool == 0  # an inter-op pool was asked for: use it
+    assert run_options(session_config()).inter_op_thread_pool == -1  # auto: ops run in the request's thread
     args = parse_flags(
         [
             "--port=0",

@@ -3,11 +3,12 @@
 Modes: ``in_process`` calls the SavedModel as a TF2 user would (``tf.saved_model.load(...).signatures``);
 ``in_process_session`` calls it through the embedded server's own engine (``Servable``: the MetaGraph
 in a Session, as tensorflow_model_server runs it), so ``grpc`` over it is the pure front-end cost;
-``grpc``, ``rest`` and ``grpc_batching`` go through the server. Each (mode, concurrency) cell runs until
-``--requests`` requests or ``--seconds`` seconds, whichever comes first, after a short warm-up. The
-server runs as a separate process (``python -m serving.server``) on 127.0.0.1, as it would in
-production; its CPU time per request is read from /proc. Without ``--model_base_path`` a toy
-SavedModel with the export's signature layout is built in a temp dir.
+``grpc``, ``rest`` and ``grpc_batching`` go through the server, which runs as separate processes
+(``python -m serving.server``, one plain, one with batching) on 127.0.0.1, as in production; their CPU
+time per request is read from /proc. All servers are up at once and, per concurrency, ``--rounds``
+rounds run every mode in turn (each until its share of ``--requests`` or ``--seconds``, after a short
+warm-up) and pool the latencies, so load drifting during the run hits every mode alike. Without
+``--model_base_path`` a toy SavedModel with the export's signature layout is built in a temp dir.
 
     python benchmarks/serving_latency.py --json benchmarks/serving_latency.json
 """
@@ -53,8 +54,8 @@ def make_candidates(signature, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def run_cell(call: Callable[[], None], concurrency: int, requests: int, seconds: float) -> dict:
-    """Latency percentiles and throughput of ``call`` from ``concurrency`` threads."""
+def run_cell(call: Callable[[], None], concurrency: int, requests: int, seconds: float) -> tuple[list[float], float]:
+    """Latencies (s) of ``call`` from ``concurrency`` threads after a short warm-up, and the elapsed time."""
     for _ in range(min(20, requests)):
         call()
     latencies: list[float] = []
@@ -81,14 +82,19 @@ def run_cell(call: Callable[[], None], concurrency: int, requests: int, seconds:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
+    return latencies, time.perf_counter() - start
+
+
+def cell_stats(latencies: list[float], elapsed: float, calls: int, candidates: int) -> dict:
+    """p50/p99 over every round's latencies; throughput over their summed elapsed time."""
     ms = np.array(latencies) * 1e3
     return {
-        "runs": len(latencies) + min(20, requests),  # measured + warm-up calls
         "requests": len(latencies),
+        "calls": calls,  # measured + warm-up
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
         "requests_per_s": len(latencies) / elapsed,
+        "candidates_per_s": len(latencies) / elapsed * candidates,
     }
 
 
@@ -161,37 +167,46 @@ def benchmark(args: argparse.Namespace) -> dict:
     engine = Servable.load(args.model_name, latest, os.path.join(base, str(latest))).signature("")
     request = predict_request(args.model_name, inputs)
     body = rest_body(inputs)
-    results: dict[str, dict] = {}
     server_flags = args.server_flags.split()
     batching = ["--enable_batching=true", f"--batching_parameters_file={args.batching}"]
-    local = {"in_process": in_process, "in_process_session": lambda: engine.run_direct(inputs)}
-    for mode in ("in_process", "in_process_session", "grpc", "rest", "grpc_batching"):
-        proc = None
-        if mode in local:
-            call = local[mode]
-        else:
-            extra = server_flags + (batching if mode == "grpc_batching" else [])
-            proc, stubs, rest_port = start_server(args.model_name, base, extra)
-            call = rest_call(rest_port, body, args.model_name) if mode == "rest" else grpc_call(stubs, request)
-        try:
-            for c in args.concurrency:
-                cpu_before = cpu_seconds(proc.pid) if proc else 0.0
-                cell = run_cell(call, c, args.requests, args.seconds)
-                cell["candidates_per_s"] = cell["requests_per_s"] * args.candidates
-                if proc:
-                    cell["server_cpu_ms_per_request"] = (cpu_seconds(proc.pid) - cpu_before) * 1e3 / cell["runs"]
+    plain, plain_stubs, rest_port = start_server(args.model_name, base, server_flags)
+    batched, batched_stubs, _ = start_server(args.model_name, base, server_flags + batching)
+    modes: dict[str, tuple[Callable[[], None], subprocess.Popen | None]] = {
+        "in_process": (in_process, None),
+        "in_process_session": (lambda: engine.run_direct(inputs), None),
+        "grpc": (grpc_call(plain_stubs, request), plain),
+        "rest": (rest_call(rest_port, body, args.model_name), plain),
+        "grpc_batching": (grpc_call(batched_stubs, request), batched),
+    }
+    results: dict[str, dict] = {}
+    try:
+        for c in args.concurrency:
+            pooled = {mode: ([], 0.0, 0, 0.0) for mode in modes}
+            for _ in range(args.rounds):  # modes interleaved, so load drift hits them alike
+                for mode, (call, proc) in modes.items():
+                    cpu_before = cpu_seconds(proc.pid) if proc else 0.0
+                    latencies, elapsed = run_cell(call, c, args.requests // args.rounds, args.seconds / args.rounds)
+                    cpu = cpu_seconds(proc.pid) - cpu_before if proc else 0.0
+                    lat, el, calls, cpu_total = pooled[mode]
+                    warmup = min(20, args.requests // args.rounds)
+                    pooled[mode] = (lat + latencies, el + elapsed, calls + len(latencies) + warmup, cpu_total + cpu)
+            for mode, (latencies, elapsed, calls, cpu) in pooled.items():
+                cell = cell_stats(latencies, elapsed, calls, args.candidates)
+                server_cpu = ""
+                if modes[mode][1] is not None:
+                    cell["server_cpu_ms_per_request"] = cpu * 1e3 / calls
+                    server_cpu = f"  server CPU {cell['server_cpu_ms_per_request']:5.2f} ms/req"
                 results[f"{mode}@{c}"] = cell
-                server_cpu = f"  server CPU {cell['server_cpu_ms_per_request']:5.2f} ms/req" if proc else ""
                 print(
                     f"{mode:>18} c={c:<3} p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
                     f"{cell['candidates_per_s']:10.0f} cand/s  ({cell['requests']} req){server_cpu}",
                     flush=True,
                 )
-        finally:
-            if proc is not None:
-                stubs.channel.close()
-                proc.terminate()
-                proc.wait(timeout=30)
+    finally:
+        for stubs, proc in ((plain_stubs, plain), (batched_stubs, batched)):
+            stubs.channel.close()
+            proc.terminate()
+            proc.wait(timeout=30)
     tmp.cleanup()
     return results
 
@@ -223,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toy_depth", type=int, default=0, help="extra op pairs per call in the toy model")
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=2000, help="max requests per cell")
-    parser.add_argument("--seconds", type=float, default=8.0, help="max seconds per cell")
+    parser.add_argument("--requests", type=int, default=2400, help="max requests per cell (all rounds)")
+    parser.add_argument("--seconds", type=float, default=9.0, help="max seconds per cell (all rounds)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every mode per concurrency")
     parser.add_argument("--batching", default=str(ROOT / "serving" / "tfserving" / "batching.config"))
     parser.add_argument(
         "--server_flags", default="", help="extra model server flags, e.g. '--tensorflow_intra_op_parallelism=1'"

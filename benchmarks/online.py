@@ -22,11 +22,17 @@ day and, with ``--calibration``, its AdaCalib calibration day); every later day 
 
 Measures per stream day d: progressive AUC / PCOC on all of day d, each shard scored before the model
 sees it (the model serving it; "served" PCOC and Field-RCE[scenario] are of the calibrated output for
-the calibrated arms), and
-forgetting: AUC on each earlier stream day's held-out rows (never trained on) right after that day's
-last update minus at the end, and AUC on the starting model's validation day (the day before the stream,
-never trained on) at the end minus at the start.
-Writes ``online.json``, ``online_auc.png``, ``online_pcoc.png``, ``online_forgetting.png`` and prints a table.
+the calibrated arms), and forgetting (AUC at first minus AUC at the end: > 0 means it forgot) on rows
+no arm trains on: each earlier stream day's held-out rows (first: right after that day's last update)
+and the whole day before the stream (first: the starting model); each also on only the rows whose user
+and ad occur nowhere later in the stream ("unseen ids"), where later updates cannot help through the ids.
+
+``--seeds 0,1,2`` repeats everything (data, starting model, stream) per data seed under ``OUT/seed<k>``
+and prints the mean, the standard deviation over seeds and the paired per-seed differences (AUC minus
+static's, forgetting minus naive's). A finished seed run with the same flags is reused, so seeds can run
+as parallel processes (``--seeds 1``, ``--seeds 2``) and be combined afterwards.
+Writes ``online.json`` and ``online_{auc,pcoc,forgetting}.png`` per seed, ``OUT/online_seeds.json`` and
+prints the tables.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ from tfads.online.evaluation import ctr_metrics, split_holdout
 from tfads.online.recalibration import calibrated_scores
 from tfads.online.reservoir import read_records
 from tfads.plots import metric_over_time
+
+ID_FIELDS = ("user_id", "ad_id")  # forgetting on rows whose ids never recur in the stream
 
 
 def prepare_data(work: Path, days: int, per_day: int, seed: int) -> Manifest:
@@ -146,16 +154,27 @@ def arm_configs(base: OnlineConfig, args: argparse.Namespace) -> dict[str, tuple
     return arms
 
 
-def run_benchmark(args: argparse.Namespace) -> dict:
-    out = Path(args.out)
+def run_seed(args: argparse.Namespace, seed: int) -> dict:
+    """One data seed: generate (or reuse) its days, train the starting model, stream the arms."""
+    out = Path(args.out) / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
-    full = prepare_data(out / "work", args.days, args.impressions_per_day, args.seed)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "seeds")}
+    if (out / "online.json").exists():  # a finished run of this seed (e.g. by a parallel process) ...
+        with open(out / "online.json", encoding="utf-8") as f:
+            cached = json.load(f)
+        same = [k for k in settings if k not in ("arms", "ablations", "later_days")]
+        wanted = args.arms.split(",") if args.arms else None
+        if {k: cached["settings"].get(k) for k in same} == {k: settings[k] for k in same} and (
+                wanted is None or set(wanted) <= set(cached["summary"])):  # ... with these flags and arms
+            return cached
+    full = prepare_data(out / "work", args.days, args.impressions_per_day, seed)
     manifest = initial_manifest(full, args.initial_days)
     work = out / "work" / f"static{args.initial_days}x{args.pretrain_epochs}"
     model_dirs = {False: train_static(manifest, work, args.pretrain_epochs)}
     if args.calibration:
         model_dirs[True] = calibrate_static(model_dirs[False], manifest, work.with_name(work.name + "_calibrated"))
-    stream_days = sorted(full.data["days"])[args.initial_days + 1:]
+    days = sorted(full.data["days"])
+    valid_day, stream_days = days[args.initial_days], days[args.initial_days + 1:]
     base = load_online_config(args.config)
     configs = arm_configs(base, args)
     chosen = args.arms.split(",") if args.arms else list(configs)
@@ -165,10 +184,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     arms = list(learners)
     day_records = {d: read_records(full.day_files(d)) for d in stream_days}
     holdouts = {d: split_holdout(day_records[d], base.holdout_fraction)[1] for d in stream_days}
-    valid = learners[arms[0]].old_eval  # the starting model's validation day, just before the stream
-    valid_start = {arm: ctr_metrics(learner.score(valid))["AUC"] for arm, learner in learners.items()}
+    # forgetting sets: each earlier stream day's held-out rows and the whole day before the stream (never
+    # trained on), each also restricted to rows whose user and ad never occur in the stream after that day
+    ids = {d: record_ids(day_records[d]) for d in stream_days}
+    old = {d: holdouts[d] for d in stream_days} | {"before": read_records(full.day_files(valid_day))}
+    unseen = {d: absent(record_ids(old[d]), [ids[e] for e in stream_days if e > d]) for d in stream_days}
+    unseen["before"] = absent(record_ids(old["before"]), list(ids.values()))
+    scores: dict[str, dict[str, dict[str, np.ndarray]]] = {a: {} for a in arms}  # arm -> "d:after" etc.
+    for arm, learner in learners.items():
+        scores[arm]["before:start"] = learner.score(old["before"])
     progressive: dict[str, list[dict]] = {a: [] for a in arms}
-    after: dict[str, dict[str, float]] = {a: {} for a in arms}  # arm -> day -> AUC on its holdout
     accepted: dict[str, list[bool]] = {a: [] for a in arms}
     timings: dict[str, float] = {a: 0.0 for a in arms}
     shard_dir = out / "work" / f"shards{args.shards_per_day}"
@@ -198,22 +223,57 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 "Field-RCE raw": field_rce(rows["click"], rows["ctr"], rows["scenario"]),
                 "Field-RCE served": field_rce(rows["click"], rows["served"], rows["scenario"]),
             })
-            after[arm][day] = ctr_metrics(learner.score(holdouts[day]))["AUC"]
-        print(f"{day}: " + "  ".join(f"{a} AUC={progressive[a][-1]['AUC']:.4f} "
-                                     f"PCOC={progressive[a][-1]['PCOC served']:.3f}" for a in arms), flush=True)
-    final = {arm: {d: ctr_metrics(learners[arm].score(holdouts[d]))["AUC"] for d in stream_days} for arm in arms}
-    valid_end = {arm: ctr_metrics(learner.score(valid))["AUC"] for arm, learner in learners.items()}
+            scores[arm][f"{day}:after"] = learner.score(holdouts[day])
+        print(f"seed {seed} {day}: " + "  ".join(f"{a} AUC={progressive[a][-1]['AUC']:.4f} "
+                                                 f"PCOC={progressive[a][-1]['PCOC served']:.3f}" for a in arms),
+              flush=True)
+    for arm, learner in learners.items():
+        for d in old:
+            scores[arm][f"{d}:end"] = learner.score(old[d])
+    forgetting = {arm: forgetting_aucs(scores[arm], unseen, stream_days) for arm in arms}
     result = {
-        "settings": {**vars(args), "stream_days": stream_days, "online_config": dataclasses.asdict(base)},
+        "settings": {**settings, "seed": seed, "stream_days": stream_days, "day_before_stream": valid_day,
+                     "online_config": dataclasses.asdict(base)},
         "progressive": progressive,
         "accepted": accepted,
         "update_seconds": timings,
-        "auc_after_own_day": after,
-        "auc_at_end": final,
-        "pretraining_valid_auc": {"start": valid_start, "end": valid_end},
-        "summary": summarize(progressive, after, final, stream_days, args.later_days, valid_start, valid_end, timings),
+        "forgetting_auc": forgetting,
+        "unseen_rows": {d: int(mask.sum()) for d, mask in unseen.items()},
+        "summary": summarize(progressive, forgetting, stream_days, args.later_days, timings),
     }
     write_outputs(out, result, stream_days)
+    return result
+
+
+def record_ids(records: list[bytes]) -> dict[str, np.ndarray]:
+    """The user and ad id of each record."""
+    spec = {k: tf.io.FixedLenFeature([], tf.int64, default_value=-1) for k in ID_FIELDS}
+    parsed = tf.io.parse_example(tf.constant(records), spec)
+    return {k: parsed[k].numpy() for k in ID_FIELDS}
+
+
+def absent(rows: dict[str, np.ndarray], later: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Mask of ``rows`` whose user and ad occur in none of the ``later`` days' rows."""
+    mask = np.ones(len(rows[ID_FIELDS[0]]), dtype=bool)
+    for field in ID_FIELDS:
+        if later:
+            mask &= ~np.isin(rows[field], np.concatenate([day[field] for day in later]))
+    return mask
+
+
+def forgetting_aucs(scores: dict[str, dict[str, np.ndarray]], unseen: dict[str, np.ndarray],
+                    days: list[str]) -> dict[str, dict[str, float]]:
+    """AUC of pCTR per forgetting set and moment: each stream day's held-out rows right after the day
+    (``after``) and at the end; the day before the stream at the start and at the end; each on all rows
+    and on the rows whose ids are absent from the later stream (``unseen``)."""
+    def auc(key: str, mask: np.ndarray | None) -> float:
+        scored = scores[key] if mask is None else {k: v[mask] for k, v in scores[key].items()}
+        return ctr_metrics(scored)["AUC"]
+
+    result = {}
+    for d, first in [*((d, "after") for d in days), ("before", "start")]:
+        for rows, mask in (("all", None), ("unseen", unseen[d])):
+            result[f"{d}:{rows}"] = {"first": auc(f"{d}:{first}", mask), "end": auc(f"{d}:end", mask)}
     return result
 
 
@@ -223,18 +283,24 @@ def _learner(model_dir: str, manifest: Manifest, out: Path, arm: str, config: On
     return OnlineLearner(model_dir, manifest, str(root / "state"), None, config)  # nothing exported
 
 
-def summarize(
-    progressive: dict, after: dict, final: dict, days: list[str], later: int,
-    valid_start: dict[str, float], valid_end: dict[str, float], timings: dict[str, float],
-) -> dict[str, dict]:
+FORGETTING = {  # summary column -> (forgetting set, rows): AUC at first minus AUC at the end (> 0: forgot)
+    "forgetting, earlier days": ("days", "all"),
+    "forgetting, earlier days, unseen ids": ("days", "unseen"),
+    "forgetting, day before stream": ("before", "all"),
+    "forgetting, day before stream, unseen ids": ("before", "unseen"),
+}
+
+
+def summarize(progressive: dict, forgetting: dict, days: list[str], later: int,
+              timings: dict[str, float]) -> dict[str, dict]:
     """Per arm: mean progressive AUC / |PCOC - 1| (raw and served) over all and the last ``later`` days,
-    forgetting of the earlier stream days and of the day before the stream, update time."""
+    forgetting (AUC right after a stream day minus at the end on its held-out rows, mean over the earlier
+    stream days; AUC on the day before the stream at the start minus at the end), update time."""
     rows = {}
     for arm, recs in progressive.items():
         auc = np.array([r["AUC"] for r in recs])
         pcoc = np.abs(np.array([r["PCOC"] for r in recs]) - 1)
         served = np.abs(np.array([r["PCOC served"] for r in recs]) - 1)
-        forgetting = [after[arm][d] - final[arm][d] for d in days[:-1]]
         rows[arm] = {
             "AUC (all days)": float(np.nanmean(auc)),
             f"AUC (last {later})": float(np.nanmean(auc[-later:])),
@@ -243,12 +309,39 @@ def summarize(
             f"|PCOC-1| served (last {later})": float(np.nanmean(served[-later:])),
             "Field-RCE[scenario] raw": float(np.nanmean([r.get("Field-RCE raw", np.nan) for r in recs])),
             "Field-RCE[scenario] served": float(np.nanmean([r.get("Field-RCE served", np.nan) for r in recs])),
-            "forgetting (AUC drop on earlier days)": float(np.nanmean(forgetting)),
-            "AUC at end, earlier days": float(np.nanmean([final[arm][d] for d in days[:-1]])),
-            "AUC day before stream, end - start": valid_end[arm] - valid_start[arm],
-            "update s": timings[arm],
         }
+        for column, (where, which) in FORGETTING.items():
+            keys = [f"{d}:{which}" for d in days[:-1]] if where == "days" else [f"before:{which}"]
+            rows[arm][column] = float(np.nanmean([forgetting[arm][k]["first"] - forgetting[arm][k]["end"]
+                                                  for k in keys]))
+        rows[arm]["AUC at end, earlier days"] = float(np.nanmean([forgetting[arm][f"{d}:all"]["end"]
+                                                                  for d in days[:-1]]))
+        rows[arm]["update s"] = timings[arm]
     return rows
+
+
+def combine(results: list[dict], arms: list[str] | None, later: int) -> dict:
+    """Across seeds, for ``arms`` (None: all of the first run's): each arm's summary (recomputed with
+    ``later``) as mean and standard deviation, and the paired per-seed differences the benchmark is
+    about (AUC minus static's, forgetting minus naive's)."""
+    arms = arms or list(results[0]["progressive"])
+    summaries = [summarize({a: r["progressive"][a] for a in arms}, r["forgetting_auc"], r["settings"]["stream_days"],
+                           later, r["update_seconds"]) for r in results]
+    columns = list(summaries[0][arms[0]])
+    mean = {a: {c: float(np.mean([s[a][c] for s in summaries])) for c in columns} for a in arms}
+    sd = {a: {c: float(np.std([s[a][c] for s in summaries], ddof=1)) if len(results) > 1 else float("nan")
+              for c in columns} for a in arms}
+    pairs = [(f"AUC (last {later})", "static"), ("AUC (all days)", "static"),
+             *((column, "naive") for column in FORGETTING)]
+    paired = {}
+    for arm in arms:
+        for column, reference in pairs:
+            if reference in arms and arm != reference:
+                diffs = [s[arm][column] - s[reference][column] for s in summaries]
+                paired.setdefault(arm, {})[f"{column} - {reference}"] = {
+                    "per seed": diffs, "mean": float(np.mean(diffs)),
+                    "sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")}
+    return {"seeds": [r["settings"]["seed"] for r in results], "mean": mean, "sd": sd, "paired": paired}
 
 
 def write_outputs(out: Path, result: dict, days: list[str]) -> None:
@@ -259,16 +352,25 @@ def write_outputs(out: Path, result: dict, days: list[str]) -> None:
         series = {arm: (x, [r[key] for r in recs]) for arm, recs in result["progressive"].items()}
         metric_over_time(series, out / f"online_{metric.lower()}.png", ylabel=f"pCTR {metric} (next day)",
                          xlabel="stream day", title=f"progressive {metric}: model before it sees the rows")
-    series = {arm: (x[:-1], [result["auc_after_own_day"][arm][d] - result["auc_at_end"][arm][d] for d in days[:-1]])
-              for arm in result["progressive"]}
+    forgetting = result["forgetting_auc"]
+    series = {arm: (x[:-1], [forgetting[arm][f"{d}:all"]["first"] - forgetting[arm][f"{d}:all"]["end"]
+                             for d in days[:-1]]) for arm in result["progressive"]}
     metric_over_time(series, out / "online_forgetting.png", ylabel="AUC after own day - AUC at end",
                      xlabel="stream day (held-out rows)", title="forgetting of earlier days (lower is better)")
 
 
-def table(result: dict) -> str:
+def table(combined: dict) -> str:
+    """The mean summary, the seeds' standard deviations and the paired differences as text tables."""
     from tfads.metrics import metrics_table
 
-    return metrics_table(result["summary"])
+    paired = {arm: {name: f"{d['mean']:+.4f} ({', '.join(f'{x:+.4f}' for x in d['per seed'])})"
+                    for name, d in rows.items()} for arm, rows in combined["paired"].items()}
+    parts = [f"mean over seeds {combined['seeds']}", metrics_table(combined["mean"])]
+    if len(combined["seeds"]) > 1:
+        parts += ["standard deviation over seeds", metrics_table(combined["sd"])]
+    parts += ["paired differences: mean (per seed)", "\n".join(
+        f"{arm:14s} {name}: {value}" for arm, rows in paired.items() for name, value in rows.items())]
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,16 +383,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards-per-day", type=int, default=1, help="time-ordered shards (updates) per stream day")
     parser.add_argument("--naive-epochs", type=int, default=1, help="epochs per shard of the naive arm (full LR)")
     parser.add_argument("--later-days", type=int, default=4, help="days averaged as 'later days'")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated data seeds, each run under OUT/seed<k> (a finished seed run with "
+                             "the same flags is reused, so seeds can run in parallel processes and be combined)")
     parser.add_argument("--ablations", action="store_true", help="also odl with each of its parts switched off")
     parser.add_argument("--calibration", action="store_true",
                         help="also the calibrated starting model: static, odl with fixed and with refitted AdaCalib")
     parser.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all)")
     parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "online.yaml"))
     args = parser.parse_args(argv)
-    result = run_benchmark(args)
-    print(json.dumps(result["summary"], indent=1))
-    print(table(result))
+    results = [run_seed(args, int(seed)) for seed in args.seeds.split(",")]
+    combined = combine(results, args.arms.split(",") if args.arms else None, args.later_days)
+    with open(Path(args.out) / "online_seeds.json", "w", encoding="utf-8") as f:
+        json.dump(combined, f, indent=1)
+    print(table(combined))
     return 0
 
 

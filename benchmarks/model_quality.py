@@ -62,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=None, help="override train.learning_rate")
     p.add_argument("--embedding-dim", type=int, default=None, help="override model.embedding_dim")
     p.add_argument("--seed", type=int, default=0, help="data seed")
+    p.add_argument(
+        "--rotation-per-day",
+        type=float,
+        default=None,
+        help="counterfactual data: drift of the generator's group x category cross in radians/day "
+        "(default: the generator's, 0.15; 0 = stationary)",
+    )
     p.add_argument("--bootstrap", type=int, default=200, help="paired bootstrap resamples (0 = off)")
     p.add_argument("--repeats", type=int, default=1, help="trainings per model (train seeds seed, seed + 1, ...)")
     args = p.parse_args(argv)
@@ -108,11 +115,21 @@ def generator_digest() -> str:
     return h.hexdigest()[:12]
 
 
-def prepare_data(out: str, days: int, impressions_per_day: int, seed: int) -> tuple[str, str]:
-    """Synthetic logs + Beam job under ``out`` (reused when the settings and generator match); (logs dir, manifest)."""
+def prepare_data(
+    out: str, days: int, impressions_per_day: int, seed: int, rotation_per_day: float | None = None
+) -> tuple[str, str]:
+    """Synthetic logs + Beam job under ``out`` (reused when the settings and generator match); (logs dir, manifest).
+
+    ``rotation_per_day`` overrides the generator's ``ROTATION_PER_DAY`` for the rest of the process (a
+    counterfactual without, or with other, drift; ``domain_parts`` then uses it as well)."""
     logs, data = os.path.join(out, "logs"), os.path.join(out, "data")
     stamp = os.path.join(out, "data.json")
     settings = {"days": days, "impressions_per_day": impressions_per_day, "seed": seed, "generator": generator_digest()}
+    if rotation_per_day is not None:
+        from tfads.datagen import world
+
+        world.ROTATION_PER_DAY = rotation_per_day
+        settings["rotation_per_day"] = rotation_per_day
     manifest = os.path.join(data, "manifest.json")
     if os.path.exists(stamp) and os.path.exists(manifest):
         with open(stamp) as f:
@@ -189,6 +206,162 @@ def test_truth(logs: str, manifest_path: str) -> pd.DataFrame:
         raise FileNotFoundError(f"{logs}: no truth files for the test days {days}")
     truth = pd.concat([pd.read_json(f, lines=True, dtype={"trace_id": str}) for f in files], ignore_index=True)
     return truth.rename(columns={"p_ctr": "true_ctr"})[["trace_id", "true_ctr"]]
+
+
+def _test_day_world(logs: str, manifest_path: str) -> tuple[Any, dict[str, np.ndarray], np.ndarray, np.ndarray, float]:
+    """The generator's world and the test day's impressions rebuilt from its seed: (world, feature indices,
+    trace ids, times in days, middle of the training window in days). Checked against the logged truth."""
+    import datetime as dt
+
+    from tfads.datagen import world as W
+    from tfads.datagen.writer import trace_ids
+    from tfads.manifest import load_manifest
+    from tfads.schema import load_schema
+
+    with open(os.path.join(logs, "datagen.json")) as f:
+        meta = json.load(f)
+    seed, per_day, start = meta["seed"], meta["settings"]["impressions_per_day"], meta["start_date"]
+    splits = load_manifest(manifest_path).data["splits"]
+    day_of = {d: i for i, d in enumerate(meta["dates"])}
+    (test_day,) = [day_of[d] for d in splits["test"]["days"]]
+    train_mid = float(np.mean([day_of[d] for d in splits["train"]["days"]])) + 0.5
+    age = load_schema().fields.get("age")
+    world = W.World(seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100))
+    weekday = (dt.date.fromisoformat(start) + dt.timedelta(days=test_day)).weekday()
+    x = world.sample(np.random.default_rng([seed, 10, test_day]), per_day, test_day, weekday)  # generator's stream
+    return (
+        world,
+        x,
+        trace_ids(seed, test_day * per_day + np.arange(per_day)),
+        test_day + x["second"] / 86400.0,
+        train_mid,
+    )
+
+
+def domain_parts(logs: str, manifest_path: str, truth: pd.DataFrame) -> pd.DataFrame:
+    """Per test row: the true CTR logit ``z`` and its domain-specific parts (synthetic data only).
+
+    ``cluster_cross``: the scenario cluster's deviation from the mean group x category cross matrix,
+    ``g' (M_c - mean M) cat(t)``; ``cluster_cross_train``: the same with the category side as it was in the
+    middle of the training window (what a model of the training days can know: the category side
+    drifts); ``cluster_weights`` / ``scenario_weights``: the cluster's mean embedding weights minus the
+    global mean, and the scenario's own deviation from its cluster (neither drifts).
+    """
+    from tfads.datagen import world as W
+
+    world, x, tid, t, train_mid = _test_day_world(logs, manifest_path)
+    e = world.ctr
+    cluster = world.scenario_cluster[x["scenario"]]
+    group = e.group_emb[x["user_group"]]
+    deviation = e.cluster_cross - e.cluster_cross.mean(axis=0)
+
+    def cluster_cross(days: np.ndarray) -> np.ndarray:
+        theta = W.ROTATION_PER_DAY * days[:, None]
+        cat = e.cat_emb_a[x["category"]] * np.cos(theta) + e.cat_emb_b[x["category"]] * np.sin(theta)
+        return np.einsum("nr,nrs,ns->n", group, deviation[cluster], cat)
+
+    feats = np.concatenate([emb[x[name]] for name, emb in world.emb.items()], axis=1)
+    w_cluster = np.stack([e.scenario_w[world.scenario_cluster == c].mean(axis=0) for c in range(W.N_CLUSTERS)])
+    frame = pd.DataFrame(
+        {
+            "trace_id": tid,
+            "z": np.log(x["p_ctr"] / (1.0 - x["p_ctr"])),
+            "cluster_cross": cluster_cross(t),
+            "cluster_cross_train": cluster_cross(np.full_like(t, train_mid)),
+            "cluster_weights": np.einsum("nd,nd->n", w_cluster[cluster] - e.scenario_w.mean(axis=0), feats),
+            "scenario_weights": np.einsum("nd,nd->n", e.scenario_w[x["scenario"]] - w_cluster[cluster], feats),
+        }
+    )
+    check = truth.merge(frame[["trace_id", "z"]], on="trace_id")
+    p = 1.0 / (1.0 + np.exp(-check["z"].to_numpy()))
+    if len(check) != len(truth) or not np.allclose(p, check["true_ctr"].to_numpy(), rtol=1e-4, atol=1e-7):
+        raise RuntimeError("domain_parts: the rebuilt test day does not match the logged truth (generator changed?)")
+    return frame
+
+
+def _ols(target: np.ndarray, *columns: np.ndarray) -> np.ndarray:
+    return np.linalg.lstsq(np.column_stack([np.ones_like(target), *columns]), target, rcond=None)[0][1:]
+
+
+def domain_headroom(y: np.ndarray, parts: pd.DataFrame, preds: dict[str, list[np.ndarray]]) -> dict[str, dict]:
+    """What each model carries of the domain-specific parts of the true logit and what the rest is worth.
+
+    Per model (means over its trainings): the OLS coefficients of its test logit on the parts (1 = carried
+    fully), and its AUC after adding the part it misses, ``(1 - coef) * part``, of the non-drifting
+    weights, of the cluster cross as of the training window, and of both: the most any domain-adaptive
+    layer could add on top of that model. The oracle row drops or replaces parts of the true logit instead.
+    """
+    z, cc, cct = parts["z"].to_numpy(), parts["cluster_cross"].to_numpy(), parts["cluster_cross_train"].to_numpy()
+    weights = parts["cluster_weights"].to_numpy(), parts["scenario_weights"].to_numpy()
+    rest = z - cc - weights[0] - weights[1]
+    out: dict[str, dict] = {
+        "oracle": {
+            "AUC": auc(y, _sigmoid(z)),
+            "without cluster cross": auc(y, _sigmoid(z - cc)),
+            "cluster cross as of training": auc(y, _sigmoid(z - cc + cct)),
+            "without cluster+scenario weights": auc(y, _sigmoid(z - weights[0] - weights[1])),
+        }
+    }
+    for name, ps in preds.items():
+        rows = []
+        for p in ps:
+            m = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
+            c_cross, c_cw, c_sw = _ols(m, rest, cc, *weights)[1:]
+            (c_train,) = _ols(m, z - cc, cct)[1:]
+            w_missing = (1 - c_cw) * weights[0] + (1 - c_sw) * weights[1]
+            rows.append(
+                [
+                    auc(y, p),
+                    c_cross,
+                    c_cw,
+                    c_sw,
+                    c_train,
+                    auc(y, _sigmoid(m + w_missing)),
+                    auc(y, _sigmoid(m + (1 - c_train) * cct)),
+                    auc(y, _sigmoid(m + w_missing + (1 - c_train) * cct)),
+                ]
+            )
+        keys = [
+            "AUC",
+            "coef cluster cross",
+            "coef cluster w",
+            "coef scenario w",
+            "coef cross as of training",
+            "+ missing weights",
+            "+ missing cross as of training",
+            "+ both",
+        ]
+        out[name] = dict(zip(keys, np.mean(rows, axis=0).tolist(), strict=True))
+    return out
+
+
+TRAFFIC_BINS = (0, 10, 30, 100, 300, np.inf)  # test clicks per scenario
+
+
+def upr_by_traffic(scored: dict[str, list[pd.DataFrame]]) -> dict[str, dict[str, float]]:
+    """UPR against DCNv2 per bin of scenario test clicks (mean over paired trainings k), with the null:
+    DCNv2 retrained (training k + 1 against k), which shows what UPR noise alone gives."""
+    base = scored[BASELINE]
+
+    def share(mine: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
+        y, scenario = ref["click"].to_numpy(), ref["scenario"]
+        a, b = per_field_auc(y, mine["ctr"].to_numpy(), scenario), per_field_auc(y, ref["ctr"].to_numpy(), scenario)
+        both = a.merge(b, on="value", suffixes=("", "_base")).dropna(subset=["auc", "auc_base"])
+        bins = pd.cut(both["positives"], TRAFFIC_BINS, right=False)
+        return (both["auc"] > both["auc_base"]).groupby(bins, observed=False).mean()
+
+    pairs = {n: list(zip(fs, base, strict=False)) for n, fs in scored.items() if n != BASELINE}
+    if len(base) > 1:
+        pairs["dcnv2 retrained (null)"] = list(zip(base[1:], base[:-1], strict=False))
+    out = {}
+    for name, ps in pairs.items():
+        mean = pd.concat([share(m, r) for m, r in ps], axis=1).mean(axis=1)
+        out[name] = {str(k): float(v) for k, v in mean.items()}
+    return out
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 def _paired_auc_diff(y: np.ndarray, ps: list[np.ndarray], qs: list[np.ndarray], reps: int) -> list[float]:
@@ -277,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     base = load_experiment(args.config)
-    logs, manifest_path = prepare_data(out, args.days, args.impressions_per_day, args.seed)
+    logs, manifest_path = prepare_data(out, args.days, args.impressions_per_day, args.seed, args.rotation_per_day)
     names = args.models.split(",")
     runs: dict[str, list[dict[str, Any]]] = {}
     failed: dict[str, str] = {}
@@ -291,7 +464,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n}: FAILED: {failed[n]}", flush=True)
     if not runs:
         raise SystemExit(f"every model failed: {failed}")
-    rows, per_scenario = evaluate(runs, test_truth(logs, manifest_path), args.bootstrap)
+    truth = test_truth(logs, manifest_path)
+    rows, per_scenario = evaluate(runs, truth, args.bootstrap)
+    scored = {n: [r["scored"] for r in rs] for n, rs in runs.items()}
+    traffic = upr_by_traffic(scored) if BASELINE in scored else {}
+    first = scored[next(iter(scored))][0][["trace_id", "click"]]
+    parts = first.merge(domain_parts(logs, manifest_path, truth), on="trace_id", how="left")
+    headroom = domain_headroom(
+        first["click"].to_numpy(), parts, {n: [f["ctr"].to_numpy() for f in fs] for n, fs in scored.items()}
+    )
 
     from tfads.manifest import load_manifest
     from tfads.plots import per_field_auc_vs_traffic
@@ -309,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
         },
         "models": rows,
+        "upr_by_scenario_clicks": traffic,
+        "domain_headroom": headroom,
         "pruned_share_per_layer": {
             n: [r["pruned_share_per_layer"] for r in rs] for n, rs in runs.items() if rs[0]["pruned_share_per_layer"]
         },
@@ -320,13 +503,18 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(report, f, indent=2, default=float)
     print(
         json.dumps(
-            {k: report[k] for k in ("data", "models", "pruned_share_per_layer", "failed", "plot")},
+            {k: report[k] for k in ("data", "pruned_share_per_layer", "failed", "plot")},
             indent=2,
             default=float,
         )
     )
     print()
     print(metrics_table(_display(rows)))
+    if traffic:
+        print("\nUPR per bin of scenario test clicks (null: DCNv2 retrained against itself)")
+        print(metrics_table(traffic))
+    print("\nDomain-specific parts of the true logit: carried (OLS coefficient) and AUC if the missing part were added")
+    print(metrics_table(headroom))
     for n, message in failed.items():
         print(f"{n}: not measured: {message}")
     return 0

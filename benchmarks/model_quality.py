@@ -152,9 +152,13 @@ def prepare_data(
     return logs, manifest
 
 
+def _run_dir(out: str, name: str, repeat: int) -> str:
+    return os.path.join(out, "runs", name if repeat == 0 else f"{name}-r{repeat}")
+
+
 def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str, repeat: int = 0) -> dict[str, Any]:
     """Train, score the test split and return metrics plus the scored frame's key columns (cached)."""
-    run_dir = os.path.join(out, "runs", name if repeat == 0 else f"{name}-r{repeat}")
+    run_dir = _run_dir(out, name, repeat)
     key = _digest({"config": config.to_dict(), "data": open(os.path.join(out, "data.json")).read()})
     result_path, scored_path = os.path.join(run_dir, "result.json"), os.path.join(run_dir, "scored.parquet")
     if os.path.exists(result_path) and os.path.exists(scored_path):
@@ -238,8 +242,9 @@ def _test_day_world(logs: str, manifest_path: str) -> tuple[Any, dict[str, np.nd
     )
 
 
-def domain_parts(logs: str, manifest_path: str, truth: pd.DataFrame) -> pd.DataFrame:
-    """Per test row: the true CTR logit ``z`` and its domain-specific parts (synthetic data only).
+def domain_parts(test_day: tuple, truth: pd.DataFrame) -> pd.DataFrame:
+    """Per test row: the true CTR logit ``z`` and its domain-specific parts (synthetic data only);
+    ``test_day`` from ``_test_day_world``.
 
     ``cluster_cross``: the scenario cluster's deviation from the mean group x category cross matrix,
     ``g' (M_c - mean M) cat(t)``; ``cluster_cross_train``: the same with the category side as it was in the
@@ -249,7 +254,7 @@ def domain_parts(logs: str, manifest_path: str, truth: pd.DataFrame) -> pd.DataF
     """
     from tfads.datagen import world as W
 
-    world, x, tid, t, train_mid = _test_day_world(logs, manifest_path)
+    world, x, tid, t, train_mid = test_day
     e = world.ctr
     cluster = world.scenario_cluster[x["scenario"]]
     group = e.group_emb[x["user_group"]]
@@ -333,6 +338,38 @@ def domain_headroom(y: np.ndarray, parts: pd.DataFrame, preds: dict[str, list[np
         ]
         out[name] = dict(zip(keys, np.mean(rows, axis=0).tolist(), strict=True))
     return out
+
+
+def mask_sharing_of(
+    runs: dict[str, list[dict[str, Any]]], out: str, manifest_path: str, world: Any
+) -> dict[str, dict[str, float]]:
+    """For every training of a pruning AdaSparse model: ``tfads.sparsity.mask_sharing`` of its test-day masks
+    with the generator's scenario clusters as groups (never given to the model), per pruning layer."""
+    from tfads.datagen import world as W
+    from tfads.manifest import load_manifest
+    from tfads.model_io import load_trained_model
+    from tfads.sparsity import mask_sharing, scenario_report
+
+    def cluster(scenario: str) -> int:
+        media, _, slot = scenario.partition("|")
+        try:
+            return int(world.scenario_cluster[int(media[1:]) * W.N_SLOTS + int(slot[1:])])
+        except ValueError:  # the OOV entry
+            return -1
+
+    manifest = load_manifest(manifest_path)
+    found: dict[str, dict[str, float]] = {}
+    for name, trainings in runs.items():
+        if VARIANTS[name]["adasparse"] in (None, "scaling"):
+            continue
+        for k in range(len(trainings)):
+            model_dir = os.path.join(_run_dir(out, name, k), "model")
+            report, scenarios = scenario_report(load_trained_model(model_dir), manifest, max_batches=150)  # whole day
+            per_layer = mask_sharing(report, np.array([cluster(sc) for sc in scenarios]), min_rows=500)
+            found[os.path.basename(_run_dir(out, name, k))] = {
+                f"{layer.rsplit('/', 1)[-1]} {key}": v for layer, st in per_layer.items() for key, v in st.items()
+            }
+    return found
 
 
 TRAFFIC_BINS = (0, 10, 30, 100, 300, np.inf)  # test clicks per scenario
@@ -469,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     scored = {n: [r["scored"] for r in rs] for n, rs in runs.items()}
     traffic = upr_by_traffic(scored) if BASELINE in scored else {}
     first = scored[next(iter(scored))][0][["trace_id", "click"]]
-    parts = first.merge(domain_parts(logs, manifest_path, truth), on="trace_id", how="left")
+    test_day = _test_day_world(logs, manifest_path)
+    parts = first.merge(domain_parts(test_day, truth), on="trace_id", how="left")
+    sharing = mask_sharing_of(runs, out, manifest_path, test_day[0])
     headroom = domain_headroom(
         first["click"].to_numpy(), parts, {n: [f["ctr"].to_numpy() for f in fs] for n, fs in scored.items()}
     )
@@ -492,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": rows,
         "upr_by_scenario_clicks": traffic,
         "domain_headroom": headroom,
+        "mask_sharing": sharing,
         "pruned_share_per_layer": {
             n: [r["pruned_share_per_layer"] for r in rs] for n, rs in runs.items() if rs[0]["pruned_share_per_layer"]
         },
@@ -515,6 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         print(metrics_table(traffic))
     print("\nDomain-specific parts of the true logit: carried (OLS coefficient) and AUC if the missing part were added")
     print(metrics_table(headroom))
+    if sharing:
+        print("\nAdaSparse masks on the test day: between-scenario share of mask variance; keep-profile correlation")
+        print("of scenarios (>= 500 test rows) in the same generator cluster vs in different clusters")
+        print(metrics_table(sharing))
     for n, message in failed.items():
         print(f"{n}: not measured: {message}")
     return 0

@@ -225,6 +225,22 @@ def test_trained_sparsity_lands_inside_the_range_and_report_covers_layers_and_do
         weights = np.array([report.rows[k] for k in report.domains]) / 2048
         assert report.per_layer[name] == pytest.approx(float(report.matrix[i] @ weights))
         assert 0.15 <= report.per_layer[name] <= 0.25, report.per_layer
+        assert report.unit_keep[i].shape == (num_domains, 32 if i == 0 else 16)
+        np.testing.assert_allclose(1.0 - report.unit_keep[i].mean(axis=1), report.matrix[i])
+
+
+def test_mask_sharing_separates_groups_of_domains() -> None:
+    from tfads.layers.adasparse import SparsityReport
+    from tfads.sparsity import mask_sharing
+
+    pattern = np.array([[1, 1, 0, 0, 1, 0], [0, 0, 1, 1, 0, 1]], float)  # two groups keep disjoint units
+    keep = np.stack([pattern[0], pattern[0] * 0.9, pattern[1], pattern[1] * 0.8])
+    report = SparsityReport(
+        ["b/pruner_0"], [0, 1, 2, 3], 1 - keep.mean(1, keepdims=True).T, {}, {d: 600 for d in range(4)}, [keep]
+    )
+    stats = mask_sharing(report, np.array([0, 0, 1, 1]), min_rows=500)["b/pruner_0"]
+    assert stats["same_group"] > 0.9 and stats["other_group"] < -0.5 and stats["domains"] == 4
+    assert 0.5 < stats["between_share"] <= 1.0
 
 
 # ---- DCN-Mix ----

@@ -320,6 +320,8 @@ class SparsityReport:
       matrix: (len(layers), len(domains)) mean fraction of pruned units of each layer on each domain's rows.
       per_layer: layer path -> fraction of pruned units over all rows.
       rows: domain id -> number of rows seen.
+      unit_keep: per layer, (len(domains), units) share of each domain's rows on which each unit is kept
+        (the domains' sub-networks: similar domains should keep similar units).
     """
 
     layers: list[str]
@@ -327,6 +329,7 @@ class SparsityReport:
     matrix: np.ndarray
     per_layer: dict[str, float]
     rows: dict[int, int]
+    unit_keep: list[np.ndarray]
 
 
 def _pruner_paths(model: keras.layers.Layer) -> dict[int, str]:
@@ -365,7 +368,7 @@ def sparsity_report(model: keras.layers.Layer, batches: Iterable[tuple[Any, Any]
     pruners = [p for p in find_pruners(model) if p.prunes]
     if not pruners:
         raise ValueError("sparsity_report: the model has no AdaSparsePruner of form fusion/binarization.")
-    pruned: dict[tuple[int, int], float] = {}  # (layer index, domain) -> sum over rows of pruned fraction
+    kept: dict[tuple[int, int], np.ndarray] = {}  # (layer index, domain) -> per-unit count of rows kept
     rows: dict[int, int] = {}
     for p in pruners:
         p.record_masks = True
@@ -378,13 +381,13 @@ def sparsity_report(model: keras.layers.Layer, batches: Iterable[tuple[Any, Any]
             for i, p in enumerate(pruners):
                 if p.last_keep is None:
                     raise ValueError(f"sparsity_report: pruner {paths.get(id(p), p.name)} did not run eagerly.")
-                frac = 1.0 - p.last_keep.numpy().mean(axis=-1)
-                if frac.shape[0] != domains.shape[0]:
+                keep = p.last_keep.numpy()
+                if keep.shape[0] != domains.shape[0]:
                     raise ValueError(
-                        f"sparsity_report: {domains.shape[0]} domain ids for a batch of {frac.shape[0]} rows."
+                        f"sparsity_report: {domains.shape[0]} domain ids for a batch of {keep.shape[0]} rows."
                     )
                 for d in np.unique(domains):
-                    pruned[(i, int(d))] = pruned.get((i, int(d)), 0.0) + float(frac[domains == d].sum())
+                    kept[(i, int(d))] = kept.get((i, int(d)), 0.0) + keep[domains == d].sum(axis=0)
             for d, n in zip(*np.unique(domains, return_counts=True), strict=True):
                 rows[int(d)] = rows.get(int(d), 0) + int(n)
     finally:
@@ -392,8 +395,9 @@ def sparsity_report(model: keras.layers.Layer, batches: Iterable[tuple[Any, Any]
             p.record_masks = False
             p.last_keep = None
     domains_sorted = sorted(rows)
-    matrix = np.array([[pruned[(i, d)] / rows[d] for d in domains_sorted] for i in range(len(pruners))])
+    unit_keep = [np.stack([kept[(i, d)] / rows[d] for d in domains_sorted]) for i in range(len(pruners))]
+    matrix = np.stack([1.0 - u.mean(axis=1) for u in unit_keep])
     names = [paths.get(id(p), p.name) for p in pruners]
-    total = sum(rows.values())
-    per_layer = {name: float(sum(pruned[(i, d)] for d in domains_sorted) / total) for i, name in enumerate(names)}
-    return SparsityReport(names, domains_sorted, matrix, per_layer, rows)
+    weights = np.array([rows[d] for d in domains_sorted]) / sum(rows.values())
+    per_layer = {name: float(matrix[i] @ weights) for i, name in enumerate(names)}
+    return SparsityReport(names, domains_sorted, matrix, per_layer, rows, unit_keep)

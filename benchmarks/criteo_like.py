@@ -45,15 +45,21 @@ CARDINALITIES = [
     30_000,
 ]
 HASHED_ABOVE = 20_000
+COMPRESSION = {"gzip": ("GZIP", ".tfrecord.gz"), "none": ("", ".tfrecord")}  # TFRecordWriter option, suffix
 
 
-def make(out_dir: str, rows: int, *, seed: int = 0, shards: int = 4) -> dict[str, np.ndarray]:
+def make(
+    out_dir: str, rows: int, *, seed: int = 0, shards: int = 4, compression: str = "gzip"
+) -> dict[str, np.ndarray]:
     """Write ``rows`` examples split 80/10/10 into train/valid/test; return the arrays (for DeepCTR).
 
-    The files are written once per (rows, seed, shards): a manifest recording the same settings is
-    reused, since the arrays are regenerated identically from the seed.
+    ``compression``: ``gzip`` (``*.tfrecord.gz``, as the Beam job writes) or ``none`` (``*.tfrecord``).
+    The files are written once per (rows, seed, shards, compression): a manifest recording the same
+    settings is reused, since the arrays are regenerated identically from the seed.
     """
-    settings = {"rows": rows, "seed": seed, "shards": shards}
+    if compression not in COMPRESSION:
+        raise ValueError(f"compression must be one of {sorted(COMPRESSION)}, got {compression!r}")
+    settings = {"rows": rows, "seed": seed, "shards": shards, "compression": compression}
     rng = np.random.default_rng(seed)
     cats = np.stack([np.minimum(rng.zipf(1.3, rows) - 1, c - 1) for c in CARDINALITIES], axis=1).astype(np.int64)
     nums = rng.lognormal(0.0, 1.5, size=(rows, N_NUM)).astype(np.float32)
@@ -99,9 +105,10 @@ def make(out_dir: str, rows: int, *, seed: int = 0, shards: int = 4) -> dict[str
     for split, (lo, hi) in bounds.items():
         files = []
         for s, idx in enumerate(np.array_split(np.arange(lo, hi), shards)):
-            path = os.path.join("examples", split, f"part-{s:05d}-of-{shards:05d}.tfrecord.gz")
+            options, suffix = COMPRESSION[compression]
+            path = os.path.join("examples", split, f"part-{s:05d}-of-{shards:05d}{suffix}")
             os.makedirs(os.path.dirname(os.path.join(out_dir, path)), exist_ok=True)
-            _write(os.path.join(out_dir, path), cats[idx], nums[idx], click[idx])
+            _write(os.path.join(out_dir, path), cats[idx], nums[idx], click[idx], options)
             files.append(path)
         splits[split] = {
             "days": [split],
@@ -126,8 +133,8 @@ def make(out_dir: str, rows: int, *, seed: int = 0, shards: int = 4) -> dict[str
     return arrays
 
 
-def _write(path: str, cats: np.ndarray, nums: np.ndarray, click: np.ndarray) -> None:
-    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+def _write(path: str, cats: np.ndarray, nums: np.ndarray, click: np.ndarray, options: str) -> None:
+    with tf.io.TFRecordWriter(path, options=options) as writer:
         for c, n, y in zip(cats, nums, click, strict=True):
             feature = {
                 f"C{j + 1}": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(c[j])])) for j in range(N_CAT)

@@ -2,10 +2,15 @@
 
 Criteo-like shape: 26 categorical + 13 numeric features, embedding 16, 3 full-rank cross layers,
 MLP 256-128, batch 1024, one epoch per run. Every tfads variant and DeepCTR run once per round,
-side by side, for ``--repeats`` rounds (the machine is shared: interleaving keeps load drift out of the
-ratio); the table shows medians, the JSON every run. ``cpu_ms_per_1k`` is the process CPU time per
-1,000 examples (all threads), a load-robust measure of the work. DeepCTR is installed only for this
-benchmark, into ``bench_out/deps`` (``pip install --target``), never into the project environment.
+side by side, for ``--repeats`` rounds; round ``r`` trains every model with seed ``r`` (the machine
+is shared: interleaving keeps load drift out of the ratio). Each run is its own process, so each
+engine gets its own TensorFlow thread pools (``--threads``; ``--deepctr-threads``, one DeepCTR row
+per setting, tfads' ratios taken to the fastest; TensorFlow reads ``TF_NUM_INTEROP_THREADS`` /
+``TF_NUM_INTRAOP_THREADS`` at start-up). The table shows medians of speed, the mean AUC over the
+seeds, and the JSON every run. ``cpu_ms_per_1k`` is the process CPU
+time per 1,000 examples (all threads), a load-robust measure of the work. DeepCTR is installed only
+for this benchmark, into ``bench_out/deps`` (``pip install --target``), never into the project
+environment.
 
     python -m benchmarks.train_throughput [--rows 600000] [--repeats 3] [--variants baseline fast]
 """
@@ -26,7 +31,6 @@ import time
 import numpy as np
 
 import tfads  # noqa: F401
-import tensorflow as tf
 import tf_keras as keras
 
 from benchmarks import criteo_like
@@ -46,11 +50,23 @@ SHAPE = ModelConfig(
     cross=CrossConfig(layers=3, structure="parallel"),  # cross and deep side by side on x0, as DeepCTR's DCN
     adasparse=AdaSparseConfig(enabled=False),
 )
-# tfads variants: model config overrides and steps_per_execution (the tfads train options they stand for)
+FAST = {"numeric_encoding": "dense", "fused_embeddings": True, "embedding_init_std": 0.001}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A tfads run: model config overrides, ``train.steps_per_execution`` and make_dataset's shuffle_block."""
+
+    model: dict
+    steps_per_execution: int = 1
+    shuffle_block: int = 1
+
+
 VARIANTS = {
-    "baseline": ({}, 1),
-    "dense-numeric": ({"numeric_encoding": "dense"}, 1),
-    "fast": ({"numeric_encoding": "dense", "fused_embeddings": True, "embedding_init_std": 0.01}, 8),
+    "baseline": Variant({}),
+    "dense-numeric": Variant({"numeric_encoding": "dense"}),
+    "fast": Variant(FAST, 8),
+    "fast-block8": Variant(FAST, 8, shuffle_block=8),
 }
 DEEPCTR_NAME = "DeepCTR DCN (numpy)"
 
@@ -78,12 +94,15 @@ class Throughput(keras.callbacks.Callback):
         }
 
 
-def run_tfads(data_dir: str, optimizer: str, overrides: dict, steps_per_execution: int) -> dict:
+def run_tfads(data_dir: str, optimizer: str, learning_rate: float, variant: Variant, seed: int) -> dict:
     manifest = load_manifest(os.path.join(data_dir, "manifest.json"))
-    cfg = dataclasses.replace(SHAPE, **overrides)
+    cfg = dataclasses.replace(SHAPE, **variant.model)
     model = build_model(manifest, cfg)
-    compile_model(model, cfg, 1e-3, optimizer, steps_per_execution=steps_per_execution)
-    train = make_dataset(manifest.split_files("train"), manifest, BATCH, shuffle=True, shuffle_buffer=20_000)
+    compile_model(model, cfg, learning_rate, optimizer, steps_per_execution=variant.steps_per_execution)
+    files = manifest.split_files("train")
+    train = make_dataset(
+        files, manifest, BATCH, shuffle=True, shuffle_buffer=20_000, shuffle_block=variant.shuffle_block, seed=seed
+    )
     meter = Throughput()
     steps = math.ceil(manifest.split_count("train") / BATCH)  # steps_per_execution > 1 needs the count
     model.fit(train, epochs=1, steps_per_epoch=steps, callbacks=[meter], verbose=0)
@@ -142,60 +161,129 @@ def run_deepctr(arrays: dict, deps_dir: str) -> dict:
     return {**result, "test_auc": auc(click[tlo:thi], p)}
 
 
-def _median(runs: list[dict]) -> dict:
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+RESULT = "RESULT "
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _threads(spec: str) -> dict[str, str]:
+    """``"INTER,INTRA"`` -> environment for TensorFlow's thread pools (0 = TensorFlow's default)."""
+    try:
+        inter, intra = (int(v) for v in spec.split(","))
+    except ValueError:
+        raise SystemExit(f"--threads/--deepctr-threads: expected INTER,INTRA (e.g. 1,1 or 0,0), got {spec!r}") from None
+    return {k: str(v) for k, v in (("TF_NUM_INTEROP_THREADS", inter), ("TF_NUM_INTRAOP_THREADS", intra)) if v > 0}
+
+
+def _worker(args: argparse.Namespace, data_dir: str, deps: str) -> None:
+    """One run (``--worker``: a variant name or ``deepctr``) in this process; prints its result line."""
+    keras.utils.set_random_seed(args.seed)
+    if args.worker == "deepctr":
+        result = run_deepctr(criteo_like.make(data_dir, args.rows, compression=args.compression), deps)
+    else:
+        result = run_tfads(data_dir, args.optimizer, args.learning_rate, VARIANTS[args.worker], args.seed)
+    print(RESULT + json.dumps({**result, "load": os.getloadavg()[0]}), flush=True)
+
+
+def _spawn(args: argparse.Namespace, worker: str, seed: int, threads: str) -> dict:
+    """Run ``worker`` with ``seed`` in a fresh process with its own thread settings; its result."""
+    forwarded = ["--rows", str(args.rows), "--out", args.out, "--compression", args.compression]
+    forwarded += ["--optimizer", args.optimizer, "--learning-rate", str(args.learning_rate)]
+    command = [sys.executable, "-m", "benchmarks.train_throughput", "--worker", worker, "--seed", str(seed), *forwarded]
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS")}
+    done = subprocess.run(command, env={**env, **_threads(threads)}, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    if done.returncode or not lines:
+        raise SystemExit(f"benchmark run {worker} (seed {seed}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT) :])
+
+
+def summarize(runs: dict[str, list[dict]], references: list[str]) -> tuple[dict[str, dict], str]:
+    """Per model: median examples/s and CPU ms/1k, mean AUC over the seeds; for tfads, ratios to the
+    fastest of the ``references`` (median of the per-round wall ratios, those ratios, CPU-work ratio,
+    AUC delta). Returns the results and the reference chosen."""
+    results = {
+        name: {
+            "examples_per_s": statistics.median(r["examples_per_s"] for r in rs),
+            "cpu_ms_per_1k": statistics.median(r["cpu_ms_per_1k"] for r in rs),
+            "test_auc": statistics.fmean(r["test_auc"] for r in rs),
+        }
+        for name, rs in runs.items()
+    }
+    reference = max(references, key=lambda n: results[n]["examples_per_s"])
+    theirs = results[reference]
+    for name, ours in results.items():
+        if name in references:
+            continue
+        rounds = [a["examples_per_s"] / b["examples_per_s"] for a, b in zip(runs[name], runs[reference], strict=True)]
+        ours["speedup"] = statistics.median(rounds)
+        ours["round_speedups"] = rounds
+        ours["cpu_work_ratio"] = theirs["cpu_ms_per_1k"] / ours["cpu_ms_per_1k"]
+        ours["auc_delta"] = ours["test_auc"] - theirs["test_auc"]
+    return results, reference
+
+
+def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=600_000, help="examples in all (80%% train)")
     parser.add_argument("--out", default="bench_out/train_throughput")
     parser.add_argument("--optimizer", default="lazy_adam", choices=["lazy_adam", "adam", "adagrad"])
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of (every variant, DeepCTR)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="tfads (DeepCTR: Keras' Adam default, 1e-3)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of (every variant, DeepCTR); seed = round")
     parser.add_argument(
         "--variants", nargs="+", default=["baseline", "dense-numeric", "fast"], choices=sorted(VARIANTS)
     )
+    parser.add_argument(
+        "--compression", default="none", choices=sorted(criteo_like.COMPRESSION), help="TFRecord shards (tfads)"
+    )
+    parser.add_argument("--threads", default="2,1", help="tfads runs' inter-op,intra-op threads (0 = TF default)")
+    parser.add_argument(
+        "--deepctr-threads",
+        nargs="+",
+        default=["0,0", "2,1"],
+        help="DeepCTR runs' inter-op,intra-op threads: one DeepCTR row each; ratios are to the fastest",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one run in this process
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     data_dir = os.path.join(args.out, "data")
-    arrays = criteo_like.make(data_dir, args.rows)
     deps = os.path.abspath(os.path.join("bench_out", "deps"))
-    names = [f"tfads {v}" for v in args.variants] + [DEEPCTR_NAME]
-    runs: dict[str, list[dict]] = {n: [] for n in names}
+    if args.worker:
+        return _worker(args, data_dir, deps)
+    criteo_like.make(data_dir, args.rows, compression=args.compression)
+    _import_deepctr(deps)  # install once, before the timed runs
+    theirs = {f"{DEEPCTR_NAME} threads {t}": t for t in args.deepctr_threads}
+    ours = [f"tfads {v}" for v in args.variants]
+    runs: dict[str, list[dict]] = {n: [] for n in [*ours, *theirs]}
     load_before = os.getloadavg()
-    for _ in range(args.repeats):
+    for seed in range(args.repeats):
         for variant in args.variants:
-            keras.utils.set_random_seed(0)
-            runs[f"tfads {variant}"].append(run_tfads(data_dir, args.optimizer, *VARIANTS[variant]))
-            keras.backend.clear_session()
-        keras.utils.set_random_seed(0)
-        runs[DEEPCTR_NAME].append(run_deepctr(arrays, deps))
-        keras.backend.clear_session()
-    results = {n: _median(r) for n, r in runs.items()}
-    theirs = results[DEEPCTR_NAME]
-    for name in names[:-1]:
-        ours = results[name]
-        ours["speedup"] = ours["examples_per_s"] / theirs["examples_per_s"]
-        ours["round_speedups"] = [
-            a["examples_per_s"] / b["examples_per_s"] for a, b in zip(runs[name], runs[DEEPCTR_NAME], strict=True)
-        ]
-        ours["auc_delta"] = ours["test_auc"] - theirs["test_auc"]
+            runs[f"tfads {variant}"].append(_spawn(args, variant, seed, args.threads))
+        for name, threads in theirs.items():
+            runs[name].append(_spawn(args, "deepctr", seed, threads))
+    results, reference = summarize(runs, list(theirs))
     summary = {
         "rows": args.rows,
         "batch": BATCH,
         "optimizer": args.optimizer,
+        "learning_rate": args.learning_rate,
         "repeats": args.repeats,
-        "variants": {v: {"model": VARIANTS[v][0], "steps_per_execution": VARIANTS[v][1]} for v in args.variants},
+        "compression": args.compression,
+        "threads": {"tfads": args.threads, "deepctr": args.deepctr_threads},
+        "variants": {v: dataclasses.asdict(VARIANTS[v]) for v in args.variants},
         "load_average": {"before": load_before, "after": os.getloadavg()},
-        "threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "reference": reference,
         "results": results,
         "runs": runs,
     }
     print(json.dumps(summary, indent=2))
     table = {n: {k: v for k, v in r.items() if k != "round_speedups"} for n, r in results.items()}
     print(metrics_table(table))
-    for name in names[:-1]:
+    for name in ours:
         r = results[name]
-        print(f"{name}: {r['speedup']:.2f}x DeepCTR examples/s, AUC delta {r['auc_delta']:+.4f}")
+        rounds = ", ".join(f"{x:.2f}" for x in r["round_speedups"])
+        print(
+            f"{name} (threads {args.threads}): {r['speedup']:.2f}x {reference} examples/s (rounds {rounds}),"
+            f" {r['cpu_work_ratio']:.2f}x less CPU work, AUC delta {r['auc_delta']:+.4f}"
+        )
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
     return summary
 

@@ -1,6 +1,9 @@
 """Online learning on the generator's drifting days: static vs naive incremental vs full ODL.
 
     python benchmarks/online.py --out /tmp/online_bench [--days 12] [--impressions-per-day 15000]
+    # the measured regime (BUILD.md): a week of pre-training, 6 streamed days in 6-h shards, 3 data seeds:
+    python benchmarks/online.py --out /tmp/online_week --days 14 --impressions-per-day 20000 --initial-days 7 \
+        --pretrain-epochs 1 --shards-per-day 4 --later-days 3 --seeds 0,1,2 [--ablations]
     # the regime where naive updates should over-fit and forget, with the calibrated arms:
     python benchmarks/online.py --out /tmp/online_hourly --days 10 --initial-days 5 --shards-per-day 6 \
         --naive-epochs 3 --calibration

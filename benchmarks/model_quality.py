@@ -6,11 +6,16 @@ prints AUC, LogLoss, GAUC, the gap to the oracle AUC (true probabilities), a pai
 interval of the AUC difference to DCNv2 (over test rows only: retraining the same model moves its AUC
 by up to about 0.003, see BUILD.md), and for the AdaSparse models the UPR: the share of
 scenarios whose test AUC beats DCNv2's (all scenarios with both labels, and those with >= 100
-clicks). Writes ``model_quality.json`` and ``per_scenario_auc.png`` under ``--out``.
+clicks). Then three analyses: UPR per bin of scenario clicks beside a null (DCNv2 retrained against
+itself), the domain headroom (what each model carries of the true logit's domain-specific parts and what
+the rest would add, from the generator's own parameters) and, for the pruning AdaSparse models, whether
+their masks follow the generator's scenario clusters. Writes ``model_quality.json`` and
+``per_scenario_auc.png`` under ``--out``.
 
     python -m benchmarks.model_quality                       # 10 days x 300k: 2.1M train rows
     python -m benchmarks.model_quality --days 8 --impressions-per-day 100000 --models dnn,dcnv2
     python -m benchmarks.model_quality --models dcnv2,dcnv2_binarization --repeats 3   # with training noise
+    python -m benchmarks.model_quality --rotation-per-day 0 --out bench_out/mq_nodrift  # counterfactual: no drift
 
 With ``--repeats N`` every model is trained N times (train seeds seed, seed + 1, ...); the table then
 shows means over the trainings, the AUC range, and dAUC as the mean of the N paired differences (repeat

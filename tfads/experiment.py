@@ -43,8 +43,12 @@ class AdaSparseConfig:
     lambda_growth: float = 2.0
     lambda_growth_steps: int = 1000
     on_embedding: bool = False
+    pruner_hidden_units: int = 0  # > 0: the pruner is a shallow MLP with this hidden width (paper's form)
+    pruner_input: Literal["domain_hidden", "domain"] = "domain_hidden"  # what the pruner reads: [e_d; h] or e_d
 
     def __post_init__(self) -> None:
+        if self.pruner_hidden_units < 0:
+            raise ValueError(f"pruner_hidden_units must be >= 0, got {self.pruner_hidden_units}")
         if not 0.0 < self.alpha_anneal_fraction <= 1.0:
             raise ValueError(f"alpha_anneal_fraction must be in (0, 1], got {self.alpha_anneal_fraction}")
         if not 0.0 <= self.r_min <= self.r_max < 1.0:

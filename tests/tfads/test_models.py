@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.data import make_dataset
+from tfads.layers.adasparse import AdaSparsePruner
 from tfads.manifest import load_manifest
 from tfads.metrics import auc, logloss
 from tfads.models import build_model
@@ -22,7 +23,10 @@ from tfads.predict import predict_split
 from tfads.train import load_trained_model
 
 VARIANTS = {
-    "dnn+adasparse-binarization": {"backbone": "dnn", "adasparse": {"form": "binarization"}},
+    "dnn+adasparse-binarization-mlp-pruner": {
+        "backbone": "dnn",
+        "adasparse": {"form": "binarization", "pruner_hidden_units": 8, "pruner_input": "domain"},
+    },
     "dcnv2-lowrank-parallel+fusion-on-embedding": {
         "backbone": "dcnv2",
         "cross": {"projection_dim": 8, "structure": "parallel"},
@@ -63,8 +67,12 @@ def batch(manifest_path):
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_backbone_round_trip_and_esmm_identity(name, batch, small_experiment, tmp_path):
     manifest, features = batch
-    model = build_model(manifest, _variant(small_experiment, VARIANTS[name]))
+    config = _variant(small_experiment, VARIANTS[name])
+    model = build_model(manifest, config)
     out = model(features, training=False)
+    pruners = [m for m in model.submodules if isinstance(m, AdaSparsePruner)]
+    assert bool(pruners) == config.adasparse.enabled
+    assert all(p.hidden_units == config.adasparse.pruner_hidden_units for p in pruners)
     assert set(out) == {"ctr", "cvr", "ctcvr"}
     np.testing.assert_allclose(out["ctcvr"].numpy(), (out["ctr"] * out["cvr"]).numpy(), rtol=1e-6)
     for v in out.values():

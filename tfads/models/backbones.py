@@ -75,6 +75,8 @@ def pruner_kwargs(cfg: ModelConfig) -> dict:
         "r_min": a.r_min,
         "r_max": a.r_max,
         "lambda_init": a.lambda_start,
+        "hidden_units": a.pruner_hidden_units,
+        "pruner_input": a.pruner_input,
     }
 
 

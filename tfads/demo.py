@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -163,6 +164,9 @@ def _export(paths: dict[str, str], manifest_path: str) -> str:
 
     manifest = load_manifest(manifest_path)
     base = os.path.join(paths["models"], "ctr")
+    if os.path.isdir(base):  # a re-run of the demo in the same --out replaces its earlier versions
+        shutil.rmtree(base)
+        print(f"removed the previous demo run's versions under {base}")
     for version, source in ((1, paths["control"]), (2, paths["calibrated"])):
         model = load_trained_model(source)
         path = export_model(model, manifest, base, version=version, card={"source": source})

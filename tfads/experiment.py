@@ -103,10 +103,13 @@ class TrainConfig:
     use_sample_weight: bool = True
     scenarios: list[str] | None = None
     steps_per_execution: int = 1
+    shuffle_block: int = 1  # shuffle blocks of this many consecutive records (tfads.data.make_dataset)
 
     def __post_init__(self) -> None:
         if self.steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {self.steps_per_execution}")
+        if self.shuffle_block < 1:
+            raise ValueError(f"shuffle_block must be >= 1, got {self.shuffle_block}")
 
 
 @dataclass(frozen=True)

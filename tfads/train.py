@@ -75,6 +75,7 @@ def train_valid_datasets(
         tc.batch_size,
         shuffle=True,
         shuffle_buffer=tc.shuffle_buffer,
+        shuffle_block=tc.shuffle_block,
         seed=tc.seed,
         repeat=tc.scenarios is None,
         scenarios=tc.scenarios,

@@ -40,6 +40,7 @@ def _write(tmp_path, text):
         ("model: {embedding_dim: sixteen}\n", "model.embedding_dim: expected an integer"),
         ("model: {backbone: resnet}\n", "model.backbone: expected one of"),
         ("train: {learning_rate: true}\n", "train.learning_rate: expected a number"),
+        ("train: {shuffle_block: 0}\n", "train: shuffle_block must be >= 1"),
         ("model: {adasparse: {r_min: 0.5, r_max: 0.2}}\n", "model.adasparse: need 0 <= r_min <= r_max"),
         ("model: {adasparse: {pruner_input: hidden}}\n", "model.adasparse.pruner_input: expected one of"),
         ("- a list\n", "top level must be a mapping"),

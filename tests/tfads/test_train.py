@@ -143,7 +143,9 @@ def test_fast_options_train_with_several_steps_per_execution(tmp_path, manifest_
     config = dataclasses.replace(
         small_experiment,
         model=dataclasses.replace(small_experiment.model, numeric_encoding="dense", fused_embeddings=True),
-        train=dataclasses.replace(small_experiment.train, epochs=1, steps_per_epoch=7, steps_per_execution=3),
+        train=dataclasses.replace(
+            small_experiment.train, epochs=1, steps_per_epoch=7, steps_per_execution=3, shuffle_block=4
+        ),
     )
     result = train(config, manifest_path, str(tmp_path / "fast"), verbose=0)
     assert int(result.model.optimizer.iterations.numpy()) == 7  # 3 + 3 + 1: the last execution is shorter

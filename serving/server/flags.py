@@ -54,7 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="threads per Session for intra- and inter-op work when the two flags below are 0 (0 = auto)",
     )
     add("--tensorflow_intra_op_parallelism", type=int, default=0, help="threads for one op, e.g. a matmul (0 = auto)")
-    add("--tensorflow_inter_op_parallelism", type=int, default=0, help="threads running ops in parallel (0 = auto)")
+    add(
+        "--tensorflow_inter_op_parallelism",
+        type=int,
+        default=0,
+        help="threads running ops in parallel; below 2 a request's ops run in its own handler thread (0 = auto)",
+    )
     add("--grpc_channel_arguments", default="", help="comma-separated gRPC server arguments, key=value")
     add("--grpc_max_threads", type=int, default=16, help="threads handling gRPC requests")
 

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tensorflow_inter_op_parallelism",
         type=int,
         default=0,
-        help="threads running ops in parallel; below 2 a request's ops run in its own handler thread (0 = auto)",
+        help="threads running ops in parallel (0 = --tensorflow_session_parallelism); if that is below 2, "
+        "a request's ops run in its own handler thread",
     )
     add("--grpc_channel_arguments", default="", help="comma-separated gRPC server arguments, key=value")
     add("--grpc_max_threads", type=int, default=16, help="threads handling gRPC requests")

@@ -68,12 +68,12 @@ class Signature:
     def run_direct(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One Session run on validated numpy inputs; TF errors become ServingErrors with TF's code."""
         try:
-            values = self.session_run(*(inputs[alias] for alias in sorted(self.inputs)))
+            values = self.session_run(*(inputs[alias] for alias in self._input_order))
         except tf.errors.OpError as e:
             raise ServingError(_grpc_code(e.error_code), e.message) from e
         except (TypeError, ValueError) as e:
             raise ServingError.invalid_argument(str(e)) from e
-        return dict(zip(sorted(self.outputs), values, strict=True))
+        return dict(zip(self._output_order, values, strict=True))
 
     def run(self, inputs: dict[str, np.ndarray], output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """Validate inputs like TF Serving's Predict, run (batched if enabled), keep filtered outputs."""
@@ -97,7 +97,7 @@ class Signature:
                 f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
                 f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
             )
-        for i, alias in enumerate(sorted(self.inputs)):
+        for i, alias in enumerate(self._input_order):
             spec, value = self.inputs[alias], inputs[alias]
             if not _dtype_matches(spec.dtype, value):
                 got = "string" if value.dtype.kind in "OSU" else dtype_name(tf.as_dtype(value.dtype).as_datatype_enum)
@@ -109,6 +109,16 @@ class Signature:
                     f"input '{alias}': shape {list(value.shape)} is not compatible with the signature's "
                     f"shape {spec.shape.as_list() if spec.shape.rank is not None else 'unknown'}"
                 )
+
+    @functools.cached_property
+    def _input_order(self) -> list[str]:
+        """Input aliases in the order ``session_run`` feeds them (and TF Serving numbers them: arg[i])."""
+        return sorted(self.inputs)
+
+    @functools.cached_property
+    def _output_order(self) -> list[str]:
+        """Output aliases in the order ``session_run`` fetches them."""
+        return sorted(self.outputs)
 
     @functools.cached_property
     def _shapes(self) -> dict[str, tuple[int | None, ...] | None]:

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,26 @@ def make_candidates(signature, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def run_cell(call: Callable[[], None], concurrency: int, requests: int, seconds: float) -> tuple[list[float], float]:
-    """Latencies (s) of ``call`` from ``concurrency`` threads after a short warm-up, and the elapsed time."""
-    for _ in range(min(20, requests)):
+@dataclass
+class Measured:
+    """What one or more rounds of a (mode, concurrency) cell measured."""
+
+    latencies: list[float] = field(default_factory=list)  # seconds, measured calls only
+    elapsed: float = 0.0  # seconds of the measured calls
+    calls: int = 0  # measured + warm-up calls
+    server_cpu: float = 0.0  # server CPU seconds over all calls (0 in-process)
+
+    def add(self, other: Measured) -> None:
+        self.latencies += other.latencies
+        self.elapsed += other.elapsed
+        self.calls += other.calls
+        self.server_cpu += other.server_cpu
+
+
+def run_cell(call: Callable[[], None], concurrency: int, requests: int, seconds: float) -> Measured:
+    """Latencies of ``call`` from ``concurrency`` threads after a short warm-up."""
+    warmup = min(20, requests)
+    for _ in range(warmup):
         call()
     latencies: list[float] = []
     lock = threading.Lock()
@@ -82,19 +100,20 @@ def run_cell(call: Callable[[], None], concurrency: int, requests: int, seconds:
         t.start()
     for t in threads:
         t.join()
-    return latencies, time.perf_counter() - start
+    return Measured(latencies, time.perf_counter() - start, warmup + len(latencies))
 
 
-def cell_stats(latencies: list[float], elapsed: float, calls: int, candidates: int) -> dict:
+def cell_stats(measured: Measured, candidates: int) -> dict:
     """p50/p99 over every round's latencies; throughput over their summed elapsed time."""
-    ms = np.array(latencies) * 1e3
+    ms = np.array(measured.latencies) * 1e3
+    n = len(measured.latencies)
     return {
-        "requests": len(latencies),
-        "calls": calls,  # measured + warm-up
+        "requests": n,
+        "calls": measured.calls,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "requests_per_s": len(latencies) / elapsed,
-        "candidates_per_s": len(latencies) / elapsed * candidates,
+        "requests_per_s": n / measured.elapsed,
+        "candidates_per_s": n / measured.elapsed * candidates,
     }
 
 
@@ -181,20 +200,18 @@ def benchmark(args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {}
     try:
         for c in args.concurrency:
-            pooled = {mode: ([], 0.0, 0, 0.0) for mode in modes}
+            pooled = {mode: Measured() for mode in modes}
             for _ in range(args.rounds):  # modes interleaved, so load drift hits them alike
                 for mode, (call, proc) in modes.items():
                     cpu_before = cpu_seconds(proc.pid) if proc else 0.0
-                    latencies, elapsed = run_cell(call, c, args.requests // args.rounds, args.seconds / args.rounds)
-                    cpu = cpu_seconds(proc.pid) - cpu_before if proc else 0.0
-                    lat, el, calls, cpu_total = pooled[mode]
-                    warmup = min(20, args.requests // args.rounds)
-                    pooled[mode] = (lat + latencies, el + elapsed, calls + len(latencies) + warmup, cpu_total + cpu)
-            for mode, (latencies, elapsed, calls, cpu) in pooled.items():
-                cell = cell_stats(latencies, elapsed, calls, args.candidates)
+                    measured = run_cell(call, c, args.requests // args.rounds, args.seconds / args.rounds)
+                    measured.server_cpu = cpu_seconds(proc.pid) - cpu_before if proc else 0.0
+                    pooled[mode].add(measured)
+            for mode, measured in pooled.items():
+                cell = cell_stats(measured, args.candidates)
                 server_cpu = ""
                 if modes[mode][1] is not None:
-                    cell["server_cpu_ms_per_request"] = cpu * 1e3 / calls
+                    cell["server_cpu_ms_per_request"] = measured.server_cpu * 1e3 / measured.calls
                     server_cpu = f"  server CPU {cell['server_cpu_ms_per_request']:5.2f} ms/req"
                 results[f"{mode}@{c}"] = cell
                 print(

@@ -12,7 +12,7 @@ time per 1,000 examples (all threads), a load-robust measure of the work. DeepCT
 for this benchmark, into ``bench_out/deps`` (``pip install --target``), never into the project
 environment.
 
-    python -m benchmarks.train_throughput [--rows 600000] [--repeats 3] [--variants baseline fast]
+    python -m benchmarks.train_throughput [--rows 600000] [--repeats 5] [--variants fast-block8 fast-bf16]
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ VARIANTS = {
     "dense-numeric": Variant({"numeric_encoding": "dense"}),
     "fast": Variant(FAST, 8),
     "fast-block8": Variant(FAST, 8, shuffle_block=8),
+    "fast-bf16": Variant({**FAST, "matmul_dtype": "bfloat16"}, 8, shuffle_block=8),
 }
 DEEPCTR_NAME = "DeepCTR DCN (numpy)"
 
@@ -227,18 +228,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--out", default="bench_out/train_throughput")
     parser.add_argument("--optimizer", default="lazy_adam", choices=["lazy_adam", "adam", "adagrad"])
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="tfads (DeepCTR: Keras' Adam default, 1e-3)")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of (every variant, DeepCTR); seed = round")
-    parser.add_argument(
-        "--variants", nargs="+", default=["baseline", "dense-numeric", "fast"], choices=sorted(VARIANTS)
-    )
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of (every variant, DeepCTR); seed = round")
+    parser.add_argument("--variants", nargs="+", default=["fast-block8", "fast-bf16"], choices=sorted(VARIANTS))
     parser.add_argument(
         "--compression", default="none", choices=sorted(criteo_like.COMPRESSION), help="TFRecord shards (tfads)"
     )
-    parser.add_argument("--threads", default="2,1", help="tfads runs' inter-op,intra-op threads (0 = TF default)")
+    parser.add_argument("--threads", default="0,0", help="tfads runs' inter-op,intra-op threads (0 = TF default)")
     parser.add_argument(
         "--deepctr-threads",
         nargs="+",
-        default=["0,0", "2,1"],
+        default=["0,0", "2,2"],
         help="DeepCTR runs' inter-op,intra-op threads: one DeepCTR row each; ratios are to the fastest",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one run in this process

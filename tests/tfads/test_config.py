@@ -43,6 +43,7 @@ def _write(tmp_path, text):
         ("train: {shuffle_block: 0}\n", "train: shuffle_block must be >= 1"),
         ("model: {adasparse: {r_min: 0.5, r_max: 0.2}}\n", "model.adasparse: need 0 <= r_min <= r_max"),
         ("model: {adasparse: {pruner_input: hidden}}\n", "model.adasparse.pruner_input: expected one of"),
+        ("model: {matmul_dtype: float16}\n", "model.matmul_dtype: expected one of"),
         ("- a list\n", "top level must be a mapping"),
         ("model: {deep_units: [1, x]}\n", "model.deep_units[1]: expected an integer"),
     ],

@@ -15,6 +15,7 @@ from tfads.layers import (
     AdaSparsePruner,
     AlphaAnnealer,
     CrossMix,
+    LowPrecisionCross,
     PartitionedNormalization,
     SparsityLambdaScheduler,
     StarDense,
@@ -45,6 +46,27 @@ def test_tfrs_cross_golden_vector(bias: str, expected: list[float]) -> None:
     cross = tfrs.layers.dcn.Cross(kernel_initializer="ones", bias_initializer=bias)
     out = cross(tf.constant([[0.1, 0.2, 0.3]]), tf.constant([[0.4, 0.5, 0.6]]))
     np.testing.assert_allclose(out.numpy()[0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("projection_dim", [None, 4])
+def test_low_precision_cross_matmuls_in_bfloat16_and_stays_close_to_tfrs_cross(projection_dim) -> None:
+    x0 = tf.constant(RNG.normal(size=(16, 12)), tf.float32)
+    x = tf.constant(RNG.normal(size=(16, 12)), tf.float32)
+    exact = tfrs.layers.dcn.Cross(projection_dim=projection_dim, bias_initializer="random_normal")
+    expected = exact(x0, x).numpy()
+    for matmul_dtype, tolerance in (("float32", 1e-6), ("bfloat16", 3e-2)):
+        layer = LowPrecisionCross(matmul_dtype=matmul_dtype, projection_dim=projection_dim)
+        layer(x0, x)
+        layer.set_weights(exact.get_weights())
+        assert all(w.dtype == tf.float32 for w in layer.weights)
+        out = layer(x0, x)
+        assert out.dtype == tf.float32
+        np.testing.assert_allclose(out.numpy(), expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
+        graph = tf.function(lambda a, b, layer=layer: layer(a, b)).get_concrete_function(x0, x).graph
+        matmuls = {op.get_attr("T") for op in graph.get_operations() if op.type == "MatMul"}
+        assert matmuls == {tf.as_dtype(matmul_dtype)}
+    with pytest.raises(ValueError, match="matmul_dtype must be 'float32' or 'bfloat16', got 'float16'"):
+        LowPrecisionCross(matmul_dtype="float16")
 
 
 # ---- AdaSparse pruner forms ----
@@ -317,9 +339,12 @@ def _model_with_every_layer(num_domains: int = 3) -> keras.Model:
     d_in = keras.Input((), dtype="int32", name="domain")
     e = keras.layers.Embedding(num_domains, 4)(d_in)
     pruned_x = AdaSparsePruner(form="binarization", eps=0.3)([x_in, e])
-    deep = AdaSparseMLP([16, 8], dropout=0.1, pruner={"form": "fusion", "eps": 0.5})([pruned_x, e])
+    deep = AdaSparseMLP([16, 8], dropout=0.1, pruner={"form": "fusion", "eps": 0.5}, matmul_dtype="bfloat16")(
+        [pruned_x, e]
+    )
     scaled = AdaSparsePruner(form="scaling", hidden_units=4, pruner_input="domain")([deep, e])
     cross = CrossMix(num_experts=2, low_rank=3)(x_in, CrossMix(num_experts=2, low_rank=3)(x_in))
+    cross = LowPrecisionCross(projection_dim=3)(x_in, LowPrecisionCross()(x_in, cross))
     star = StarTower([8, 4], num_domains)([x_in, d_in])
     normed = PartitionedNormalization(num_domains)([StarDense(4, num_domains)([x_in, d_in]), d_in])
     logit = keras.layers.Dense(1)(keras.layers.Concatenate()([scaled, cross, star, normed]))

@@ -43,6 +43,7 @@ VARIANTS = {
         "fused_embeddings": True,
         "embedding_init_std": 0.01,
     },
+    "dcnv2+adasparse+bfloat16-matmuls": {"backbone": "dcnv2", "matmul_dtype": "bfloat16"},
     "star": {"backbone": "star", "adasparse": {"enabled": False}},
     "shared_bottom": {"backbone": "shared_bottom", "adasparse": {"enabled": False}},
 }

@@ -11,6 +11,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfads.layers.low_precision_cross import MatmulDtype, matmul_policy
+
 FORMS = ("fusion", "binarization", "scaling")
 
 
@@ -238,6 +240,8 @@ class AdaSparseMLP(keras.layers.Layer):
       dropout: dropout rate after each pruned layer (0 disables).
       pruner: keyword arguments for every ``AdaSparsePruner`` (e.g. ``{"form": "fusion", "eps": 0.25}``).
       kernel_initializer, kernel_regularizer: for the hidden ``Dense`` layers.
+      matmul_dtype: ``bfloat16`` runs the hidden ``Dense`` layers' matmuls in bfloat16 (float32 variables;
+        the pruners compute in float32).
 
     Call: ``block([x, domain_emb])``: (batch, d_in), (batch, d_e) -> (batch, units[-1]).
 
@@ -255,6 +259,7 @@ class AdaSparseMLP(keras.layers.Layer):
         *,
         kernel_initializer: Any = "glorot_uniform",
         kernel_regularizer: Any = None,
+        matmul_dtype: MatmulDtype = "float32",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -269,12 +274,14 @@ class AdaSparseMLP(keras.layers.Layer):
         self.pruner = dict(pruner or {})
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.matmul_dtype = matmul_dtype
         self.dense_layers = [
             keras.layers.Dense(
                 u,
                 activation=self.activation,
                 kernel_initializer=keras.initializers.get(keras.initializers.serialize(self.kernel_initializer)),
                 kernel_regularizer=self.kernel_regularizer,
+                dtype=matmul_policy(matmul_dtype),
                 name=f"dense_{i}",
             )
             for i, u in enumerate(units)
@@ -302,6 +309,7 @@ class AdaSparseMLP(keras.layers.Layer):
             "pruner": self.pruner,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "matmul_dtype": self.matmul_dtype,
         }
 
 

@@ -8,13 +8,14 @@ from tensorflow_recommenders.layers.feature_interaction.dcn import Cross
 
 from tfads.experiment import ModelConfig
 from tfads.features import EmbeddedFeatures
-from tfads.layers import AdaSparseMLP, AdaSparsePruner, CrossMix, StarTower
+from tfads.layers import AdaSparseMLP, AdaSparsePruner, CrossMix, LowPrecisionCross, StarTower, matmul_policy
 
 
-def mlp(x: tf.Tensor, units: list[int], name: str, dropout: float = 0.0) -> tf.Tensor:
-    """Plain ReLU MLP."""
+def mlp(x: tf.Tensor, units: list[int], name: str, dropout: float = 0.0, matmul_dtype: str = "float32") -> tf.Tensor:
+    """Plain ReLU MLP; ``matmul_dtype="bfloat16"`` gives its Dense layers the mixed_bfloat16 policy."""
+    policy = matmul_policy(matmul_dtype)
     for i, u in enumerate(units):
-        x = keras.layers.Dense(u, activation="relu", name=f"{name}_dense_{i}")(x)
+        x = keras.layers.Dense(u, activation="relu", name=f"{name}_dense_{i}", dtype=policy)(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"{name}_dropout_{i}")(x)
     return x
@@ -24,20 +25,26 @@ def deep(x: tf.Tensor, feats: EmbeddedFeatures, cfg: ModelConfig, name: str = "d
     """The deep part: an MLP, with AdaSparse domain-aware pruners after each layer when enabled."""
     a = cfg.adasparse
     if not a.enabled:
-        return mlp(x, cfg.deep_units, name, cfg.dropout)
+        return mlp(x, cfg.deep_units, name, cfg.dropout, cfg.matmul_dtype)
     block = AdaSparseMLP(
-        units=list(cfg.deep_units), dropout=cfg.dropout, pruner=pruner_kwargs(cfg), name=f"{name}_adasparse"
+        units=list(cfg.deep_units),
+        dropout=cfg.dropout,
+        pruner=pruner_kwargs(cfg),
+        matmul_dtype=cfg.matmul_dtype,
+        name=f"{name}_adasparse",
     )
     return block([x, feats.domain])
 
 
 def cross_network(x0: tf.Tensor, cfg: ModelConfig) -> tf.Tensor:
-    """DCNv2 cross layers (tfrs Cross, full or low rank) or DCN-Mix experts."""
+    """DCNv2 cross layers (tfrs Cross, full or low rank; bfloat16 matmuls with ``matmul_dtype``) or DCN-Mix."""
     c = cfg.cross
     x = x0
     for i in range(c.layers):
         if c.num_experts > 0:
             layer = CrossMix(num_experts=c.num_experts, low_rank=c.expert_rank, name=f"cross_mix_{i}")
+        elif cfg.matmul_dtype == "bfloat16":
+            layer = LowPrecisionCross(matmul_dtype="bfloat16", projection_dim=c.projection_dim, name=f"cross_{i}")
         else:
             layer = Cross(projection_dim=c.projection_dim, name=f"cross_{i}")
         x = layer(x0, x)

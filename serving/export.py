@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     from tfads.train import load_trained_model
 
     manifest = load_manifest(args.data)
-    model = load_trained_model(args.model_dir)
+    model = load_trained_model(args.model_dir, float32_matmuls=True)
     card_path = os.path.join(args.model_dir, "model_card_extra.json")
     card = json.load(open(card_path)) if os.path.exists(card_path) else {}
     path = export_model(

@@ -168,7 +168,7 @@ def _export(paths: dict[str, str], manifest_path: str) -> str:
         shutil.rmtree(base)
         print(f"removed the previous demo run's versions under {base}")
     for version, source in ((1, paths["control"]), (2, paths["calibrated"])):
-        model = load_trained_model(source)
+        model = load_trained_model(source, float32_matmuls=True)
         path = export_model(model, manifest, base, version=version, card={"source": source})
         print(f"exported {path} (SavedModel vs Keras max |diff| {check_export(model, manifest, path):.1e})")
     config_file = os.path.join(paths["models"], "models.config")

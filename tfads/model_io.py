@@ -9,6 +9,7 @@ which TensorFlow then copies into every export's ``assets/``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -49,11 +50,13 @@ def save_trained_model(
     return model_path
 
 
-def load_trained_model(model_dir: str) -> keras.Model:
+def load_trained_model(model_dir: str, *, float32_matmuls: bool = False) -> keras.Model:
     """The model a `tfads train` / `tfads calibrate` run saved under ``model_dir``.
 
     Rebuilt from its record when the record, config, weights and manifest are all present; otherwise
-    (e.g. a bare Keras SavedModel dir) revived with ``keras.models.load_model``.
+    (e.g. a bare Keras SavedModel dir) revived with ``keras.models.load_model``. ``float32_matmuls``
+    rebuilds a ``model.matmul_dtype: bfloat16`` model with float32 matmuls (same weights): what
+    `tfads export` serves, since bfloat16-rounded outputs differ with each kernel's summation order.
     """
     import tfads.layers  # noqa: F401  (registers the custom layers)
 
@@ -62,7 +65,7 @@ def load_trained_model(model_dir: str) -> keras.Model:
         with tf.io.gfile.GFile(record_path) as f:
             record = json.load(f)
         if tf.io.gfile.exists(record["manifest"]):
-            return _rebuild(model_dir, record)
+            return _rebuild(model_dir, record, float32_matmuls)
         log.warning("%s: manifest %s is gone; reviving the Keras SavedModel instead", model_dir, record["manifest"])
     is_saved_model = tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb"))
     path = model_dir if is_saved_model else os.path.join(model_dir, MODEL_SUBDIR)
@@ -71,12 +74,13 @@ def load_trained_model(model_dir: str) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
 
-def _rebuild(model_dir: str, record: dict[str, Any]) -> keras.Model:
+def _rebuild(model_dir: str, record: dict[str, Any], float32_matmuls: bool) -> keras.Model:
     from tfads.models import build_model
 
     with tf.io.gfile.GFile(os.path.join(model_dir, EXPERIMENT)) as f:
         config = experiment_from_dict(yaml.safe_load(f), where=os.path.join(model_dir, EXPERIMENT))
-    model = build_model(load_manifest(record["manifest"]), config.model)
+    model_config = dataclasses.replace(config.model, matmul_dtype="float32") if float32_matmuls else config.model
+    model = build_model(load_manifest(record["manifest"]), model_config)
     if record.get("calibration"):
         from tfads.calibrate import combined_model
         from tfads.calibration import AdaCalib

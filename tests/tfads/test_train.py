@@ -135,14 +135,21 @@ def test_two_workers_on_loopback_match_single_worker(tmp_path, manifest_path, sm
     assert abs(multi["history"]["loss"][-1] - single["history"]["loss"][-1]) < 0.25 * single["history"]["loss"][-1]
 
 
-def test_fast_options_train_with_several_steps_per_execution(tmp_path, manifest_path, small_experiment):
+def test_fast_options_train_with_several_steps_per_execution_and_export_in_float32(
+    tmp_path, manifest_path, small_experiment
+):
     import dataclasses
 
+    from serving.export import check_export, export_model
+    from tfads.manifest import load_manifest
     from tfads.train import load_trained_model, train
 
+    fast_model = dataclasses.replace(
+        small_experiment.model, numeric_encoding="dense", fused_embeddings=True, matmul_dtype="bfloat16"
+    )
     config = dataclasses.replace(
         small_experiment,
-        model=dataclasses.replace(small_experiment.model, numeric_encoding="dense", fused_embeddings=True),
+        model=fast_model,
         train=dataclasses.replace(
             small_experiment.train, epochs=1, steps_per_epoch=7, steps_per_execution=3, shuffle_block=4
         ),
@@ -151,8 +158,17 @@ def test_fast_options_train_with_several_steps_per_execution(tmp_path, manifest_
     assert int(result.model.optimizer.iterations.numpy()) == 7  # 3 + 3 + 1: the last execution is shorter
     assert result.history["val_ctr_auc"], "validation ran over the whole valid split"
     features = {k: tf.constant(v) for k, v in _some_features(manifest_path).items()}
+    trained = result.model(features, training=False)["ctr"].numpy()
     again = load_trained_model(str(tmp_path / "fast"))(features, training=False)["ctr"].numpy()
-    np.testing.assert_allclose(again, result.model(features, training=False)["ctr"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(again, trained, atol=1e-6)
+
+    served = load_trained_model(str(tmp_path / "fast"), float32_matmuls=True)
+    np.testing.assert_allclose(served(features, training=False)["ctr"].numpy(), trained, rtol=0.05, atol=1e-3)
+    path = export_model(served, load_manifest(manifest_path), str(tmp_path / "export"))
+    assert check_export(served, load_manifest(manifest_path), path) <= 1e-5
+    graph = tf.saved_model.load(path).signatures["serving_default"].graph
+    ops = [op for f in graph.as_graph_def().library.function for op in f.node_def]
+    assert {op.attr["T"].type for op in ops if op.op == "MatMul"} == {tf.float32.as_datatype_enum}
 
 
 def _some_features(manifest_path) -> dict:

@@ -211,7 +211,12 @@ def check_export(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-dir", required=True, help="a `tfads train` or `tfads calibrate` output dir")
+    parser.add_argument(
+        "--model-dir",
+        required=True,
+        help="a `tfads train` or `tfads calibrate` output dir (a model trained with model.matmul_dtype: bfloat16 "
+        "is exported with float32 matmuls and the same weights)",
+    )
     parser.add_argument("--data", required=True, help="manifest.json (feature specs, warmup examples)")
     parser.add_argument("--model-base-path", required=True, help="TF Serving model_base_path to add a version to")
     parser.add_argument("--version", type=int, default=None, help="version number (default: next after highest)")

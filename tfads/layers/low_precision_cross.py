@@ -32,9 +32,9 @@ class LowPrecisionCross(Cross):
     """
 
     def __init__(self, matmul_dtype: MatmulDtype = "bfloat16", **kwargs: Any) -> None:
-        self._matmul_policy = matmul_policy(matmul_dtype)
+        policy = matmul_policy(matmul_dtype)  # a bad dtype fails before the layer exists
         super().__init__(**kwargs)
-        self.matmul_dtype = matmul_dtype
+        self.matmul_dtype, self._matmul_policy = matmul_dtype, policy
 
     def build(self, input_shape) -> None:
         super().build(input_shape)

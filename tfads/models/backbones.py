@@ -9,9 +9,12 @@ from tensorflow_recommenders.layers.feature_interaction.dcn import Cross
 from tfads.experiment import ModelConfig
 from tfads.features import EmbeddedFeatures
 from tfads.layers import AdaSparseMLP, AdaSparsePruner, CrossMix, LowPrecisionCross, StarTower, matmul_policy
+from tfads.layers.low_precision_cross import MatmulDtype
 
 
-def mlp(x: tf.Tensor, units: list[int], name: str, dropout: float = 0.0, matmul_dtype: str = "float32") -> tf.Tensor:
+def mlp(
+    x: tf.Tensor, units: list[int], name: str, dropout: float = 0.0, matmul_dtype: MatmulDtype = "float32"
+) -> tf.Tensor:
     """Plain ReLU MLP; ``matmul_dtype="bfloat16"`` gives its Dense layers the mixed_bfloat16 policy."""
     policy = matmul_policy(matmul_dtype)
     for i, u in enumerate(units):

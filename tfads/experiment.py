@@ -65,8 +65,9 @@ class ModelConfig:
     one sparse update per step instead of one per feature).
     ``embedding_init_std``: embedding tables start normal with this std (DeepCTR-like small init);
     null keeps Keras' uniform +-0.05.
-    ``matmul_dtype``: ``bfloat16`` runs the cross and deep matmuls in bfloat16 (float32 variables,
-    embeddings, residual sums and heads; about half the matmul CPU on AVX512-BF16), ``float32`` is exact.
+    ``matmul_dtype``: ``bfloat16`` runs the tfrs cross and deep (MLP / AdaSparse) matmuls in bfloat16
+    (float32 variables, embeddings, residual sums and heads; about half the matmul CPU on AVX512-BF16;
+    DCN-Mix and STAR stay float32), ``float32`` is exact.
     """
 
     backbone: Literal["dnn", "dcnv2", "star", "shared_bottom"] = "dcnv2"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 import tf_keras as keras
-from tensorflow_recommenders.layers.feature_interaction.dcn import Cross
 
 from tfads.experiment import ModelConfig
 from tfads.features import EmbeddedFeatures
@@ -46,10 +45,8 @@ def cross_network(x0: tf.Tensor, cfg: ModelConfig) -> tf.Tensor:
     for i in range(c.layers):
         if c.num_experts > 0:
             layer = CrossMix(num_experts=c.num_experts, low_rank=c.expert_rank, name=f"cross_mix_{i}")
-        elif cfg.matmul_dtype == "bfloat16":
-            layer = LowPrecisionCross(matmul_dtype="bfloat16", projection_dim=c.projection_dim, name=f"cross_{i}")
-        else:
-            layer = Cross(projection_dim=c.projection_dim, name=f"cross_{i}")
+        else:  # tfrs Cross; exactly tfrs' own layer when matmul_dtype is float32
+            layer = LowPrecisionCross(matmul_dtype=cfg.matmul_dtype, projection_dim=c.projection_dim, name=f"cross_{i}")
         x = layer(x0, x)
     return x
 

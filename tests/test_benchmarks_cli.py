@@ -1,0 +1,34 @@
+"""`make bench` (benchmarks.run_all): every benchmark's command line is accepted, and a missing demo is named."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import run_all
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBE = "--not-a-flag-of-any-benchmark"
+
+
+@pytest.mark.parametrize("name", run_all.BENCHMARKS)
+def test_every_benchmark_accepts_the_arguments_run_all_gives_it(name, tmp_path):
+    # argparse reports missing or malformed arguments before unrecognized ones, so the probe flag being
+    # the only complaint means every argument run_all passes is accepted (and the benchmark never runs).
+    argv = run_all.benchmark_args(name, run_all.demo_files(str(tmp_path / "demo")), str(tmp_path / "out"))
+    command = [sys.executable, "-m", f"benchmarks.{name}", *argv, PROBE]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"error: unrecognized arguments: {PROBE}" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_missing_demo_exports_are_named_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_all.main(["--demo-dir", str(tmp_path), "--only", "serving_latency"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "models" / "ctr") in err and "make demo" in err
+    assert "Traceback" not in err

@@ -8,9 +8,12 @@ in a Session, as tensorflow_model_server runs it), so ``grpc`` over it is the pu
 time per request is read from /proc. All servers are up at once and, per concurrency, ``--rounds``
 rounds run every mode in turn (each until its share of ``--requests`` or ``--seconds``, after a short
 warm-up) and pool the latencies, so load drifting during the run hits every mode alike. Without
-``--model_base_path`` a toy SavedModel with the export's signature layout is built in a temp dir.
+``--model_base_path`` a toy SavedModel with the export's signature layout is built in a temp dir
+(``make bench`` passes the demo's real export). Last, the engine call is timed after idle sleeps of
+``--idle_gaps_ms``: what a concurrency-1 server's idleness between requests costs on this host
+(``benchmarks.host_idle`` measures the same for plain Python work).
 
-    python benchmarks/serving_latency.py --json benchmarks/serving_latency.json
+    python -m benchmarks.serving_latency --model_base_path demo_out/models/ctr --model_name ctr
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 import tfads  # noqa: F401  (before TensorFlow)
 import tensorflow as tf
 
+from benchmarks.host_idle import idle_gap_cells
 from serving.server.servable import Servable
 from serving.server.testing import Stubs, free_port, predict_request
 from serving.server.toy_model import save_toy_model
@@ -167,7 +171,7 @@ def rest_body(inputs: dict[str, np.ndarray]) -> bytes:
     return json.dumps({"inputs": columns}).encode()
 
 
-def benchmark(args: argparse.Namespace) -> dict:
+def benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
     tmp = tempfile.TemporaryDirectory()
     base = args.model_base_path
     if not base:
@@ -224,8 +228,12 @@ def benchmark(args: argparse.Namespace) -> dict:
             stubs.channel.close()
             proc.terminate()
             proc.wait(timeout=30)
+    idle = {}
+    if args.idle_gaps_ms:
+        print("after an idle gap, in-process (no server or client in the loop):", flush=True)
+        idle = idle_gap_cells({"engine call": lambda: engine.run_direct(inputs)}, args.idle_gaps_ms, args.idle_calls)
     tmp.cleanup()
-    return results
+    return results, idle
 
 
 def summary(results: dict, concurrency: list[int]) -> dict:
@@ -262,10 +270,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--server_flags", default="", help="extra model server flags, e.g. '--tensorflow_intra_op_parallelism=1'"
     )
+    parser.add_argument(
+        "--idle_gaps_ms",
+        type=float,
+        nargs="*",
+        default=[0, 1, 5, 20],
+        help="also time the in-process engine call after each of these idle sleeps (none: skip)",
+    )
+    parser.add_argument("--idle_calls", type=int, default=200, help="calls per idle gap")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args(argv)
-    results = benchmark(args)
-    report = {"cells": results, "summary": summary(results, args.concurrency), "cpus": os.cpu_count()}
+    results, idle = benchmark(args)
+    report = {
+        "model": args.model_base_path or "toy",
+        "cells": results,
+        "idle_gap": idle,
+        "summary": summary(results, args.concurrency),
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(report["summary"], indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

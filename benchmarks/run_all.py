@@ -13,7 +13,16 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ["beam_build", "train_throughput", "serving_latency", "bidding", "calibration", "online", "model_quality"]
+BENCHMARKS = [
+    "beam_build",
+    "train_throughput",
+    "host_idle",
+    "serving_latency",
+    "bidding",
+    "calibration",
+    "online",
+    "model_quality",
+]
 NEEDS_DEMO = {"serving_latency", "bidding"}
 
 
@@ -32,6 +41,8 @@ def benchmark_args(name: str, demo: dict[str, str], out: str) -> list[str]:
     result = os.path.join(out, f"{name}.json")
     if name == "serving_latency":
         return ["--model_base_path", demo["model_base_path"], "--model_name", "ctr", "--json", result]
+    if name == "host_idle":
+        return ["--json", result]
     if name == "bidding":
         return ["--data", demo["manifest"], "--model-config-file", demo["model_config"], "--out", result]
     if name == "beam_build":  # works in a temporary directory and prints its JSON

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -113,16 +113,21 @@ class Signature:
     @functools.cached_property
     def _input_order(self) -> list[str]:
         """Input aliases in the order ``session_run`` feeds them (and TF Serving numbers them: arg[i])."""
-        return sorted(self.inputs)
+        return alias_order(self.inputs)
 
     @functools.cached_property
     def _output_order(self) -> list[str]:
         """Output aliases in the order ``session_run`` fetches them."""
-        return sorted(self.outputs)
+        return alias_order(self.outputs)
 
     @functools.cached_property
     def _shapes(self) -> dict[str, tuple[int | None, ...] | None]:
         return {k: tuple(s.shape.as_list()) if s.shape.rank is not None else None for k, s in self.inputs.items()}
+
+
+def alias_order(aliases: Iterable[str]) -> list[str]:
+    """The one order of a signature's aliases: its callable's feeds and fetches, and TF Serving's arg[i]."""
+    return sorted(aliases)
 
 
 def _shape_ok(expected: tuple[int | None, ...] | None, shape: tuple[int, ...]) -> bool:
@@ -165,8 +170,8 @@ def _signature(
     session: tf.compat.v1.Session, key: str, sig_def: meta_graph_pb2.SignatureDef, options: tf.compat.v1.RunOptions
 ) -> Signature:
     callable_options = config_pb2.CallableOptions(
-        feed=[_tensor_name(key, alias, sig_def.inputs[alias]) for alias in sorted(sig_def.inputs)],
-        fetch=[_tensor_name(key, alias, sig_def.outputs[alias]) for alias in sorted(sig_def.outputs)],
+        feed=[_tensor_name(key, alias, sig_def.inputs[alias]) for alias in alias_order(sig_def.inputs)],
+        fetch=[_tensor_name(key, alias, sig_def.outputs[alias]) for alias in alias_order(sig_def.outputs)],
         run_options=options,
     )
     # C++ Session::MakeCallable / RunCallable: the feeds and fetches are resolved and the graph pruned

@@ -32,19 +32,16 @@ def fixed_python_work() -> int:
     return total
 
 
-def idle_gap_cells(calls: dict[str, Callable[[], object]], gaps_ms: list[float], repeats: int) -> dict[str, dict]:
-    """p50/p99 of each call right after an idle sleep of each gap (0: back to back).
+def idle_gap_cells(call: Callable[[], object], label: str, gaps_ms: list[float], repeats: int) -> dict[str, dict]:
+    """p50/p99 of ``call`` right after an idle sleep of each gap (0: back to back), keyed by gap.
 
-    A concurrency-1 server idles between requests; this measures what idleness alone costs a call on
-    this host, with no server or client in the loop. ``fixed_python_work`` beside the engine call tells
-    the host's share (clock and core sharing after idle) from TensorFlow's. Calls run in blocks of one
-    (call, gap), each after 0.2 s of unmeasured calls in the same rhythm, the blocks in turn, so drift
-    hits every cell alike.
+    Calls run in blocks of one gap, each after 0.2 s of unmeasured calls in the same rhythm, the blocks
+    in turn, so drift hits every gap alike.
     """
     block, settle_s = 25, 0.2
-    latencies = {(name, gap): [] for name in calls for gap in gaps_ms}
+    latencies: dict[float, list[float]] = {gap: [] for gap in gaps_ms}
 
-    def timed(call: Callable[[], object], gap_ms: float) -> float:
+    def timed(gap_ms: float) -> float:
         time.sleep(gap_ms / 1e3)
         start = time.perf_counter()
         call()
@@ -52,17 +49,15 @@ def idle_gap_cells(calls: dict[str, Callable[[], object]], gaps_ms: list[float],
 
     for _ in range(max(1, repeats // block)):
         for gap in gaps_ms:
-            for name, call in calls.items():
-                settle_until = time.perf_counter() + settle_s
-                while time.perf_counter() < settle_until:
-                    timed(call, gap)
-                latencies[name, gap] += [timed(call, gap) for _ in range(block)]
+            settle_until = time.perf_counter() + settle_s
+            while time.perf_counter() < settle_until:
+                timed(gap)
+            latencies[gap] += [timed(gap) for _ in range(block)]
     cells: dict[str, dict] = {}
-    for (name, gap), values in latencies.items():
+    for gap, values in latencies.items():
         ms = np.array(values) * 1e3
-        cell = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
-        cells.setdefault(name, {})[f"{gap:g}"] = cell
-        print(f"{name:>20} after {gap:4g} ms idle  p50 {cell['p50_ms']:6.2f} ms  p99 {cell['p99_ms']:6.2f} ms")
+        cells[f"{gap:g}"] = cell = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+        print(f"{label:>20} after {gap:4g} ms idle  p50 {cell['p50_ms']:6.2f} ms  p99 {cell['p99_ms']:6.2f} ms")
     return cells
 
 
@@ -95,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"back to back after {args.idle_s:g} s idle, p50 ms per 200 ms window: {shown}")
     fastest = min(windows)
     print(f"first window / fastest window: {windows[0] / fastest:.2f}x")
-    cells = idle_gap_cells({"fixed Python work": fixed_python_work}, args.gaps_ms, args.calls)["fixed Python work"]
+    cells = idle_gap_cells(fixed_python_work, "fixed Python work", args.gaps_ms, args.calls)
     report = {
         "ramp_p50_ms_per_200ms": windows,
         "first_over_fastest_window": windows[0] / fastest,

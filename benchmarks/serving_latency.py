@@ -231,7 +231,7 @@ def benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
     idle = {}
     if args.idle_gaps_ms:
         print("after an idle gap, in-process (no server or client in the loop):", flush=True)
-        idle = idle_gap_cells({"engine call": lambda: engine.run_direct(inputs)}, args.idle_gaps_ms, args.idle_calls)
+        idle = idle_gap_cells(lambda: engine.run_direct(inputs), "engine call", args.idle_gaps_ms, args.idle_calls)
     tmp.cleanup()
     return results, idle
 

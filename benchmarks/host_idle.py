@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=400, help="measured calls per gap")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args(argv)
+    if args.sustain_s < 0.4:
+        parser.error(f"--sustain_s {args.sustain_s:g}: need at least 0.4 s (two 200 ms windows)")
+    if args.idle_s < 0 or args.calls < 1 or any(gap < 0 for gap in args.gaps_ms):
+        parser.error("--idle_s and --gaps_ms must be >= 0 and --calls >= 1")
     windows = ramp(fixed_python_work, args.sustain_s, args.idle_s)
     shown = " ".join(f"{w:.2f}" for w in windows)
     print(f"back to back after {args.idle_s:g} s idle, p50 ms per 200 ms window: {shown}")

@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle_calls", type=int, default=200, help="calls per idle gap")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args(argv)
+    if any(gap < 0 for gap in args.idle_gaps_ms) or args.idle_calls < 1:
+        parser.error("--idle_gaps_ms must be >= 0 and --idle_calls >= 1")
     results, idle = benchmark(args)
     report = {
         "model": args.model_base_path or "toy",

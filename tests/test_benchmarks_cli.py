@@ -32,3 +32,19 @@ def test_missing_demo_exports_are_named_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path / "models" / "ctr") in err and "make demo" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sustain_s", "0.1"], "--sustain_s 0.1: need at least 0.4 s"),
+        (["--gaps_ms", "-1"], "--idle_s and --gaps_ms must be >= 0"),
+    ],
+)
+def test_host_idle_names_a_bad_setting(argv, message, capsys):
+    from benchmarks import host_idle
+
+    with pytest.raises(SystemExit) as exit_info:
+        host_idle.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -356,3 +356,28 @@ def test_empirical_bayes_shrinks_tail_values_and_keeps_head_values():
     null = shrink(null_stats.global_stats, [null_stats.fields["scenario"][k] for k in null_names],
                   null_stats.bin_counts)
     assert null.value_strength > 1000 and np.all(np.abs(null.shift) < 0.05)
+
+
+def test_values_without_impressions_fall_back_to_the_global_function():
+    """A decay-0 online refresh keeps the old vocabulary with zero counts: those values must calibrate
+    like the global function, not to NaN."""
+    from tfads.calibration.shrinkage import shrink
+    from tfads.online.calibration import refresh_stats
+
+    stats, _, names = _shifted_values(0.25, seed=5)
+    rng = np.random.default_rng(0)
+    p = 1 / (1 + np.exp(-rng.normal(-3, 0.7, 4000)))
+    y = (rng.random(p.size) < p).astype(float)
+    fresh = refresh_stats(stats, p, y, {"scenario": np.array(names[:3])[rng.integers(0, 3, p.size)]}, decay=0.0)
+    gone = [k for k in names if fresh.fields["scenario"][k].impressions == 0]
+    assert len(gone) == len(names) - 3
+    eb = shrink(fresh.global_stats, [fresh.fields["scenario"][k] for k in names], fresh.bin_counts)
+    assert np.all(np.isfinite(eb.shift)) and np.all(eb.shift[4:] == 0)
+    assert all(np.all(np.isfinite(post)) for post in eb.posterior.values())
+
+    layer = AdaCalib(fresh)
+    probe = calibration_inputs(np.array([0.02, 0.05, 0.2]), {"scenario": np.array([gone[0], gone[-1], "unseen"])})
+    unseen = calibration_inputs(np.array([0.02, 0.05, 0.2]), {"scenario": np.array(["unseen"] * 3)})
+    out = layer(probe).numpy().reshape(-1)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[:2], layer(unseen).numpy().reshape(-1)[:2], rtol=1e-5)

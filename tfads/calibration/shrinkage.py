@@ -66,14 +66,20 @@ def gamma_prior_strength(observed: np.ndarray, expected: np.ndarray) -> float:
     return float(np.exp(best.x))
 
 
-def _shift_to(x: np.ndarray, n: np.ndarray, g: np.ndarray, target: np.ndarray, iters: int = 30) -> np.ndarray:
-    """Per row of ``x``/``n``/``g`` ``[V, B]``: the logit shift ``s`` with ``sum_b n sigmoid(g + s) = target``."""
-    target = np.clip(target, _EPS, n.sum(axis=1) - _EPS)
+def _shift_to(n: np.ndarray, g: np.ndarray, target: np.ndarray, iters: int = 30) -> np.ndarray:
+    """Per row of ``n``/``g`` ``[V, B]``: the logit shift ``s`` with ``sum_b n sigmoid(g + s) = target``;
+    0 for a row without impressions (no evidence: the global function)."""
+    total = n.sum(axis=1)
+    shift = np.zeros(len(n))
+    seen = total > 2 * _EPS
+    n, g = n[seen], g[seen]
+    target = np.clip(target[seen], _EPS, total[seen] - _EPS)
     s = np.log(target) - np.log(np.maximum((n * sigmoid(g)).sum(axis=1), _EPS))
     for _ in range(iters):  # Newton on a monotone, convex-then-concave sum of sigmoids
         q = sigmoid(g + s[:, None])
         s = s - ((n * q).sum(axis=1) - target) / np.maximum((n * q * (1 - q)).sum(axis=1), _EPS)
-    return s
+    shift[seen] = s
+    return shift
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ def shrink(glob: ValueStats, values: list[ValueStats], bin_counts: tuple[int, ..
     observed = np.array([s.positives for s in rows], np.float64)
     expected = (n * sigmoid(g)).sum(axis=1)
     alpha = gamma_prior_strength(observed[1:], expected[1:])
-    shift = _shift_to(logit(table(finest, "mean_pred")), n, g, expected * (observed + alpha) / (expected + alpha))
+    shift = _shift_to(n, g, expected * (observed + alpha) / (expected + alpha))
     shift[0] = 0.0
     posterior, beta = {}, {}
     for k in bin_counts:

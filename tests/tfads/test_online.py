@@ -31,6 +31,8 @@ from tfads.online import (
     list_shards,
 )
 from tfads.online.calibration import refresh_stats
+from tfads.online.evaluation import ctr_metrics, split_holdout
+from tfads.online.recalibration import calibrated_scores
 from tfads.online.faults import CRASH_EXIT_CODE, ENV
 from tfads.online.reservoir import read_records
 from tfads.online.updater import calib_path
@@ -216,8 +218,12 @@ def test_recalibrated_export_follows_a_base_rate_shift(calibrated_model_dir, man
     refreshed = CalibStats.read(calib_path(learner.store.step_dir(1), "ctr"))
     assert learner.layers["ctr"].stats.global_stats == refreshed.global_stats  # the served layer's statistics
     assert refreshed.global_stats.impressions == 3000 and refreshed.global_stats.positives == clicks.sum()
-    after = record["calibrated"]["served_after"]["newest"]["PCOC"]
-    assert abs(after - 1) < 0.2 < 1 - record["candidate"]["newest"]["PCOC"]
+    # the record reports the served calibration on the shard's held-out rows (a few dozen clicks: too few
+    # for a tight PCOC bound; the served export is checked on all the shard's rows below)
+    held = split_holdout(records, config.holdout_fraction)[1]
+    served = ctr_metrics(calibrated_scores(learner.layers, learner.score(held)))
+    assert record["calibrated"]["served_after"]["newest"] == pytest.approx(served, rel=1e-6)
+    assert 1 - record["candidate"]["newest"]["PCOC"] > 0.4
     with polling_server(learner.export_base) as stubs:
         stubs.wait_for_states("ctr", {2: "AVAILABLE"})
         request = predict_request("ctr", {"examples": np.array(records, dtype=object)},

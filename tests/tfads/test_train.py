@@ -130,9 +130,10 @@ def test_two_workers_on_loopback_match_single_worker(tmp_path, manifest_path, sm
     assert multi["workers"] == 2
     subprocess.run(_train_cmd(config, manifest_path, str(tmp_path / "single")), check=True, capture_output=True)
     single = json.load(open(tmp_path / "single" / "history.json"))
-    # Each loss is a mean over 15 batches of 256 rows of different data order: std ~0.01 on a ~0.15 loss,
-    # so 25 % is ~3 sigma of the difference (15 %, ~2 sigma, failed one of three full runs).
-    assert abs(multi["history"]["loss"][-1] - single["history"]["loss"][-1]) < 0.25 * single["history"]["loss"][-1]
+    # Compared on the same validation batches: the last epoch's training losses average different batches
+    # (data order, sharding) and differed by up to 12.5 % in three runs; the validation losses by 0.2-0.9 %.
+    multi_val, single_val = multi["history"]["val_loss"][-1], single["history"]["val_loss"][-1]
+    assert abs(multi_val - single_val) < 0.03 * single_val
 
 
 def test_fast_options_train_with_several_steps_per_execution_and_export_in_float32(

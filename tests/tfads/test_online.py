@@ -32,8 +32,8 @@ from tfads.online import (
 )
 from tfads.online.calibration import refresh_stats
 from tfads.online.evaluation import ctr_metrics, split_holdout
-from tfads.online.recalibration import calibrated_scores
 from tfads.online.faults import CRASH_EXIT_CODE, ENV
+from tfads.online.recalibration import calibrated_scores
 from tfads.online.reservoir import read_records
 from tfads.online.updater import calib_path
 

@@ -130,8 +130,9 @@ def test_two_workers_on_loopback_match_single_worker(tmp_path, manifest_path, sm
     assert multi["workers"] == 2
     subprocess.run(_train_cmd(config, manifest_path, str(tmp_path / "single")), check=True, capture_output=True)
     single = json.load(open(tmp_path / "single" / "history.json"))
-    # Compared on the same validation batches: the last epoch's training losses average different batches
-    # (data order, sharding) and differed by up to 12.5 % in three runs; the validation losses by 0.2-0.9 %.
+    # Compared on validation loss (the same validation day; the two workers each read a data shard of it): the
+    # last epoch's training losses average different batches (data order, sharding) and differed by up to
+    # 12.5 % in three runs, the validation losses by 0.2-0.9 %.
     multi_val, single_val = multi["history"]["val_loss"][-1], single["history"]["val_loss"][-1]
     assert abs(multi_val - single_val) < 0.03 * single_val
 

@@ -19,8 +19,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tfads demo --out $(DEMO_DIR)
 
+# ruff, then the one-way layers and no import cycles (import-linter contracts in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check tfads beam_jobs serving tests benchmarks
+	$(BIN)/lint-imports --no-logo
 
 test: $(STAMP) lint
 	# pytest exits 5 when it collects no tests: not a failure of the code.

@@ -3,7 +3,7 @@
     python -m beam_jobs.build_examples --logs LOGS --out OUT [--cold-start] \
         [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]
 
-Also ``tfads build`` (same flags). See BUILD.md "Beam data job".
+Also ``tfads build`` (same flags). See docs/architecture.md "The data path".
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import apache_beam as beam
 
 from beam_jobs.files import read_bytes
 from beam_jobs.manifest import summary_text
-from beam_jobs.options import add_arguments, pipeline_options, resolve_job
-from beam_jobs.pipeline import BuildExamples
-from tfads.configtools import ConfigError
+from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["add_arguments", "main", "run"]
+from beam_jobs.options import Job, add_arguments, pipeline_options, resolve_job
+from beam_jobs.pipeline import BuildExamples
+from tfads.core.configtools import ConfigError
+
+__all__ = ["add_arguments", "build", "main", "run"]
 
 
 def run(args: argparse.Namespace | Sequence[str] | None = None) -> int:
@@ -42,14 +44,19 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"build_examples: error: {e}", file=sys.stderr)
         return 2
+    manifest, elapsed = build(job, options)
+    print(summary_text(manifest))
+    print(f"wrote {job.out}/manifest.json in {elapsed:.1f} s")
+    return 0
+
+
+def build(job: Job, options: PipelineOptions) -> tuple[dict, float]:
+    """Run the job; return its manifest (as written to ``<out>/manifest.json``) and the wall time in seconds."""
     start = time.perf_counter()
     with beam.Pipeline(options=options) as pipeline:
         _ = pipeline | "BuildExamples" >> BuildExamples(job)
     elapsed = time.perf_counter() - start
-    manifest = json.loads(read_bytes(f"{job.out}/manifest.json"))
-    print(summary_text(manifest))
-    print(f"wrote {job.out}/manifest.json in {elapsed:.1f} s")
-    return 0
+    return json.loads(read_bytes(f"{job.out}/manifest.json")), elapsed
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,7 @@
         [--fields scenario advertiser_id] [--bin-counts 4 8 16 32] [--min-per-bin 50] [Beam flags]
 
 Writes ``OUT/calibration_stats_ctr.json`` (all calib rows) and ``OUT/calibration_stats_cvr.json``
-(clicked rows, label = conversion); format in BUILD.md "## AdaCalib".
+(clicked rows, label = conversion); format in docs/methods.md "AdaCalib".
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.files import write_bytes
 from tfads.calibration.stats import compute_calibration_stats
-from tfads.configtools import ConfigError
-from tfads.manifest import load_manifest
+from tfads.core.configtools import ConfigError
+from tfads.core.manifest import load_manifest
 
 SIGNATURE = "predict_examples"
 MALFORMED = "malformed"

@@ -22,12 +22,12 @@ import orjson
 import pandas as pd
 
 from beam_jobs.parse import DTYPES, LINE, RAW, dead_letter, empty_rows, log_columns
-from tfads.schema import Schema
+from tfads.core.schema import Schema
 
 FILE = "_file"  # index of the event's source file in the job's input list
 DAY = "_day"  # YYYY-MM-DD of the example (the day directory of its impression file)
 ORDER = [FILE, LINE]
-# Values given to impression features a feed sample does not carry (documented in BUILD.md).
+# Values given to impression features a feed sample does not carry (documented in docs/architecture.md "Data contract").
 FEED_DEFAULTS = {"string": "", "int": -1, "float": 0.0}
 
 

@@ -1,4 +1,7 @@
-"""``manifest.json``: the contract later jobs read (shape in BUILD.md), and its readable summary."""
+"""``manifest.json``: the contract later jobs read, and its readable summary.
+
+Shape: docs/architecture.md "Data contract".
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Any
 
 from beam_jobs.posterior import BetaPrior
 from beam_jobs.stats import Tally, mean_std
-from tfads.schema import DerivedField, Schema
+from tfads.core.schema import DerivedField, Schema
 
 DTYPES = {"string": "string", "int": "int64", "float": "float32"}
 POSTERIOR_PATH = "posterior/stats.jsonl"

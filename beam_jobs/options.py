@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
@@ -19,8 +20,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from beam_jobs.files import match
-from tfads.configtools import ConfigError, read_yaml
-from tfads.schema import DEFAULT_SCHEMA, Schema, Splits, load_schema
+from tfads.core.configtools import ConfigError, read_yaml
+from tfads.core.schema import DEFAULT_SCHEMA, Schema, Splits, load_schema
 
 BEAM_OPTIONS = (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions)
 INPUT_LOGS = ("impressions", "clicks", "conversions")  # always read; "feed" with cold start
@@ -92,22 +93,42 @@ def pipeline_options(args: argparse.Namespace, extra: Sequence[str] = ()) -> Pip
 
 
 def resolve_job(args: argparse.Namespace) -> Job:
-    """Load the schema, find the input files and split the days; JobError/ConfigError on a mistake."""
-    schema = load_schema(args.schema)
-    cold_start = schema.cold_start.enabled if args.cold_start is None else args.cold_start
-    logs = _absolute(args.logs.rstrip("/"))
-    out = _absolute(args.out.rstrip("/"))
+    """The job the parsed flags describe; JobError/ConfigError on a mistake."""
+    return find_inputs(args.logs, args.out, schema_path=args.schema, cold_start=args.cold_start, flag="--logs")
+
+
+def find_inputs(
+    logs: str, out: str, *, schema_path: str | Path = DEFAULT_SCHEMA, cold_start: bool | None = None,
+    flag: str = "logs",
+) -> Job:
+    """Load the schema, find the input files and split the days; JobError/ConfigError on a mistake.
+
+    ``cold_start`` None follows the schema's ``cold_start.enabled``; ``flag`` names ``logs`` in errors.
+    """
+    schema = load_schema(schema_path)
+    cold_start = schema.cold_start.enabled if cold_start is None else cold_start
+    given = logs
+    logs = _absolute(logs.rstrip("/"))
+    out = _absolute(out.rstrip("/"))
     if "://" not in logs and not os.path.isdir(logs):
-        raise JobError(f"--logs {args.logs}: directory not found")
+        raise JobError(f"{flag} {given}: directory not found")
     files: list[InputFile] = []
     for log in INPUT_LOGS + (("feed",) if cold_start else ()):
         paths = match(FileSystems.join(logs, log, "*", "*.jsonl.gz"))
         if not paths and log in ("impressions", "feed"):
             hint = " (drop --cold-start or generate with --with-feed)" if log == "feed" else ""
-            raise JobError(f"--logs {args.logs}: no {log} files matching {log}/<YYYY-MM-DD>/*.jsonl.gz{hint}")
+            raise JobError(f"{flag} {given}: no {log} files matching {log}/<YYYY-MM-DD>/*.jsonl.gz{hint}")
         files += [InputFile(len(files) + i, log, p, _day_of(p)) for i, p in enumerate(paths)]
     days = sorted({f.day for f in files if f.log == "impressions"})
-    return Job(logs, out, schema, read_yaml(args.schema), cold_start, tuple(files), split_days(days, schema.splits))
+    return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), split_days(days, schema.splits))
+
+
+def direct_options(workers: int = 1) -> PipelineOptions:
+    """DirectRunner options: in process for one worker, ``workers`` processes otherwise."""
+    if workers < 1:
+        raise JobError(f"workers must be >= 1, got {workers}")
+    mode = "multi_processing" if workers > 1 else "in_memory"
+    return PipelineOptions(runner="DirectRunner", direct_num_workers=workers, direct_running_mode=mode)
 
 
 def split_days(days: list[str], splits: Splits) -> dict[str, list[str]]:

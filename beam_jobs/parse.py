@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 from pandas.api.types import infer_dtype
 
-from tfads.schema import Schema
+from tfads.core.schema import Schema
 
 LINE = "_line"  # 1-based line number of the event in its file
 RAW = "_raw"  # the raw line (kept for the small click and conversion logs)
@@ -243,6 +243,6 @@ def _detail(code: str, c: Column, value: object) -> str:
 
 
 def dead_letter(reason: str, detail: str, log: str, source: str, line: int, raw: bytes | str) -> dict:
-    """One dead-letter record in the BUILD.md shape."""
+    """One dead-letter record in the shape of docs/architecture.md "Dead-letter reasons"."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     return {"reason": reason, "detail": detail, "log": log, "source": source, "line": line, "raw": text}

@@ -30,7 +30,7 @@ from beam_jobs.parse import ParseResult, log_columns, parse_bytes
 from beam_jobs.posterior import posterior_table
 from beam_jobs.stats import Tally, posterior_fields, tally_examples
 from beam_jobs.vocab import vocab_text, vocabulary
-from tfads.schema import DerivedField, Schema
+from tfads.core.schema import DerivedField, Schema
 
 STATS = "stats"
 EVENT_LOGS = ("clicks", "conversions")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tfads.schema import Schema
+from tfads.core.schema import Schema
 
 VALUE_COLUMNS = ["impressions", "clicks", "conversions"]
 

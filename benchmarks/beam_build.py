@@ -20,7 +20,8 @@ import time
 from collections.abc import Iterator
 
 import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS=1 before TensorFlow)
-from tfads.schema import Schema, load_schema
+from tfads.core.schema import Schema, load_schema
+from benchmarks.results import add_results_argument, publish
 
 DAY_S = 86400
 
@@ -90,13 +91,9 @@ def plain_build(logs: str, out: str, schema: Schema) -> int:
 
 def beam_build(logs: str, out: str, workers: int) -> int:
     """The Beam job with ``workers`` DirectRunner worker processes; returns the number of examples."""
-    from beam_jobs.build_examples import run
+    from tfads.jobs.dataset import build_dataset
 
-    flags = ["--logs", logs, "--out", out, "--direct_num_workers", str(workers)]
-    flags += ["--direct_running_mode", "multi_processing" if workers > 1 else "in_memory"]
-    if run(flags) != 0:
-        raise RuntimeError("the Beam job failed")
-    with open(os.path.join(out, "manifest.json")) as f:
+    with open(build_dataset(logs, out, workers=workers)) as f:
         return sum(s["examples"] for s in json.load(f)["splits"].values())
 
 
@@ -107,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes (default 2)")
     parser.add_argument("--work-dir", help="where logs and outputs go (default: a temporary directory)")
     parser.add_argument("--skip-plain", action="store_true", help="only time the Beam job")
+    add_results_argument(parser)
     args = parser.parse_args(argv)
     from tfads.datagen import generate
 
@@ -129,13 +127,14 @@ def main(argv: list[str] | None = None) -> int:
                        f"{name}_impressions_per_s": round(n_imps / seconds)})
     if "plain_seconds" in result:
         result["speedup_beam_vs_plain"] = round(result["plain_seconds"] / result["beam_seconds"], 2)
-    print(f"\n{'':<28}{'seconds':>10}{'impressions/s':>16}")
+    lines = [f"{'':<28}{'seconds':>10}{'impressions/s':>16}"]
     for name, label in (("beam", f"Beam, {args.workers} workers"), ("plain", "plain single-process script")):
         if f"{name}_seconds" in result:
-            print(f"{label:<28}{result[f'{name}_seconds']:>10}{result[f'{name}_impressions_per_s']:>16,}")
+            lines.append(f"{label:<28}{result[f'{name}_seconds']:>10}{result[f'{name}_impressions_per_s']:>16,}")
     if "speedup_beam_vs_plain" in result:
-        print(f"{'ratio (Beam / plain speed)':<28}{result['speedup_beam_vs_plain']:>10}")
-    print(json.dumps(result))
+        lines.append(f"{'ratio (Beam / plain speed)':<28}{result['speedup_beam_vs_plain']:>10}")
+    print("\n" + "\n".join(lines))
+    publish("beam_build", result, "\n".join(lines), args.results_dir)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

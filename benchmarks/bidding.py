@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.bid_cli import add_client_arguments, make_client, requests_from_rows, server_target, split_rows
+from serving.traffic import requests_from_rows, split_rows
+from tfads.cli.client_options import add_client_arguments, connect
 from serving.client import BidClient
 from serving.experiment import load_experiment_file
+from benchmarks.results import add_results_argument, publish
 
 
 def measure(client: BidClient, requests: list[dict], concurrency: int, limit: int, max_seconds: float) -> dict:
@@ -74,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--warmup", type=int, default=50, help="requests sent before measuring")
     parser.add_argument("--out", default="benchmarks/bidding.json", help="JSON results")
+    add_results_argument(parser)
     args = parser.parse_args(argv)
 
     requests = requests_from_rows(split_rows(args.data, "test", limit=20_000), args.candidates)
     if not requests:
         parser.error(f"no bid requests of {args.candidates} candidates could be built from the test split")
     experiment = load_experiment_file(args.experiment)
-    with server_target(args, sorted({a.model_name for a in experiment.arms})) as target, \
-            make_client(args, target) as client:
+    with connect(args, sorted({a.model_name for a in experiment.arms})) as client:
         client.wait_until_available(timeout_s=60)
         measure(client, requests, 1, args.warmup, args.max_seconds)
         rows = [measure(client, requests, c, args.requests, args.max_seconds) for c in args.concurrency]
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
     print(f"wrote {args.out}")
+    publish("bidding", result, table(rows), args.results_dir)
     return 0
 
 

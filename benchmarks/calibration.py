@@ -29,6 +29,7 @@ import pandas as pd
 import tfads  # noqa: F401
 
 from tfads import metrics
+from benchmarks.results import add_results_argument, publish
 
 FIELD = "scenario"
 
@@ -90,21 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the base model")
     parser.add_argument("--out", default="bench_out/calibration")
     parser.add_argument("--reuse", action="store_true", help="keep the logs, data and model of an earlier run")
+    add_results_argument(parser)
     args = parser.parse_args(argv)
 
-    from beam_jobs.build_examples import run as build
-    from tfads.calibrate import best_baseline, calibrate_and_report
-    from tfads.datagen import generate
-    from tfads.experiment import load_experiment
+    from tfads.core.experiment import load_experiment
+    from tfads.jobs.calibrate import best_baseline, calibrate_and_report
+    from tfads.jobs.dataset import synthetic_dataset
     from tfads.train import train
 
     logs, data, model_dir = (os.path.join(args.out, d) for d in ("logs", "data", "model"))
     manifest = os.path.join(data, "manifest.json")
     if not (args.reuse and os.path.isdir(model_dir)):
-        generate(logs, days=args.days, impressions_per_day=args.impressions_per_day, seed=11, progress=False)
-        argv_build = ["--logs", logs, "--out", data, "--direct_num_workers", "2"]
-        if build([*argv_build, "--direct_running_mode", "multi_processing"]):
-            return 2
+        synthetic_dataset(args.out, days=args.days, impressions_per_day=args.impressions_per_day, seed=11, workers=2)
         config = load_experiment()
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
         train(config, manifest, model_dir, verbose=2)
@@ -128,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['true_probability_floor']:.3f}); AUC change vs uncalibrated {summary['auc_change']:+.4f} "
         "(target >= 0)"
     )
+    publish("calibration", {"rows": rows, **summary}, metrics.metrics_table(rows), args.results_dir)
     return 0
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from benchmarks.results import add_results_argument, publish
 
 
 def fixed_python_work() -> int:
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gaps_ms", type=float, nargs="+", default=[0, 0.5, 1, 5, 20], help="idle sleeps")
     parser.add_argument("--calls", type=int, default=400, help="measured calls per gap")
     parser.add_argument("--json", default="", help="also write the results here")
+    add_results_argument(parser)
     args = parser.parse_args(argv)
     if args.sustain_s < 0.4:
         parser.error(f"--sustain_s {args.sustain_s:g}: need at least 0.4 s (two 200 ms windows)")
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         "idle_gap_p50_over_fastest_window": {gap: cell["p50_ms"] / fastest for gap, cell in cells.items()},
     }
     print(json.dumps(report))
+    table = "\n".join(f"after {gap:g} ms idle: p50 {cell['p50_ms']:.3f} ms, p99 {cell['p99_ms']:.3f} ms"
+                      for gap, cell in cells.items())
+    publish("host_idle", report, f"ramp p50 ms per 200 ms window: {shown}\n{table}", args.results_dir)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -4,7 +4,7 @@ Generates logs (``tfads.datagen``), runs the Beam job, trains every model with t
 deep units, epochs and seed (``configs/default.yaml`` unless overridden), scores the test split and
 prints AUC, LogLoss, GAUC, the gap to the oracle AUC (true probabilities), a paired-bootstrap 95 %
 interval of the AUC difference to DCNv2 (over test rows only: retraining the same model moves its AUC
-by up to about 0.003, see BUILD.md), and for the AdaSparse models the UPR: the share of
+by up to about 0.003, see benchmarks/results/model_quality.md), and for the AdaSparse models the UPR: the share of
 scenarios whose test AUC beats DCNv2's (all scenarios with both labels, and those with >= 100
 clicks). Then three analyses: UPR per bin of scenario clicks beside a null (DCNv2 retrained against
 itself), the domain headroom (what each model carries of the true logit's domain-specific parts and what
@@ -35,14 +35,16 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 import tfads  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from tfads.experiment import DEFAULT_EXPERIMENT, ExperimentConfig, ModelConfig, load_experiment
+from tfads.core.experiment import DEFAULT_EXPERIMENT, ExperimentConfig, ModelConfig, load_experiment
 from tfads.metrics import auc, bootstrap_ci, gauc, logloss, metrics_table, per_field_auc
+from benchmarks.results import add_results_argument, publish
 
 BASELINE = "dcnv2"
 MIN_CLICKS = 100  # scenarios with at least this many test clicks for the "UPR (>=100 clicks)" column
@@ -76,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--bootstrap", type=int, default=200, help="paired bootstrap resamples (0 = off)")
     p.add_argument("--repeats", type=int, default=1, help="trainings per model (train seeds seed, seed + 1, ...)")
+    p.add_argument(
+        "--against", default=None, metavar="YAML",
+        help="also train every model from this experiment YAML (rows '<model>@<file stem>') and report each "
+        "model's paired AUC difference to it, e.g. the default config against a previous default",
+    )
+    add_results_argument(p)
     args = p.parse_args(argv)
     unknown = [m for m in args.models.split(",") if m not in VARIANTS]
     if unknown:
@@ -84,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.days < 4:
         p.error("--days must be >= 4 (valid, calib and test take one day each)")
+    if args.against and not os.path.isfile(args.against):
+        p.error(f"--against {args.against}: file not found")
     return args
 
 
@@ -140,18 +150,12 @@ def prepare_data(
         with open(stamp) as f:
             if json.load(f) == settings:
                 return logs, manifest
-    from beam_jobs import build_examples
-    from tfads.datagen import generate
+    from tfads.jobs.dataset import synthetic_dataset
 
     t = time.monotonic()
     shutil.rmtree(data, ignore_errors=True)
-    generate(logs, days=days, impressions_per_day=impressions_per_day, seed=seed, progress=False)
-    print(f"datagen: {days} days x {impressions_per_day} in {time.monotonic() - t:.0f} s", flush=True)
-    t = time.monotonic()
-    build_examples.run(
-        ["--logs", logs, "--out", data, "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
-    )
-    print(f"Beam job in {time.monotonic() - t:.0f} s", flush=True)
+    synthetic_dataset(out, days=days, impressions_per_day=impressions_per_day, seed=seed, workers=2)
+    print(f"datagen + Beam job: {days} days x {impressions_per_day} in {time.monotonic() - t:.0f} s", flush=True)
     with open(stamp, "w") as f:
         json.dump(settings, f)
     return logs, manifest
@@ -172,7 +176,7 @@ def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str,
         if cached["key"] == key:
             print(f"{name}: cached ({run_dir})", flush=True)
             return {**cached, "scored": pd.read_parquet(scored_path)}
-    from tfads.manifest import load_manifest
+    from tfads.core.manifest import load_manifest
     from tfads.predict import predict_split
     from tfads.sparsity import scenario_sparsity
     from tfads.train import summary_line, train
@@ -207,7 +211,7 @@ def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str,
 
 def test_truth(logs: str, manifest_path: str) -> pd.DataFrame:
     """(trace_id, true_ctr) of the test days only (reading every day's truth is slow at this size)."""
-    from tfads.manifest import load_manifest
+    from tfads.core.manifest import load_manifest
 
     days = load_manifest(manifest_path).data["splits"]["test"]["days"]
     files = sorted(f for d in days for f in glob.glob(os.path.join(logs, "truth", d, "*.jsonl.gz")))
@@ -224,8 +228,8 @@ def _test_day_world(logs: str, manifest_path: str) -> tuple[Any, dict[str, np.nd
 
     from tfads.datagen import world as W
     from tfads.datagen.writer import trace_ids
-    from tfads.manifest import load_manifest
-    from tfads.schema import load_schema
+    from tfads.core.manifest import load_manifest
+    from tfads.core.schema import load_schema
 
     with open(os.path.join(logs, "datagen.json")) as f:
         meta = json.load(f)
@@ -351,7 +355,7 @@ def mask_sharing_of(
     """For every training of a pruning AdaSparse model: ``tfads.sparsity.mask_sharing`` of its test-day masks
     with the generator's scenario clusters as groups (never given to the model), per pruning layer."""
     from tfads.datagen import world as W
-    from tfads.manifest import load_manifest
+    from tfads.core.manifest import load_manifest
     from tfads.model_io import load_trained_model
     from tfads.sparsity import mask_sharing, scenario_report
 
@@ -461,6 +465,9 @@ def evaluate(
         }
         if len(ps) > 1:
             row["AUC range"] = max(aucs) - min(aucs)
+        counterpart = next((other for other in runs if other.startswith(f"{name}@")), None)
+        if counterpart is not None and reps:
+            row[f"dAUC vs {counterpart} [95% CI]"] = _paired_auc_diff(y, ps, preds[counterpart], reps)
         if base is not None and name != BASELINE:
             if reps:
                 paired = ps * len(base) if len(ps) == 1 else ps  # the oracle is one "training"
@@ -493,17 +500,22 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     base = load_experiment(args.config)
     logs, manifest_path = prepare_data(out, args.days, args.impressions_per_day, args.seed, args.rotation_per_day)
-    names = args.models.split(",")
+    bases = {"": base}
+    if args.against:
+        bases[f"@{Path(args.against).stem}"] = load_experiment(args.against)
     runs: dict[str, list[dict[str, Any]]] = {}
     failed: dict[str, str] = {}
-    for n in names:
-        try:
-            runs[n] = [
-                run_model(n, variant_config(base, n, args, k), manifest_path, out, k) for k in range(args.repeats)
-            ]
-        except ValueError as e:  # one broken variant must not cost the others' results
-            failed[n] = f"{type(e).__name__}: {e}"
-            print(f"{n}: FAILED: {failed[n]}", flush=True)
+    for suffix, start in bases.items():
+        for model in args.models.split(","):
+            n = model + suffix
+            try:
+                runs[n] = [
+                    run_model(n, variant_config(start, model, args, k), manifest_path, out, k)
+                    for k in range(args.repeats)
+                ]
+            except ValueError as e:  # one broken variant must not cost the others' results
+                failed[n] = f"{type(e).__name__}: {e}"
+                print(f"{n}: FAILED: {failed[n]}", flush=True)
     if not runs:
         raise SystemExit(f"every model failed: {failed}")
     truth = test_truth(logs, manifest_path)
@@ -518,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         first["click"].to_numpy(), parts, {n: [f["ctr"].to_numpy() for f in fs] for n, fs in scored.items()}
     )
 
-    from tfads.manifest import load_manifest
+    from tfads.core.manifest import load_manifest
     from tfads.plots import per_field_auc_vs_traffic
 
     manifest = load_manifest(manifest_path)
@@ -566,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         print(metrics_table(sharing))
     for n, message in failed.items():
         print(f"{n}: not measured: {message}")
+    publish("model_quality", report, metrics_table(_display(rows)), args.results_dir)
     return 0
 
 

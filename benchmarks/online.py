@@ -1,7 +1,8 @@
 """Online learning on the generator's drifting days: static vs naive incremental vs full ODL.
 
     python benchmarks/online.py --out /tmp/online_bench [--days 12] [--impressions-per-day 15000]
-    # the measured regime (BUILD.md): a week of pre-training, 6 streamed days in 6-h shards, 3 data seeds:
+    # the measured regime (benchmarks/results/online.md): a week of pre-training,
+    # 6 streamed days in 6-h shards, 3 data seeds:
     python benchmarks/online.py --out /tmp/online_week --days 14 --impressions-per-day 20000 --initial-days 7 \
         --pretrain-epochs 1 --shards-per-day 4 --later-days 3 --seeds 0,1,2 [--ablations]
     # the regime where naive updates should over-fit and forget, with the calibrated arms:
@@ -55,27 +56,26 @@ import numpy as np
 import tfads  # noqa: F401  (before TensorFlow)
 import tensorflow as tf
 
-from tfads.experiment import load_experiment
-from tfads.manifest import Manifest, load_manifest
+from tfads.core.experiment import load_experiment
+from tfads.core.manifest import Manifest, load_manifest
 from tfads.metrics import field_rce
-from tfads.online import OnlineConfig, OnlineLearner, load_online_config
-from tfads.online.evaluation import ctr_metrics, split_holdout
-from tfads.online.recalibration import calibrated_scores
-from tfads.online.reservoir import read_records
+from tfads.jobs.online import OnlineConfig, OnlineLearner, load_online_config
+from tfads.jobs.online.evaluation import ctr_metrics, split_holdout
+from tfads.jobs.online.recalibration import calibrated_scores
+from tfads.jobs.online.reservoir import read_records
 from tfads.plots import metric_over_time
+from benchmarks.results import add_results_argument, publish
 
 ID_FIELDS = ("user_id", "ad_id")  # forgetting on rows whose ids never recur in the stream
 
 
 def prepare_data(work: Path, days: int, per_day: int, seed: int) -> Manifest:
     """Generate logs and run the Beam job once (reused when ``work`` already has them)."""
-    from beam_jobs.build_examples import run
-    from tfads.datagen import generate
+    from tfads.jobs.dataset import synthetic_dataset
 
     manifest = work / "data" / "manifest.json"
     if not manifest.exists():
-        generate(str(work / "logs"), days=days, impressions_per_day=per_day, seed=seed, progress=False)
-        run(["--logs", str(work / "logs"), "--out", str(work / "data"), "--runner", "DirectRunner"])
+        synthetic_dataset(str(work), days=days, impressions_per_day=per_day, seed=seed)
     return load_manifest(str(manifest))
 
 
@@ -110,12 +110,10 @@ def train_static(manifest: Manifest, model_dir: Path, epochs: int) -> str:
 def calibrate_static(model_dir: str, manifest: Manifest, out_dir: Path) -> str:
     """The static model + AdaCalib (scenario) fitted on its calib day, combined and saved as ``tfads calibrate``
     does (statistics computed in process rather than by the Beam job); reused when present."""
-    import yaml
-
-    from tfads.calibrate import TASKS, combined_model, fit_calibration_layers
     from tfads.calibration import compute_calibration_stats
-    from tfads.experiment import experiment_from_dict
-    from tfads.model_io import EXPERIMENT, RECORD, load_trained_model, save_trained_model
+    from tfads.calibration.combined import TASKS, combined_model
+    from tfads.jobs.calibrate import fit_calibration_layers
+    from tfads.model_io import RECORD, load_trained_model, read_saved_experiment, save_trained_model
     from tfads.predict import predict_split
 
     if not (out_dir / RECORD).exists():
@@ -127,8 +125,7 @@ def calibrate_static(model_dir: str, manifest: Manifest, out_dir: Path) -> str:
             rows = calib[calib[only] == 1] if only else calib
             stats[task] = compute_calibration_stats(rows[task], rows[label], {f: rows[f] for f in fields}, task=task)
         layers = fit_calibration_layers(calib, stats, ["scenario"])
-        with open(os.path.join(model_dir, EXPERIMENT), encoding="utf-8") as f:
-            config = experiment_from_dict(yaml.safe_load(f))
+        config = read_saved_experiment(model_dir)
         save_trained_model(combined_model(base, layers), str(out_dir), manifest.path, config,
                            calibration={t: layer.get_config() for t, layer in layers.items()})
     return str(out_dir)
@@ -394,12 +391,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also the calibrated starting model: static, odl with fixed and with refitted AdaCalib")
     parser.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all)")
     parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "online.yaml"))
+    add_results_argument(parser)
     args = parser.parse_args(argv)
     results = [run_seed(args, int(seed)) for seed in args.seeds.split(",")]
     combined = combine(results, args.arms.split(",") if args.arms else None, args.later_days)
     with open(Path(args.out) / "online_seeds.json", "w", encoding="utf-8") as f:
         json.dump(combined, f, indent=1)
     print(table(combined))
+    publish("online", combined, table(combined), args.results_dir)
     return 0
 
 

@@ -40,6 +40,7 @@ from benchmarks.host_idle import idle_gap_cells
 from serving.server.servable import Servable
 from serving.server.testing import Stubs, free_port, predict_request
 from serving.server.toy_model import save_toy_model
+from benchmarks.results import add_results_argument, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"grpc_p99_ms_c1": 5.0, "grpc_p50_over_inprocess_c1": 1.5, "grpc_candidates_per_s_c32": 40_000}
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--idle_calls", type=int, default=200, help="calls per idle gap")
     parser.add_argument("--json", default="", help="also write the results here")
+    add_results_argument(parser)
     args = parser.parse_args(argv)
     if any(gap < 0 for gap in args.idle_gaps_ms) or args.idle_calls < 1:
         parser.error("--idle_gaps_ms must be >= 0 and --idle_calls >= 1")
@@ -291,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
     }
     print(json.dumps(report["summary"], indent=2))
+    publish("serving_latency", report, json.dumps(report["summary"], indent=2), args.results_dir)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -35,10 +35,11 @@ import tf_keras as keras
 
 from benchmarks import criteo_like
 from tfads.data import make_dataset
-from tfads.experiment import AdaSparseConfig, CrossConfig, ModelConfig
-from tfads.manifest import load_manifest
+from tfads.core.experiment import AdaSparseConfig, CrossConfig, ModelConfig
+from tfads.core.manifest import load_manifest
 from tfads.metrics import auc, metrics_table
 from tfads.models import build_model, compile_model
+from benchmarks.results import add_results_argument
 
 DEEPCTR = "deepctr==0.9.4"
 BATCH = 1024
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one run in this process
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    add_results_argument(parser)
     args = parser.parse_args(argv)
     data_dir = os.path.join(args.out, "data")
     deps = os.path.abspath(os.path.join("bench_out", "deps"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.bidding import BiddingParams
-from tfads.configtools import ConfigError, from_dict, read_yaml
+from tfads.core.configtools import ConfigError, from_dict, read_yaml
 
 log = logging.getLogger(__name__)
 

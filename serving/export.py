@@ -4,7 +4,7 @@ Layout: ``<model_base_path>/<version>/`` holding the SavedModel (signatures belo
 assets, ``assets.extra/tf_serving_warmup_requests`` and ``model_card.json``. The version is built in
 a hidden temporary directory beside it and renamed into place, so a half-written version is never
 visible to a polling server. A calibrated model (``tfads calibrate``) serves its AdaCalib layers as
-precomputed per-value tables (``serving.compiled_calibration``): same outputs, a fraction of the ops.
+precomputed per-value tables (``tfads.calibration.compiled``): same outputs, a fraction of the ops.
 
 Signatures:
   serving_default          raw feature tensors by name (batch dimension) -> ctr, cvr, ctcvr (calibrated)
@@ -16,7 +16,6 @@ Signatures:
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -32,9 +31,9 @@ import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from serving.compiled_calibration import compile_calibration
+from tfads.calibration.compiled import compile_calibration
 from tfads.data import DTYPES, feature_spec
-from tfads.manifest import Manifest
+from tfads.core.manifest import Manifest
 
 log = logging.getLogger(__name__)
 OUTPUTS = ("ctr", "cvr", "ctcvr")
@@ -208,33 +207,3 @@ def check_export(
     if worst > atol:
         raise AssertionError(f"export check failed: SavedModel differs from Keras by {worst:.2e} > {atol}")
     return worst
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model-dir",
-        required=True,
-        help="a `tfads train` or `tfads calibrate` output dir (a model trained with model.matmul_dtype: bfloat16 "
-        "is exported with float32 matmuls and the same weights)",
-    )
-    parser.add_argument("--data", required=True, help="manifest.json (feature specs, warmup examples)")
-    parser.add_argument("--model-base-path", required=True, help="TF Serving model_base_path to add a version to")
-    parser.add_argument("--version", type=int, default=None, help="version number (default: next after highest)")
-    parser.add_argument("--model-name", default="ctr", help="model name used in warmup requests")
-
-
-def run(args: argparse.Namespace) -> int:
-    from tfads.manifest import load_manifest
-    from tfads.train import load_trained_model
-
-    manifest = load_manifest(args.data)
-    model = load_trained_model(args.model_dir, float32_matmuls=True)
-    card_path = os.path.join(args.model_dir, "model_card_extra.json")
-    card = json.load(open(card_path)) if os.path.exists(card_path) else {}
-    path = export_model(
-        model, manifest, args.model_base_path, version=args.version, model_name=args.model_name, card=card
-    )
-    worst = check_export(model, manifest, path)
-    print(f"exported {path} (SavedModel vs Keras max abs diff {worst:.1e})")
-    return 0
-

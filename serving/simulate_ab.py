@@ -1,4 +1,4 @@
-"""``tfads simulate-ab``: replay held-out impression opportunities through the A/B arms.
+"""A/B replay (``tfads simulate-ab``): replay held-out impression opportunities through the A/B arms.
 
 Each opportunity holds K candidate ads and goes through the real bidding client to the running
 model server. Candidates are K logged test impressions of the same scenario and hour, each with its
@@ -18,7 +18,7 @@ ROI = value / spend, revenue (the exchange's income from every sale, competitors
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +33,7 @@ import pandas as pd
 
 from serving.bidding import ecpm
 from serving.client import BidClient
+from serving.traffic import requests_from_rows, split_rows
 from tfads.metrics import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -339,59 +340,57 @@ def read_truth_file(path: str) -> pd.DataFrame:
     return pd.read_json(path, lines=True, dtype={"trace_id": str})
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from serving.bid_cli import add_client_arguments
+@dataclass(frozen=True)
+class ReplaySettings:
+    """What one A/B replay does: traffic, assignment, the exchange and the statistics."""
 
-    add_client_arguments(parser)
-    parser.set_defaults(deadline_ms=1000.0)
-    parser.add_argument("--truth", required=True, help="`tfads datagen` logs directory (or a truth JSONL)")
-    parser.add_argument("--split", default="test", help="held-out split to replay")
-    parser.add_argument("--opportunities", type=int, default=2000, help="impression opportunities to replay")
-    parser.add_argument("--candidates", type=int, default=5, help="candidate ads per opportunity (K)")
-    parser.add_argument("--assignment", choices=["paired", "hash"], default="paired",
-                        help="paired: every opportunity through every arm; hash: through its user's arm")
-    parser.add_argument("--competitors", type=int, default=3, help="synthetic competitor bids per opportunity")
-    parser.add_argument("--competitor-scale", type=float, default=1.0, help="median competitor bid / median eCPM")
-    parser.add_argument("--competitor-sigma", type=float, default=0.8, help="log-normal spread of competitor bids")
-    parser.add_argument("--reserve-ratio", type=float, default=0.3, help="reserve price / median true eCPM")
-    parser.add_argument("--control", default="", help="control arm (default: the first arm)")
-    parser.add_argument("--treatment", default="", help="treatment arm (default: the second arm)")
-    parser.add_argument("--uplift-metric", choices=UPLIFT_METRICS, default="ctr", help="per-scenario uplift metric")
-    parser.add_argument("--min-impressions", type=int, default=20, help="per-scenario minimum for UPR")
-    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="ab_report", help="report directory")
+    split: str = "test"
+    opportunities: int = 2000
+    candidates: int = 5
+    assignment: str = "paired"  # paired: every opportunity through every arm; hash: through its user's arm
+    auction: AuctionParams = AuctionParams()
+    control: str = ""  # default: the experiment's first arm
+    treatment: str = ""  # default: its second arm
+    uplift_metric: str = "ctr"
+    min_impressions: int = 20
+    bootstrap: int = 200
+    seed: int = 0
 
 
-def run(args: argparse.Namespace) -> int:
-    from serving.bid_cli import make_client, requests_from_rows, server_target, split_rows
-    from serving.experiment import load_experiment_file
+def simulate_ab(
+    manifest_path: str,
+    truth: pd.DataFrame,
+    experiment: Any,
+    settings: ReplaySettings,
+    connect: Callable[[], contextlib.AbstractContextManager[BidClient]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Replay ``settings.opportunities`` held-out opportunities through the arms of ``experiment``.
 
-    experiment = load_experiment_file(args.experiment)
+    ``connect()`` yields a BidClient on a server carrying every arm's model. Returns the summary (per
+    arm, lifts with bootstrap intervals, per-scenario uplift) and the settings as reported.
+    """
     if len(experiment.arms) < 2:
-        raise ValueError(f"{args.experiment}: simulate-ab needs at least two arms")
-    control = experiment.arm(args.control or experiment.arms[0].name).name
-    treatment = experiment.arm(args.treatment or experiment.arms[1].name).name
-    rng = np.random.default_rng(args.seed)
-    rows = split_rows(args.data, args.split)
-    requests = requests_from_rows(rows, args.candidates, seed=args.seed)[: args.opportunities]
+        raise ValueError(f"experiment {experiment.name!r}: simulate-ab needs at least two arms")
+    control = experiment.arm(settings.control or experiment.arms[0].name).name
+    treatment = experiment.arm(settings.treatment or experiment.arms[1].name).name
+    rng = np.random.default_rng(settings.seed)
+    rows = split_rows(manifest_path, settings.split)
+    requests = requests_from_rows(rows, settings.candidates, seed=settings.seed)[: settings.opportunities]
     if not requests:
-        raise ValueError(f"{args.data}: no opportunities of {args.candidates} candidates in split {args.split!r}")
-    params = AuctionParams(args.competitors, args.competitor_scale, args.competitor_sigma, args.reserve_ratio)
-    env = make_environment(requests, read_truth_file(args.truth), params, rng)
-    with server_target(args, sorted({a.model_name for a in experiment.arms})) as target, \
-            make_client(args, target) as client:
+        raise ValueError(
+            f"{manifest_path}: no opportunities of {settings.candidates} candidates in split {settings.split!r}"
+        )
+    env = make_environment(requests, truth, settings.auction, rng)
+    with connect() as client:
         client.wait_until_available(timeout_s=60)
-        outcomes, versions = replay(client, requests, env, paired=args.assignment == "paired")
-    summary = summarize(outcomes, env.scenario, control=control, treatment=treatment, rng=rng, reps=args.bootstrap,
-                        uplift_metric=args.uplift_metric, min_impressions=args.min_impressions)
+        outcomes, versions = replay(client, requests, env, paired=settings.assignment == "paired")
+    summary = summarize(outcomes, env.scenario, control=control, treatment=treatment, rng=rng,
+                        reps=settings.bootstrap, uplift_metric=settings.uplift_metric,
+                        min_impressions=settings.min_impressions)
     summary["versions"] = {arm: {str(k): v for k, v in c.items()} for arm, c in versions.items()}
-    settings = {
-        "experiment": experiment.name, "opportunities": len(requests), "candidates": args.candidates,
-        "assignment": args.assignment, "competitors": args.competitors, "reserve_cpm": round(env.reserve, 4),
-        "seed": args.seed,
+    reported = {
+        "experiment": experiment.name, "opportunities": len(requests), "candidates": settings.candidates,
+        "assignment": settings.assignment, "competitors": settings.auction.competitors,
+        "reserve_cpm": round(env.reserve, 4), "seed": settings.seed,
     }
-    paths = write_report(summary, settings, args.out)
-    print(render_markdown(summary, settings, max_scenarios=15))
-    print("report: " + ", ".join(paths.values()))
-    return 0
+    return summary, reported

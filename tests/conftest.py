@@ -7,7 +7,6 @@ so the expensive steps run once per test session.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 
 import pytest
@@ -30,17 +29,15 @@ def logs_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def manifest_path(logs_dir, tmp_path_factory) -> str:
     """The Beam job's output on ``logs_dir`` (DirectRunner, in process); returns manifest.json."""
-    from beam_jobs.build_examples import run
+    from tfads.jobs.dataset import build_dataset
 
-    out = str(tmp_path_factory.mktemp("data"))
-    run(["--logs", logs_dir, "--out", out, "--runner", "DirectRunner"])
-    return os.path.join(out, "manifest.json")
+    return build_dataset(logs_dir, str(tmp_path_factory.mktemp("data")))
 
 
 @pytest.fixture(scope="session")
 def small_experiment():
     """The default experiment shrunk for tests: small embeddings and layers, 2 short epochs."""
-    from tfads.experiment import load_experiment
+    from tfads.core.experiment import load_experiment
 
     config = load_experiment()
     model = dataclasses.replace(config.model, embedding_dim=8, deep_units=[32, 16], tower_units=[16])

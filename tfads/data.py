@@ -6,7 +6,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfads.manifest import Manifest
+from tfads.core.manifest import Manifest
 
 DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 DEFAULTS = {"string": "", "int64": 0, "float32": 0.0}
@@ -50,7 +50,7 @@ def compression_of(files: list[str]) -> str:
     """``"GZIP"`` when every file is named ``*.gz``, ``""`` (uncompressed) when none is.
 
     Uncompressed shards take ~5x the disk but no inflating: ~1.5 CPU ms per 1024-record batch, ~15% of
-    the input pipeline, on the Criteo-shaped benchmark (BUILD.md, "Training throughput vs DeepCTR")."""
+    the input pipeline, on the Criteo-shaped benchmark (benchmarks/results/train_throughput.md)."""
     gzipped = {f.endswith(".gz") for f in files}
     if len(gzipped) > 1:
         raise ValueError(f"make_dataset: mixed gzipped and uncompressed TFRecord files, e.g. {sorted(files)[:2]}")

@@ -13,7 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.data import DTYPES
-from tfads.manifest import Manifest
+from tfads.core.manifest import Manifest
 
 FUSED_EMBEDDING = "fused_embedding"
 

@@ -19,8 +19,10 @@ import tensorflow as tf
 import tf_keras as keras
 import yaml
 
-from tfads.experiment import ExperimentConfig, experiment_from_dict
-from tfads.manifest import load_manifest
+from tfads.calibration import AdaCalib
+from tfads.calibration.combined import combined_model
+from tfads.core.experiment import ExperimentConfig, experiment_from_dict
+from tfads.core.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 MODEL_SUBDIR = "model"
@@ -74,16 +76,26 @@ def load_trained_model(model_dir: str, *, float32_matmuls: bool = False) -> kera
     return keras.models.load_model(path, compile=False)
 
 
+def read_saved_experiment(model_dir: str) -> ExperimentConfig:
+    """The experiment config a `tfads train` / `tfads calibrate` run saved beside its model.
+
+    Raises:
+      FileNotFoundError: ``model_dir`` holds no ``experiment.yaml`` (not a training output).
+    """
+    path = os.path.join(model_dir, EXPERIMENT)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path}: no experiment.yaml (is {model_dir} a `tfads train` output?)")
+    with tf.io.gfile.GFile(path) as f:
+        return experiment_from_dict(yaml.safe_load(f), where=path)
+
+
 def _rebuild(model_dir: str, record: dict[str, Any], float32_matmuls: bool) -> keras.Model:
     from tfads.models import build_model
 
-    with tf.io.gfile.GFile(os.path.join(model_dir, EXPERIMENT)) as f:
-        config = experiment_from_dict(yaml.safe_load(f), where=os.path.join(model_dir, EXPERIMENT))
+    config = read_saved_experiment(model_dir)
     model_config = dataclasses.replace(config.model, matmul_dtype="float32") if float32_matmuls else config.model
     model = build_model(load_manifest(record["manifest"]), model_config)
     if record.get("calibration"):
-        from tfads.calibrate import combined_model
-        from tfads.calibration import AdaCalib
 
         model = combined_model(model, {t: AdaCalib.from_config(c) for t, c in record["calibration"].items()})
     model.load_weights(os.path.join(model_dir, CHECKPOINT_SUBDIR, FINAL_CHECKPOINT)).expect_partial()

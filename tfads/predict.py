@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.data import DTYPES, make_dataset
-from tfads.manifest import Manifest
+from tfads.core.manifest import Manifest
 
 KEEP_COLUMNS = ("trace_id", "ts", "sample_source", "click", "conversion", "weight")
 

@@ -8,7 +8,7 @@ import tf_keras as keras
 from tfads.data import make_dataset
 from tfads.layers import find_pruners, sparsity_report
 from tfads.layers.adasparse import SparsityReport
-from tfads.manifest import Manifest
+from tfads.core.manifest import Manifest
 
 
 def scenario_report(

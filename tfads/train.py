@@ -15,11 +15,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.data import make_dataset
-from tfads.experiment import ExperimentConfig, TrainConfig
-from tfads.manifest import Manifest, load_manifest
+from tfads.core.experiment import ExperimentConfig, TrainConfig
+from tfads.core.manifest import Manifest, load_manifest
 from tfads.model_io import CHECKPOINT_SUBDIR, load_trained_model, save_trained_model  # noqa: F401 (re-export)
 from tfads.models import build_model, compile_model
-from tfads.experiment import AdaSparseConfig
+from tfads.core.experiment import AdaSparseConfig
 from tfads.layers import AlphaAnnealer, SparsityLambdaScheduler
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def adasparse_callbacks(cfg: AdaSparseConfig, total_steps: int | None) -> list[k
     None when AdaSparse is off or its form is ``scaling`` (no hard step, nothing to anneal). Alpha
     reaches its final slope halfway through training (``alpha_anneal_fraction``): measured on the
     model-quality benchmark, a fused pruner trained most of the run at the final slope validated
-    better than one still annealing at the end (BUILD.md, "Model quality").
+    better than one still annealing at the end (benchmarks/results/model_quality.md).
     """
     if not cfg.enabled or cfg.form == "scaling":
         return []

@@ -161,7 +161,7 @@ class ModelServer:
         self.stop()
 
 
-def run(args: argparse.Namespace) -> int:
+def serve_until_stopped(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit code 2 for a configuration error."""
     try:
         server = ModelServer(args).start()

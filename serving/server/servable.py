@@ -47,8 +47,9 @@ def run_options(config: tf.compat.v1.ConfigProto | None) -> tf.compat.v1.RunOpti
 
     Concurrent requests already run in parallel on the gRPC/REST handler threads, and a serving graph
     of 100 candidates is mostly a chain of small ops: handing each op to a pool thread and waking the
-    caller costs more than it overlaps (measured in BUILD.md). ``inter_op_thread_pool = -1`` is TF's
-    documented "use the caller thread" setting; ops still use the intra-op pool for their own work.
+    caller costs more than it overlaps (docs/decisions/0015-server-engine-session-callables.md).
+    ``inter_op_thread_pool = -1`` is TF's documented "use the caller thread" setting; ops still use the
+    intra-op pool for their own work.
     """
     pool_size = config.inter_op_parallelism_threads if config is not None else 0
     return tf.compat.v1.RunOptions(inter_op_thread_pool=0 if pool_size >= 2 else -1)

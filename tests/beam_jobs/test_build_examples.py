@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.beam_jobs.helpers import corruptions, dead_letters, read_examples, read_lines, valid_events
-from tfads.schema import load_schema
+from tfads.core.schema import load_schema
 
 SCHEMA = load_schema()
 

@@ -7,7 +7,7 @@ import pytest
 from beam_jobs.build_examples import run
 from beam_jobs.options import JobError, split_days
 from tfads.cli import main as tfads_main
-from tfads.schema import Splits
+from tfads.core.schema import Splits
 
 
 def _error(capsys) -> str:

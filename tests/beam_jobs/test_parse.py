@@ -7,7 +7,7 @@ import json
 import pandas as pd
 
 from beam_jobs.parse import LINE, _parse_robust, log_columns, parse_lines
-from tfads.schema import load_schema
+from tfads.core.schema import load_schema
 
 SCHEMA = load_schema()
 GOOD = {

@@ -6,7 +6,7 @@ import pytest
 
 import tfads  # noqa: F401  (before TensorFlow)
 
-from serving.bid_cli import embedded_server, model_config_text
+from serving.local_server import embedded_server, model_config_text
 from serving.server.toy_model import save_toy_model
 
 
@@ -24,7 +24,7 @@ def ab_models(manifest_path, trained_model_dir, tmp_path_factory):
     """The trained model exported as versions 1 and 2 of ``ctr``, and a models.config labelling
     them stable=1, canary=2."""
     from serving.export import export_model
-    from tfads.manifest import load_manifest
+    from tfads.core.manifest import load_manifest
     from tfads.train import load_trained_model
 
     root = tmp_path_factory.mktemp("ab_models")

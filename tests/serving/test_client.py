@@ -18,7 +18,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc as psg
 from tensorflow_serving.config import model_server_config_pb2
 from google.protobuf import text_format
 
-from serving.bid_cli import free_port, requests_from_rows, split_rows
+from serving.local_server import free_port
+from serving.traffic import requests_from_rows, split_rows
 from serving.bidding import BiddingParams, compute_bids, ecpm
 from serving.client import BidClient, BidRequestError
 from serving.experiment import Arm, Experiment

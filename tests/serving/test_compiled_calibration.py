@@ -8,11 +8,11 @@ import pytest
 import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from serving.compiled_calibration import CompiledCalibration, compile_calibration
+from tfads.calibration.compiled import CompiledCalibration, compile_calibration
 from serving.export import check_export, export_model
-from tfads.calibrate import combined_model
+from tfads.calibration.combined import combined_model
 from tfads.calibration import AdaCalib, compute_calibration_stats
-from tfads.manifest import load_manifest
+from tfads.core.manifest import load_manifest
 from tfads.model_io import load_trained_model
 
 

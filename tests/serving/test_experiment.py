@@ -12,7 +12,7 @@ import pytest
 
 from serving.bidding import BiddingParams
 from serving.experiment import Arm, Experiment, ExperimentWatcher, load_experiment_file
-from tfads.configtools import ConfigError
+from tfads.core.configtools import ConfigError
 
 DEFAULT = Path(__file__).resolve().parents[2] / "configs" / "ab_experiment.yaml"
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.export import WARMUP_FILE, check_export, export_model, next_version
-from tfads.manifest import load_manifest
+from tfads.core.manifest import load_manifest
 from tfads.train import load_trained_model
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from serving import simulate_ab
+from tfads.cli import simulate_ab as simulate_ab_cli
 from serving.simulate_ab import second_price
 
 
@@ -43,14 +44,14 @@ def test_summary_metrics_and_upr_from_known_outcomes():
 
 def run_simulation(tmp_path, ab_server, manifest_path, logs_dir, assignment: str) -> dict:  # noqa: F811
     parser = argparse.ArgumentParser()
-    simulate_ab.add_arguments(parser)
+    simulate_ab_cli.add_arguments(parser)
     out = tmp_path / assignment
     args = parser.parse_args([
         "--target", ab_server, "--data", manifest_path, "--truth", logs_dir, "--opportunities", "60",
         "--candidates", "3", "--bootstrap", "50", "--min-impressions", "1", "--assignment", assignment,
         "--out", str(out),
     ])
-    assert simulate_ab.run(args) == 0
+    assert simulate_ab_cli.run(args) == 0
     assert (out / "ab_report.md").read_text().startswith("# A/B replay")
     summary = json.loads((out / "ab_summary.json").read_text())
     assert (out / "ab_ctr.png").stat().st_size > 1000

@@ -7,7 +7,7 @@ import pytest
 
 import tfads  # noqa: F401
 
-from tfads.manifest import load_manifest
+from tfads.core.manifest import load_manifest
 from tfads.metrics import field_rce, per_field_auc
 from tfads.predict import predict_split
 from tfads.train import load_trained_model
@@ -15,7 +15,7 @@ from tfads.train import load_trained_model
 
 @pytest.fixture(scope="module")
 def calibrated(trained_model_dir, manifest_path, logs_dir, tmp_path_factory):
-    from tfads.calibrate import calibrate_and_report
+    from tfads.jobs.calibrate import calibrate_and_report
 
     out = str(tmp_path_factory.mktemp("calibrated"))
     return calibrate_and_report(trained_model_dir, manifest_path, out, logs=logs_dir, epochs=3)
@@ -50,7 +50,7 @@ def test_report_compares_adacalib_with_baselines(calibrated, manifest_path):
     cal_rce = field_rce(y, calib["ctr"].to_numpy(), scenario)
     assert cal_rce < 0.6 * raw_rce, (cal_rce, raw_rce)
     # The test day: no per-scenario Field-RCE claim here. The fixture's scenario biases drift from one day
-    # to the next (BUILD.md "## AdaCalib": even the calib day's true per-scenario shifts barely transfer),
+    # to the next (docs/methods.md "AdaCalib": even the calib day's true per-scenario shifts barely transfer),
     # so on 6k rows a field-level calibrator cannot be expected to beat the raw model there. What must
     # hold out of sample: the likelihood does not get worse (a wrong calibrator, e.g. overfitted noise or a
     # wrong level, raises log loss) and the ranking stays close (within a scenario it is unchanged).

@@ -362,7 +362,7 @@ def test_values_without_impressions_fall_back_to_the_global_function():
     """A decay-0 online refresh keeps the old vocabulary with zero counts: those values must calibrate
     like the global function, not to NaN."""
     from tfads.calibration.shrinkage import shrink
-    from tfads.online.calibration import refresh_stats
+    from tfads.jobs.online.calibration import refresh_stats
 
     stats, _, names = _shifted_values(0.25, seed=5)
     rng = np.random.default_rng(0)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tfads.configtools import ConfigError
-from tfads.experiment import load_experiment
-from tfads.schema import DEFAULT_SCHEMA, load_schema
+from tfads.core.configtools import ConfigError
+from tfads.core.experiment import load_experiment
+from tfads.core.schema import DEFAULT_SCHEMA, load_schema
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -15,7 +15,7 @@ import pytest
 from tfads import cli
 from tfads.datagen import generate
 from tfads.datagen.world import World
-from tfads.schema import load_schema
+from tfads.core.schema import load_schema
 
 SCHEMA = load_schema()
 SETTINGS = {"days": 3, "impressions_per_day": 2000, "seed": 7, "corrupt_rate": 0.04, "with_feed": True}
@@ -23,7 +23,7 @@ LINE_REASONS = {"bad_json", "missing_field", "wrong_type", "unknown_value", "out
 
 
 def _specs() -> dict[str, dict]:
-    """Per log: field types, required fields, enums, ranges (the contract of BUILD.md)."""
+    """Per log: field types, required fields, enums, ranges (the contract of docs/architecture.md)."""
     fields = SCHEMA.fields
     imp = {
         "types": {n: f.type for n, f in fields.items()},

@@ -16,7 +16,7 @@ import tf_keras as keras
 from tfads.calibration import PlattScaling
 from tfads.data import make_dataset
 from tfads.layers.adasparse import AdaSparsePruner
-from tfads.manifest import load_manifest
+from tfads.core.manifest import load_manifest
 from tfads.metrics import auc, logloss
 from tfads.models import build_model
 from tfads.models.esmm import LogitAUC
@@ -114,7 +114,7 @@ def test_feature_layer_maps_unseen_values_to_oov(batch, small_experiment):
 
 
 def test_adasparse_schedules_follow_the_form():
-    from tfads.experiment import AdaSparseConfig
+    from tfads.core.experiment import AdaSparseConfig
     from tfads.layers import AlphaAnnealer
     from tfads.train import adasparse_callbacks
 

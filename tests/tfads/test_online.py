@@ -20,8 +20,8 @@ import tfads  # noqa: F401  (before TensorFlow)
 import tensorflow as tf
 
 from tfads.calibration.stats import CalibStats, compute_calibration_stats
-from tfads.manifest import load_manifest
-from tfads.online import (
+from tfads.core.manifest import load_manifest
+from tfads.jobs.online import (
     OnlineConfig,
     OnlineLearner,
     OnlineState,
@@ -30,12 +30,12 @@ from tfads.online import (
     embedding_layers,
     list_shards,
 )
-from tfads.online.calibration import refresh_stats
-from tfads.online.evaluation import ctr_metrics, split_holdout
-from tfads.online.faults import CRASH_EXIT_CODE, ENV
-from tfads.online.recalibration import calibrated_scores
-from tfads.online.reservoir import read_records
-from tfads.online.updater import calib_path
+from tfads.jobs.online.calibration import refresh_stats
+from tfads.jobs.online.evaluation import ctr_metrics, split_holdout
+from tfads.jobs.online.faults import CRASH_EXIT_CODE, ENV
+from tfads.jobs.online.recalibration import calibrated_scores
+from tfads.jobs.online.reservoir import read_records
+from tfads.jobs.online.updater import calib_path
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = OnlineConfig(reservoir_size=500, old_eval_examples=500, batch_size=256, holdout_fraction=0.3,
@@ -170,7 +170,8 @@ def test_kills_mid_shard_and_between_shards_resume_exactly_once(
 def calibrated_model_dir(trained_model_dir, manifest_path, small_experiment, tmp_path_factory) -> str:
     """The session model + AdaCalib on scenario, combined and saved as `tfads calibrate` does (statistics
     computed in process instead of by the Beam job; two bin counts and one fitting epoch keep it small)."""
-    from tfads.calibrate import combined_model, fit_calibration_layers
+    from tfads.calibration.combined import combined_model
+    from tfads.jobs.calibrate import fit_calibration_layers
     from tfads.model_io import save_trained_model
     from tfads.predict import predict_split
     from tfads.train import load_trained_model

@@ -80,7 +80,7 @@ def test_killed_run_resumes_from_last_epoch(tmp_path, manifest_path, small_exper
 
 
 def test_warm_start_fine_tunes_one_scenario(tmp_path, manifest_path, trained_model_dir, small_experiment):
-    from tfads.manifest import load_manifest
+    from tfads.core.manifest import load_manifest
     from tfads.train import load_trained_model
 
     scenario = _largest_scenario(load_manifest(manifest_path))
@@ -143,7 +143,7 @@ def test_fast_options_train_with_several_steps_per_execution_and_export_in_float
     import dataclasses
 
     from serving.export import check_export, export_model
-    from tfads.manifest import load_manifest
+    from tfads.core.manifest import load_manifest
     from tfads.train import load_trained_model, train
 
     fast_model = dataclasses.replace(
@@ -175,7 +175,7 @@ def test_fast_options_train_with_several_steps_per_execution_and_export_in_float
 
 def _some_features(manifest_path) -> dict:
     from tfads.data import make_dataset
-    from tfads.manifest import load_manifest
+    from tfads.core.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
     features, _, _ = next(iter(make_dataset(manifest.split_files("test"), manifest, 32)))
@@ -183,8 +183,8 @@ def _some_features(manifest_path) -> dict:
 
 
 def test_steps_per_execution_falls_back_to_one_when_step_counts_are_unknown(manifest_path):
-    from tfads.experiment import TrainConfig
-    from tfads.manifest import load_manifest
+    from tfads.core.experiment import TrainConfig
+    from tfads.core.manifest import load_manifest
     from tfads.train import execution_steps
 
     manifest = load_manifest(manifest_path)

@@ -15,8 +15,8 @@ import yaml
 
 from tests.conftest import free_port
 from tfads.cli import main
-from tfads.configtools import ConfigError
-from tfads.tune.config import load_tune_config
+from tfads.core.configtools import ConfigError
+from tfads.jobs.tune.config import load_tune_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_EXPERIMENT = {
@@ -105,7 +105,7 @@ def test_cli_reports_bad_space_without_traceback(tmp_path, capsys):
 
 
 def test_tiny_sweep_records_failure_and_writes_best_config_that_trains(tmp_path, manifest_path):
-    from tfads.experiment import load_experiment
+    from tfads.core.experiment import load_experiment
     from tfads.train import train
 
     # r_min 0.5 > r_max 0.25 makes one of the two trials fail; the sweep must go on and report it.

@@ -1,11 +1,12 @@
 """The AdaCalib layer: field-value-adaptive, posterior-guided, monotone calibration (Wei et al., 2022).
 
-Method as built and the choices the paper leaves open: BUILD.md "## AdaCalib".
+Method as built and the choices the paper leaves open: docs/methods.md "AdaCalib".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +22,7 @@ from tfads.calibration.stats import CalibStats, ValueStats
 PREDICTION = "prediction"  # input key of the uncalibrated probability (or logit)
 _P_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the logit
 _MIN_WIDTH = 1e-3  # keypoints closer than this (tied quantiles) are pushed apart, in logit units
-_MAX_LOGIT = 15.0  # the output logit is clipped so float32 sigmoid stays strictly inside (0, 1)
+MAX_LOGIT = 15.0  # the output logit is clipped so float32 sigmoid stays strictly inside (0, 1)
 
 
 def _softplus_inv(y: np.ndarray) -> np.ndarray:
@@ -58,6 +59,22 @@ def _segment_tables(vs: ValueStats, k: int, min_slope: float, posterior: np.ndar
 def _value_features(vs: ValueStats, own_tables: bool) -> list[float]:
     rate, pred = (float(_logit(np.asarray(r))) for r in (vs.rate, vs.mean_pred))
     return [rate / 5, rate - pred, np.log1p(vs.impressions) / 10, np.log1p(vs.positives) / 5, float(own_tables)]
+
+
+@dataclass(frozen=True)
+class ValueFunctions:
+    """One field's calibration functions evaluated for every table row (row 0 = the global function).
+
+    ``knots_x[c]`` / ``knots_y[c]`` ``[rows, K_c + 1]`` are the keypoints of candidate bin count
+    ``bin_counts[c]`` (input logit -> calibrated logit, linear in between and beyond the ends);
+    ``selection`` ``[rows, len(bin_counts)]`` are the rows' weights over the candidates.
+    """
+
+    values: list[str]
+    bin_counts: list[int]
+    knots_x: list[np.ndarray]
+    knots_y: list[np.ndarray]
+    selection: np.ndarray
 
 
 @keras.utils.register_keras_serializable(package="tfads")
@@ -224,7 +241,7 @@ class AdaCalib(keras.layers.Layer):
     def candidate_logits(self, inputs: Mapping[str, tf.Tensor], field: str) -> tf.Tensor:
         """The per-bin-count calibrated logits of ``field``, ``[B, len(bin_counts)]`` (before selection)."""
         rows, pos = self._distinct_rows(field, inputs[field], None)
-        return self._candidates(field, self._input_logit(inputs), rows, pos, self._value_context(field, rows))
+        return self._candidates(field, self.input_logit(inputs), rows, pos, self._value_context(field, rows))
 
     def _field_logit(self, f: str, x: tf.Tensor, value: tf.Tensor, training: bool | None) -> tf.Tensor:
         """Calibrated logit ``[B]`` of field ``f`` for input logits ``x`` ``[B]``."""
@@ -245,16 +262,39 @@ class AdaCalib(keras.layers.Layer):
         hard = tf.one_hot(tf.argmax(logits, axis=1), len(self.bin_counts))
         return soft + tf.stop_gradient(hard - soft)
 
-    def _input_logit(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    def input_logit(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """The ``"prediction"`` input as a logit ``[B]`` (clipped probabilities, or as given in logit space)."""
         pred = tf.reshape(tf.cast(inputs[PREDICTION], tf.float32), [-1])
         if self.input_space == "logit":
             return pred
         p = tf.clip_by_value(pred, _P_EPS, 1 - _P_EPS)
         return tf.math.log(p) - tf.math.log1p(-p)
 
+    def value_functions(self, field: str) -> ValueFunctions:
+        """Every value's calibration functions for ``field`` at their keypoints (inference mode).
+
+        They do not depend on the input, so a server can evaluate them once and look them up per
+        request (:mod:`tfads.calibration.compiled`).
+        """
+        n_rows = len(self.vocab[field]) + 1
+        rows = tf.range(n_rows)
+        vfeat = self._value_context(field, rows)
+        xs, ys = [], []
+        for c, k in enumerate(self.bin_counts):
+            knots = self.tables[field][f"x{k}"].numpy()  # [rows, k + 1]
+            at_knots = self._candidates(field, tf.constant(knots.reshape(-1)), rows, tf.repeat(rows, k + 1), vfeat)
+            xs.append(knots)
+            ys.append(at_knots[:, c].numpy().reshape(n_rows, k + 1))
+        selection = self._selection(field, rows, vfeat, False).numpy()
+        return ValueFunctions(list(self.vocab[field]), list(self.bin_counts), xs, ys, selection)
+
+    def field_weights(self) -> np.ndarray:
+        """The learned mixing weights of the fields' calibrated logits ``[len(fields)]`` (sum to 1)."""
+        return tf.nn.softmax(self.field_logits).numpy()
+
     def calibrated_logit(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
         """The calibrated logit, shape ``[B]``."""
-        x = self._input_logit(inputs)
+        x = self.input_logit(inputs)
         per_field = tf.stack([self._field_logit(f, x, inputs[f], training) for f in self.fields], axis=1)
         return tf.reduce_sum(tf.nn.softmax(self.field_logits)[None, :] * per_field, axis=1)
 
@@ -262,7 +302,7 @@ class AdaCalib(keras.layers.Layer):
         missing = [k for k in [PREDICTION, *self.fields] if k not in inputs]
         if missing:
             raise ValueError(f"AdaCalib: inputs lack {missing}; expected keys {[PREDICTION, *self.fields]}.")
-        z = tf.clip_by_value(self.calibrated_logit(inputs, training=training), -_MAX_LOGIT, _MAX_LOGIT)
+        z = tf.clip_by_value(self.calibrated_logit(inputs, training=training), -MAX_LOGIT, MAX_LOGIT)
         return tf.reshape(tf.sigmoid(z), tf.shape(inputs[PREDICTION]))
 
     def get_config(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Malformed lines for ``--corrupt-rate``: each corrupted line has exactly one problem, named by the
-dead-letter reason code the Beam job must give it (see BUILD.md "Dead-letter reasons")."""
+dead-letter reason code the Beam job must give it (see docs/architecture.md "Dead-letter reasons")."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfads.schema import Schema
+from tfads.core.schema import Schema
 
 LINE_REASONS = ("bad_json", "missing_field", "wrong_type", "unknown_value", "out_of_range")
 

@@ -22,7 +22,7 @@ from tfads.datagen import world as W
 from tfads.datagen.corrupt import LogSpec, corrupt_line
 from tfads.datagen.logs import Events, make_events
 from tfads.datagen.writer import json_lines, trace_ids, write_gz
-from tfads.schema import Schema, load_schema
+from tfads.core.schema import Schema, load_schema
 
 DAY_S = 86_400
 MAX_DAYS = 3660  # keeps the per-day trace-id namespaces of orphans and feed lines apart
@@ -204,7 +204,7 @@ def generate(
     schema: Schema | None = None,
     progress: bool = True,
 ) -> dict:
-    """Write synthetic ad logs with ground truth to ``out_dir`` (layout: BUILD.md "Raw logs").
+    """Write synthetic ad logs with ground truth to ``out_dir`` (layout: docs/architecture.md "Data contract").
 
     Args:
       out_dir: output directory; created, or replaced if it holds a previous datagen output.

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
 import tf_keras as keras
 from tensorflow_recommenders.layers.feature_interaction.dcn import Cross
 
 MatmulDtype = Literal["float32", "bfloat16"]
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 matmuls
+
+
+@cache
+def native_matmul_dtype() -> MatmulDtype:
+    """``bfloat16`` where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), else ``float32``.
+
+    Without native support bfloat16 matmuls are emulated and slower than float32, so ``auto`` (the
+    default ``model.matmul_dtype``) only picks bfloat16 where it pays.
+    """
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "float32"
+    return "bfloat16" if any(f in flags.split() for f in BF16_CPU_FLAGS) else "float32"
+
+
+def resolve_matmul_dtype(setting: str) -> MatmulDtype:
+    """A config's ``matmul_dtype`` (``auto`` | ``float32`` | ``bfloat16``) as the dtype to build with."""
+    return native_matmul_dtype() if setting == "auto" else setting  # type: ignore[return-value]
 
 
 def matmul_policy(matmul_dtype: MatmulDtype) -> str:

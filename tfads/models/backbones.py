@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from tfads.experiment import ModelConfig
+from tfads.core.experiment import ModelConfig
 from tfads.features import EmbeddedFeatures
 from tfads.layers import AdaSparseMLP, AdaSparsePruner, CrossMix, LowPrecisionCross, StarTower, matmul_policy
 from tfads.layers.low_precision_cross import MatmulDtype

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import tensorflow as tf
 import tf_keras as keras
 
-from tfads.experiment import ModelConfig
+from tfads.core.experiment import ModelConfig
 from tfads.features import embed_features, feature_inputs
-from tfads.manifest import Manifest
+from tfads.layers.low_precision_cross import resolve_matmul_dtype
+from tfads.core.manifest import Manifest
 from tfads.models.backbones import backbone, mlp
 from tfads.optimizers import make_optimizer
 
@@ -27,6 +29,7 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     STAR and shared-bottom add a per-domain logit (STAR's auxiliary network; shared-bottom's
     domain-specific head) to both towers.
     """
+    cfg = dataclasses.replace(cfg, matmul_dtype=resolve_matmul_dtype(cfg.matmul_dtype))
     inputs = feature_inputs(manifest)
     feats = embed_features(
         inputs,

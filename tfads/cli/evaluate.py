@@ -1,0 +1,39 @@
+"""``tfads evaluate``: metrics JSON, per-scenario AUC and plots for a trained model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", required=True, help="a `tfads train` output dir (or a model/ dir)")
+    parser.add_argument("--data", required=True, help="manifest.json of the Beam job")
+    parser.add_argument("--split", default="test", choices=["train", "valid", "calib", "test"])
+    parser.add_argument(
+        "--logs", default=None, help="the datagen logs dir: adds the oracle metrics of the true probabilities"
+    )
+    parser.add_argument("--out", default=None, help="report dir (default: <model-dir>/eval_<split>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from tfads.evaluate import evaluate_frame, write_report
+    from tfads.core.manifest import load_manifest
+    from tfads.predict import predict_split
+    from tfads.sparsity import scenario_sparsity
+    from tfads.train import load_trained_model
+    from tfads.truth import attach_truth
+
+    manifest = load_manifest(args.data)
+    model = load_trained_model(args.model_dir)
+    scored = predict_split(model, manifest, args.split)
+    if args.logs:
+        scored = attach_truth(scored, args.logs)
+    evaluation = evaluate_frame(scored)
+    out = args.out or os.path.join(args.model_dir, f"eval_{args.split}")
+    sparsity = scenario_sparsity(model, manifest, args.split)
+    files = write_report(evaluation, scored, out, model_name=model.name, sparsity=sparsity)
+    print(evaluation.table())
+    print("\n".join(f"wrote {path}" for path in files.values()))
+    return 0

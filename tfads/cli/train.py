@@ -1,0 +1,48 @@
+"""``tfads train``: train a model from an experiment config on a Beam manifest."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="experiment YAML (default: configs/default.yaml)")
+    parser.add_argument("--data", required=True, help="manifest.json written by the Beam job (`tfads build`)")
+    parser.add_argument("--model-dir", required=True, help="output dir: model/, checkpoints/, backup/, logs/")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="warm start: a model dir or checkpoint prefix to load weights from (fine-tuning)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=None,
+        help="comma-separated scenario values to train on only (fine-tune on a target scene)",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="override train.steps_per_epoch")
+    parser.add_argument("--learning-rate", type=float, default=None, help="override train.learning_rate")
+    parser.epilog = (
+        "Resumable: a killed run restarted with the same --model-dir continues from the last finished epoch. "
+        "Distributed: set TF_CONFIG on each worker to use MultiWorkerMirroredStrategy."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tfads.core.experiment import DEFAULT_EXPERIMENT, load_experiment
+    from tfads.train import summary_line, train
+
+    config = load_experiment(args.config or DEFAULT_EXPERIMENT)
+    overrides = {
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "learning_rate": args.learning_rate,
+        "scenarios": args.scenarios.split(",") if args.scenarios else None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, **overrides))
+    result = train(config, args.data, args.model_dir, init_from=args.init_from)
+    print(f"trained {result.epochs_run} epoch(s): {summary_line(result.history)}")
+    print(f"model written to {result.model_path}")
+    return 0

@@ -1,0 +1,147 @@
+"""Experiment config: which model to build and how to train it (``configs/<exp>.yaml``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tfads.core.configtools import from_dict, read_yaml
+from tfads.core.defaults import EXPERIMENT, default_config
+
+
+@dataclass(frozen=True)
+class CrossConfig:
+    """DCNv2 cross network: ``layers`` tfrs Cross layers (full rank when ``projection_dim`` is
+    null, low rank otherwise) or, with ``num_experts`` > 0, our DCN-Mix layers."""
+
+    layers: int = 3
+    projection_dim: int | None = None
+    structure: Literal["stacked", "parallel"] = "stacked"
+    num_experts: int = 0
+    expert_rank: int = 32
+
+    def __post_init__(self) -> None:
+        if self.layers < 1:
+            raise ValueError(f"cross.layers must be >= 1, got {self.layers}")
+
+
+@dataclass(frozen=True)
+class AdaSparseConfig:
+    """AdaSparse domain-aware pruners on the deep layers (see METHODS.md)."""
+
+    enabled: bool = True
+    form: Literal["fusion", "binarization", "scaling"] = "fusion"
+    r_min: float = 0.15
+    r_max: float = 0.25
+    eps: float = 0.25
+    beta: float = 2.0
+    alpha_start: float = 0.1
+    alpha_end: float = 5.0
+    alpha_anneal_fraction: float = 0.5
+    lambda_start: float = 0.01
+    lambda_growth: float = 2.0
+    lambda_growth_steps: int = 1000
+    on_embedding: bool = False
+    pruner_hidden_units: int = 0  # > 0: the pruner is a shallow MLP with this hidden width (paper's form)
+    pruner_input: Literal["domain_hidden", "domain"] = "domain_hidden"  # what the pruner reads: [e_d; h] or e_d
+
+    def __post_init__(self) -> None:
+        if self.pruner_hidden_units < 0:
+            raise ValueError(f"pruner_hidden_units must be >= 0, got {self.pruner_hidden_units}")
+        if not 0.0 < self.alpha_anneal_fraction <= 1.0:
+            raise ValueError(f"alpha_anneal_fraction must be in (0, 1], got {self.alpha_anneal_fraction}")
+        if not 0.0 <= self.r_min <= self.r_max < 1.0:
+            raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={self.r_min}, r_max={self.r_max}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: embeddings, backbone, AdaSparse and ESMM heads.
+
+    ``numeric_encoding``: ``embedding`` (standardised value times a learned ``embedding_dim`` vector)
+    or ``dense`` (the standardised value itself, one column of x0, as DeepCTR's dense features).
+    ``fused_embeddings``: one embedding table for all categorical/hashed features (one gather and
+    one sparse update per step instead of one per feature).
+    ``embedding_init_std``: embedding tables start normal with this std (DeepCTR-like small init);
+    null keeps Keras' uniform +-0.05.
+    ``matmul_dtype``: ``bfloat16`` runs the tfrs cross and deep (MLP / AdaSparse) matmuls in bfloat16
+    (float32 variables, embeddings, residual sums and heads; about half the matmul CPU on AVX512-BF16;
+    DCN-Mix and STAR stay float32), ``float32`` is exact, ``auto`` picks bfloat16 where the CPU has
+    native bfloat16 matmuls (AVX512-BF16 / AMX) and float32 elsewhere. Exports always use float32.
+    """
+
+    backbone: Literal["dnn", "dcnv2", "star", "shared_bottom"] = "dcnv2"
+    embedding_dim: int = 16
+    deep_units: list[int] = field(default_factory=lambda: [256, 128])
+    tower_units: list[int] = field(default_factory=lambda: [64])
+    dropout: float = 0.0
+    cross: CrossConfig = field(default_factory=CrossConfig)
+    adasparse: AdaSparseConfig = field(default_factory=AdaSparseConfig)
+    direct_cvr_loss: bool = False
+    cvr_loss_weight: float = 1.0
+    numeric_encoding: Literal["embedding", "dense"] = "embedding"
+    fused_embeddings: bool = False
+    embedding_init_std: float | None = None
+    matmul_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if self.embedding_init_std is not None and self.embedding_init_std <= 0:
+            raise ValueError(f"embedding_init_std must be > 0 (or null), got {self.embedding_init_std}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and input pipeline settings."""
+
+    batch_size: int = 1024
+    epochs: int = 3
+    learning_rate: float = 1e-3
+    optimizer: Literal["lazy_adam", "adam", "adagrad"] = "lazy_adam"
+    shuffle_buffer: int = 50_000
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
+    early_stopping_patience: int = 2
+    seed: int = 0
+    use_sample_weight: bool = True
+    scenarios: list[str] | None = None
+    steps_per_execution: int = 1
+    shuffle_block: int = 1  # shuffle blocks of this many consecutive records (tfads.data.make_dataset)
+
+    def __post_init__(self) -> None:
+        if self.steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be >= 1, got {self.steps_per_execution}")
+        if self.shuffle_block < 1:
+            raise ValueError(f"shuffle_block must be >= 1, got {self.shuffle_block}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Root of an experiment YAML: the schema file, the model and the training settings."""
+
+    schema: str = "schema.yaml"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (YAML-ready); ``load_experiment`` of it gives the same config."""
+        return dataclasses.asdict(self)
+
+
+DEFAULT_EXPERIMENT = default_config(EXPERIMENT)
+
+
+def load_experiment(path: str | Path = DEFAULT_EXPERIMENT) -> ExperimentConfig:
+    """Load an experiment YAML; the ``schema`` path is resolved relative to the YAML's folder."""
+    path = Path(path)
+    config = from_dict(ExperimentConfig, read_yaml(path), where=str(path))
+    schema_path = (path.parent / config.schema).resolve()
+    return dataclasses.replace(config, schema=str(schema_path))
+
+
+def experiment_from_dict(data: dict[str, Any], where: str = "<dict>") -> ExperimentConfig:
+    """Build an experiment config from a mapping (used by the tuner and by saved model cards)."""
+    return from_dict(ExperimentConfig, data, where=where)

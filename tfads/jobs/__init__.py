@@ -1,0 +1,1 @@
+"""Jobs that orchestrate the library, the Beam jobs and serving: calibrate, demo, online learning, tuning."""

@@ -55,6 +55,33 @@ def trained_model_dir(manifest_path, small_experiment, tmp_path_factory) -> str:
     return model_dir
 
 
+@pytest.fixture(scope="session")
+def ab_models(manifest_path, trained_model_dir, tmp_path_factory):
+    """The trained model exported as versions 1 and 2 of ``ctr``, and a models.config labelling
+    them stable=1, canary=2."""
+    from serving.export import export_model
+    from serving.local_server import model_config_text
+    from tfads.core.manifest import load_manifest
+    from tfads.train import load_trained_model
+
+    root = tmp_path_factory.mktemp("ab_models")
+    model, manifest = load_trained_model(trained_model_dir), load_manifest(manifest_path)
+    for version in (1, 2):
+        export_model(model, manifest, str(root / "ctr"), version=version, warmup_examples=4)
+    config = root / "models.config"
+    config.write_text(model_config_text("ctr", str(root / "ctr"), {"stable": 1, "canary": 2}))
+    return config
+
+
+@pytest.fixture(scope="session")
+def ab_server(ab_models):
+    """The embedded server (a subprocess) serving ``ab_models``; yields its gRPC target."""
+    from serving.local_server import embedded_server
+
+    with embedded_server([f"--model_config_file={ab_models}"], ["ctr"]) as target:
+        yield target
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:

@@ -379,3 +379,20 @@ def test_every_layer_survives_saved_model_and_config_round_trips(tmp_path) -> No
             config = layer.get_config()
             twin = type(layer).from_config(config)
             assert twin.get_config() == config
+
+
+def test_auto_matmul_dtype_follows_the_cpu(monkeypatch, tmp_path) -> None:
+    from tfads.layers import low_precision_cross as lpc
+
+    assert lpc.resolve_matmul_dtype("float32") == "float32"
+    assert lpc.resolve_matmul_dtype("bfloat16") == "bfloat16"
+    native = "bfloat16" if any(f in open("/proc/cpuinfo").read().split() for f in lpc.BF16_CPU_FLAGS) else "float32"
+    assert lpc.resolve_matmul_dtype("auto") == native
+    fake = tmp_path / "cpuinfo"
+    monkeypatch.setattr(lpc, "Path", lambda _: fake)
+    for flags, expected in (("fpu sse avx512f", "float32"), ("fpu avx512f avx512_bf16", "bfloat16"),
+                            ("fpu amx_bf16", "bfloat16")):
+        fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        lpc.native_matmul_dtype.cache_clear()
+        assert lpc.native_matmul_dtype() == expected
+    lpc.native_matmul_dtype.cache_clear()

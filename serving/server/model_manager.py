@@ -49,17 +49,27 @@ class _Model:
     failed: set[int] = field(default_factory=set)  # versions whose load failed; not retried
 
 
-def versions_on_disk(base_path: str) -> list[int]:
-    """Integer-named version directories under ``base_path`` (missing path = no versions)."""
+def versions_on_disk(base_path: str) -> dict[int, str]:
+    """{version: directory name} of the integer-named version directories under ``base_path``.
+
+    Like TF Serving's FileSystemStoragePathSource, a name is parsed as an integer, so ``00000123/`` is
+    version 123 and is loaded from ``00000123/``. If two names parse to one version, the first in
+    sorted order wins. A missing ``base_path`` has no versions.
+    """
     try:
-        names = os.listdir(base_path)
+        names = sorted(os.listdir(base_path))
     except FileNotFoundError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(base_path, n)))
+        return {}
+    found: dict[int, str] = {}
+    for name in names:
+        if name.isascii() and name.isdigit() and os.path.isdir(os.path.join(base_path, name)):
+            found.setdefault(int(name), name)
+    return found
 
 
 def aspired_versions(config: ModelConfig, on_disk: list[int]) -> set[int]:
     """Apply the model's version policy (latest N by default) to the versions found on disk."""
+    on_disk = sorted(on_disk)
     policy = config.model_version_policy
     kind = policy.WhichOneof("policy_choice")
     if kind == "all":
@@ -172,9 +182,10 @@ class ModelManager:
 
     def _sync_model(self, model: _Model) -> None:
         name, base_path = model.config.name, model.config.base_path
-        aspired = aspired_versions(model.config, versions_on_disk(base_path))
+        on_disk = versions_on_disk(base_path)
+        aspired = aspired_versions(model.config, list(on_disk))
         for version in sorted(aspired - set(model.servables) - model.failed):
-            servable = self._load(model, version)
+            servable = self._load(model, version, os.path.join(base_path, on_disk[version]))
             if servable is not None:
                 model.servables = {**model.servables, version: servable}
                 model.statuses[version] = VersionStatus(State.AVAILABLE)
@@ -182,9 +193,8 @@ class ModelManager:
         if not aspired or aspired & set(model.servables):
             self._unload(model, set(model.servables) - aspired)
 
-    def _load(self, model: _Model, version: int) -> Servable | None:
+    def _load(self, model: _Model, version: int, path: str) -> Servable | None:
         name = model.config.name
-        path = os.path.join(model.config.base_path, str(version))
         model.statuses[version] = VersionStatus(State.LOADING)
         servable = None
         try:

@@ -20,9 +20,10 @@ from serving.server import inference
 from serving.server.batching import request_deadline
 from serving.server.errors import ServingError
 from serving.server.grpc_service import SIGNATURE_DEF_FIELD, model_metadata
-from serving.server.json_codec import decode_examples, decode_predict, encode_predict
+from serving.server.json_codec import decode_examples, decode_predict, encode_predict, float32_json
 from serving.server.model_manager import ModelManager
 from serving.server.monitoring import Metrics
+from serving.server.servable import DEFAULT_SIGNATURE, Servable, Signature
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class RestApi:
 
     def _dispatch(self, method: str, path: str, body: bytes) -> dict:
         match = PATH.match(path.split("?", 1)[0])
+        if method == "GET" and path.split("?", 1)[0].rstrip("/") == "/v1/models":
+            raise ServingError.invalid_argument("Missing model name in request.")
         if match is None or (method == "GET") == bool(match["verb"]) or (method == "POST" and match["metadata"]):
             raise ServingError.invalid_argument(f"Malformed request: {method} {path}")
         spec = model_pb2.ModelSpec(name=match["name"])
@@ -76,12 +79,15 @@ class RestApi:
         payload = _parse_body(body)
         signature_name = payload.get("signature_name", "")
         if not isinstance(signature_name, str):
-            raise ServingError.invalid_argument("'signature_name' key must be a string value.")
+            raise ServingError.invalid_argument(
+                f"JSON Value: {orjson.dumps(payload).decode()} not formatted correctly. "
+                "'signature_name' key must be a string value."
+            )
         spec.signature_name = signature_name
         with self._metrics.request(spec.name, verb, "REST"), request_deadline(self._timeout):
             servable = self._manager.resolve(spec)
             if verb == "predict":
-                sig = servable.signature(signature_name)
+                sig = _predict_signature(servable, signature_name)
                 inputs, row_format = decode_predict(payload, sig)
                 return encode_predict(sig.run(inputs), row_format)
             request_input = decode_examples(payload)
@@ -89,11 +95,11 @@ class RestApi:
                 result = inference.classify(
                     servable, classification_pb2.ClassificationRequest(model_spec=spec, input=request_input)
                 ).result
-                return {"results": [[[c.label, c.score] for c in row.classes] for row in result.classifications]}
+                return {"results": [_classes_json(row.classes) for row in result.classifications]}
             result = inference.regress(
                 servable, regression_pb2.RegressionRequest(model_spec=spec, input=request_input)
             ).result
-            return {"results": [r.value for r in result.regressions]}
+            return {"results": float32_json([r.value for r in result.regressions])}
 
     @staticmethod
     def _metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> dict:
@@ -105,13 +111,31 @@ class RestApi:
         }
 
 
+def _classes_json(classes) -> list[list]:
+    """One example's classes as ``[[label, score], ...]`` (MakeJsonFromClassificationResult)."""
+    scores = float32_json([c.score for c in classes])
+    return [[c.label, score] for c, score in zip(classes, scores, strict=True)]
+
+
+def _predict_signature(servable: Servable, name: str) -> Signature:
+    """The signature a :predict body names; INVALID_ARGUMENT if absent (HttpRestApiHandler::GetInfoMap)."""
+    key = name or DEFAULT_SIGNATURE
+    sig = servable.signatures.get(key)
+    if sig is None:
+        raise ServingError.invalid_argument(f'Serving signature name: "{key}" not found in signature def')
+    return sig
+
+
 def _parse_body(body: bytes) -> dict:
+    """The request body as a JSON object (json_tensor.cc ParseJson)."""
+    if not body.strip():
+        raise ServingError.invalid_argument("JSON Parse error: The document is empty")
     try:
-        payload = orjson.loads(body) if body else None
+        payload = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise ServingError.invalid_argument(f"JSON Parse error: {e}") from e
     if not isinstance(payload, dict):
-        raise ServingError.invalid_argument("JSON Value: request body must be a JSON object")
+        raise ServingError.invalid_argument(f"JSON Value: {orjson.dumps(payload).decode()} Is not object")
     return payload
 
 

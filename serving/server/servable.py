@@ -20,7 +20,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving.server.errors import ServingError
-from serving.server.tensors import dtype_name
+from serving.server.tensors import dtype_name, to_ndarray
 
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -64,6 +64,8 @@ class Signature:
     inputs: dict[str, tf.TensorSpec]
     outputs: dict[str, tf.TensorSpec]
     session_run: Callable[..., list[np.ndarray]] = field(repr=False)  # feeds sorted input aliases
+    feed_names: dict[str, str] = field(default_factory=dict)  # alias -> graph tensor name
+    defaults: dict[str, np.ndarray] = field(default_factory=dict)  # SignatureDef.defaults, decoded
     runner: RunFn | None = field(default=None, repr=False)  # set by batching; defaults to run_direct
 
     def run_direct(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -77,39 +79,61 @@ class Signature:
         return dict(zip(self._output_order, values, strict=True))
 
     def run(self, inputs: dict[str, np.ndarray], output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """Validate inputs like TF Serving's Predict, run (batched if enabled), keep filtered outputs."""
-        self.check_inputs(inputs)
+        """Check inputs like TF Serving's Predict, run (batched if enabled), keep filtered outputs."""
+        inputs = self.check_inputs(inputs)
+        seen: set[str] = set()
         for alias in output_filter:
             if alias not in self.outputs:
                 raise ServingError.invalid_argument(
                     f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
                     f"{{{','.join(sorted(self.outputs))}}}."
                 )
+            if alias in seen:
+                raise ServingError.invalid_argument(f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
         outputs = (self.runner or self.run_direct)(inputs)
         return {k: outputs[k] for k in output_filter} if output_filter else outputs
 
-    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
-        """INVALID_ARGUMENT for missing/extra aliases, wrong dtype or incompatible shape."""
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """TF Serving's checks (predict_util.cc, saved_model/util.cc GetInputValues), then the dtype.
+
+        Aliases: too many, or too few without signature defaults, is INVALID_ARGUMENT; a missing alias
+        takes the signature's default. Shapes are not checked against the SignatureDef: like
+        tensorflow_model_server, the tensor is fed and the TF runtime decides. A wrong dtype gets the
+        error the runtime's Session::Run gives (``Expects arg[i] to be ...``). Returns the full feed.
+        """
         sent, expected = set(inputs), set(self.inputs)
-        if sent != expected:
+        if len(sent) > len(expected) or (len(sent) < len(expected) and not self.defaults):
             raise ServingError.invalid_argument(
                 f"input size does not match signature: {len(sent)}!={len(expected)} "
                 f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
                 f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
                 f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
             )
+        feed = dict(inputs)
+        for alias in self._input_order:
+            if alias in sent:
+                continue
+            if alias not in self.defaults:
+                raise ServingError.invalid_argument(
+                    f"Signature input alias: {alias}(feed name: {self.feed_names.get(alias, '')}) not found in "
+                    f"request and no default value provided. Inputs expected to be in the request "
+                    f"{{{','.join(sorted(sent))}}}, or default input alias set: {','.join(sorted(self.defaults))}"
+                )
+            feed[alias] = self.defaults[alias]
+        if sent and not sent <= expected:
+            raise ServingError.invalid_argument(
+                f"Inputs contains invalid name. Used request inputs: {','.join(sorted(sent & expected))}, "
+                f"request input: {','.join(sorted(sent))}"
+            )
         for i, alias in enumerate(self._input_order):
-            spec, value = self.inputs[alias], inputs[alias]
+            spec, value = self.inputs[alias], feed[alias]
             if not _dtype_matches(spec.dtype, value):
                 got = "string" if value.dtype.kind in "OSU" else dtype_name(tf.as_dtype(value.dtype).as_datatype_enum)
                 raise ServingError.invalid_argument(
                     f"Expects arg[{i}] to be {dtype_name(spec.dtype.as_datatype_enum)} but {got} is provided"
                 )
-            if not _shape_ok(self._shapes[alias], value.shape):
-                raise ServingError.invalid_argument(
-                    f"input '{alias}': shape {list(value.shape)} is not compatible with the signature's "
-                    f"shape {spec.shape.as_list() if spec.shape.rank is not None else 'unknown'}"
-                )
+        return feed
 
     @functools.cached_property
     def _input_order(self) -> list[str]:
@@ -121,20 +145,11 @@ class Signature:
         """Output aliases in the order ``session_run`` fetches them."""
         return alias_order(self.outputs)
 
-    @functools.cached_property
-    def _shapes(self) -> dict[str, tuple[int | None, ...] | None]:
-        return {k: tuple(s.shape.as_list()) if s.shape.rank is not None else None for k, s in self.inputs.items()}
 
 
 def alias_order(aliases: Iterable[str]) -> list[str]:
     """The one order of a signature's aliases: its callable's feeds and fetches, and TF Serving's arg[i]."""
     return sorted(aliases)
-
-
-def _shape_ok(expected: tuple[int | None, ...] | None, shape: tuple[int, ...]) -> bool:
-    if expected is None:
-        return True
-    return len(expected) == len(shape) and all(e is None or e == d for e, d in zip(expected, shape, strict=True))
 
 
 _NUMPY_DTYPES: dict[tf.DType, np.dtype] = {}
@@ -184,6 +199,8 @@ def _signature(
         inputs={k: _spec(v) for k, v in sig_def.inputs.items()},
         outputs={k: _spec(v) for k, v in sig_def.outputs.items()},
         session_run=session._make_callable_from_options(callable_options),
+        feed_names={alias: info.name for alias, info in sig_def.inputs.items()},
+        defaults={alias: to_ndarray(proto, alias) for alias, proto in sig_def.defaults.items()},
     )
 
 
@@ -233,11 +250,11 @@ class Servable:
         return cls(name, version, path, signatures, signature_defs, time.perf_counter() - start, session)
 
     def signature(self, name: str) -> Signature:
-        """The signature ``name`` (empty = serving_default), FAILED_PRECONDITION if absent like TF Serving."""
+        """The signature ``name`` (empty = serving_default); FAILED_PRECONDITION if absent (predict_util.cc)."""
         key = name or DEFAULT_SIGNATURE
         sig = self.signatures.get(key)
         if sig is None:
-            raise ServingError.failed_precondition(f'Serving signature name: "{key}" not found in signature def')
+            raise ServingError.failed_precondition(f'Serving signature key "{key}" not found.')
         return sig
 
     def metadata(self) -> get_model_metadata_pb2.SignatureDefMap:

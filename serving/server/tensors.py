@@ -27,28 +27,37 @@ def dtype_name(dtype: int) -> str:
 
 
 def to_ndarray(proto: tensor_pb2.TensorProto, alias: str = "") -> np.ndarray:
-    """Decode a TensorProto (typed fields or tensor_content) into a numpy array."""
+    """Decode a TensorProto like TF's ``Tensor::FromProto`` (what TF Serving does with a request tensor).
+
+    Typed value fields: extra values are ignored, missing ones repeat the last value, none at all
+    gives zeros (empty strings). ``tensor_content`` must hold exactly the shape's bytes. Anything
+    undecodable is INVALID_ARGUMENT ``tensor parsing error: <alias>``.
+    """
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     spec = _FIELDS.get(proto.dtype)
     if spec is None:
         try:
             return tf.make_ndarray(proto)
         except (TypeError, ValueError) as e:
-            raise ServingError.invalid_argument(f"input '{alias}': cannot decode tensor: {e}") from e
+            raise ServingError.invalid_argument(f"tensor parsing error: {alias}") from e
     field, np_dtype = spec
-    if proto.tensor_content and np_dtype is not object:
-        arr = np.frombuffer(proto.tensor_content, dtype=np_dtype)
-    else:
-        values = getattr(proto, field)
-        arr = np.array(values, dtype=np_dtype) if np_dtype is not object else np.array(list(values), dtype=object)
     size = math.prod(shape)
-    if arr.size == size:
+    if proto.tensor_content and np_dtype is not object:
+        if len(proto.tensor_content) != size * np.dtype(np_dtype).itemsize:
+            raise ServingError.invalid_argument(f"tensor parsing error: {alias}")
+        return np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(shape)
+    values = getattr(proto, field)
+    n = len(values)
+    if np_dtype is object:
+        arr = np.array(list(values[:size]), dtype=object)
+    else:
+        arr = np.array(values[:size] if n > size else values, dtype=np_dtype)
+    if n >= size:
         return arr.reshape(shape)
-    if arr.size == 1:  # TF fills a tensor with its single given value
-        return np.full(shape, arr[0], dtype=arr.dtype)
-    raise ServingError.invalid_argument(
-        f"input '{alias}': tensor has {arr.size} values but its shape {list(shape)} needs {size}"
-    )
+    fill = arr[-1] if n else (b"" if np_dtype is object else np_dtype())
+    out = np.full(shape, fill, dtype=arr.dtype)
+    out.ravel()[:n] = arr
+    return out
 
 
 # numpy dtype -> (dtype enum, typed field) for the fast encoding path

@@ -168,13 +168,13 @@ def _broken_requests():
     missing = {k: v for k, v in good.items() if k != "bid_floor"}
     extra = good | {"age": np.array([1, 2, 3])}
     wrong_dtype = good | {"slot_id": np.array([1.0, 2.0, 3.0], dtype=np.float32)}
-    wrong_shape = good | {"bid_floor": np.ones((3, 2), dtype=np.float32)}
+    wrong_shape = good | {"bid_floor": np.ones((3, 2), dtype=np.float32)}  # fed as is, the runtime rejects it
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     return [
         (predict_request("toy", missing), invalid, "Missing but required: {bid_floor}"),
         (predict_request("toy", extra), invalid, "Sent extra: {age}"),
         (predict_request("toy", wrong_dtype), invalid, "to be int64 but float is provided"),
-        (predict_request("toy", wrong_shape), invalid, "not compatible"),
+        (predict_request("toy", wrong_shape), invalid, "Incompatible shapes: [3] vs. [3,2]"),  # from the TF runtime
         (predict_request("toy", good, signature_name="nope"), grpc.StatusCode.FAILED_PRECONDITION, '"nope" not found'),
         (predict_request("nope", good), grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
         (predict_request("toy", good, version=9), grpc.StatusCode.NOT_FOUND, "Specific(toy, 9)"),

@@ -74,7 +74,9 @@ def parse_text_proto(text: str, proto_cls: type[message.Message], source: str) -
     try:
         return text_format.Parse(text, proto_cls())
     except text_format.ParseError as e:
-        raise ServingError.invalid_argument(f"Invalid protobuf file: '{source}': {e}") from e
+        raise ServingError.invalid_argument(
+            f"Invalid protobuf file: '{source}': Error parsing text-format {proto_cls.DESCRIPTOR.full_name}: {e}"
+        ) from e
 
 
 def read_text_proto(path: str, proto_cls: type[message.Message]) -> message.Message:

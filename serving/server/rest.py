@@ -63,6 +63,8 @@ class RestApi:
             raise ServingError.invalid_argument(f"Malformed request: {method} {path}")
         spec = model_pb2.ModelSpec(name=match["name"])
         if match["version"]:
+            if int(match["version"]) >= 2**63:
+                raise ServingError.invalid_argument(f"Failed to convert version: {match['version']} to numeric.")
             spec.version.value = int(match["version"])
         elif match["label"]:
             spec.version_label = match["label"]
@@ -133,7 +135,7 @@ def _parse_body(body: bytes) -> dict:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise ServingError.invalid_argument(f"JSON Parse error: {e}") from e
+        raise ServingError.invalid_argument(f"JSON Parse error: Invalid value. at offset: {e.pos} ({e.msg})") from e
     if not isinstance(payload, dict):
         raise ServingError.invalid_argument(f"JSON Value: {orjson.dumps(payload).decode()} Is not object")
     return payload

@@ -146,7 +146,6 @@ class Signature:
         return alias_order(self.outputs)
 
 
-
 def alias_order(aliases: Iterable[str]) -> list[str]:
     """The one order of a signature's aliases: its callable's feeds and fetches, and TF Serving's arg[i]."""
     return sorted(aliases)

@@ -25,7 +25,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs.files import write_bytes
 from tfads.calibration.stats import compute_calibration_stats
 from tfads.core.configtools import ConfigError
-from tfads.core.manifest import load_manifest
+from tfads.core.manifest import Manifest, load_manifest
+from tfads.core.names import CONVERSION, CTR, CVR, HEAD_LABELS, RAW_SUFFIX
 
 SIGNATURE = "predict_examples"
 MALFORMED = "malformed"
@@ -34,12 +35,12 @@ _DTYPES = ("string", "int64", "float32")
 
 class ScoreExamples(beam.DoFn):
     """Scores batches of serialized tf.Examples with the SavedModel (loaded once per worker in ``setup``)
-    and emits columns: ``ctr``/``cvr`` raw predictions, ``click``/``conversion`` labels and the field
-    values as strings. A batch that fails is retried row by row; rows that still fail go to the
-    ``malformed`` output and are counted."""
+    and emits columns: each calibrated head's raw prediction (``ctr``, and ``cvr`` for ESMM), the labels
+    by role (``click``, ``conversion``) and the field values as strings. A batch that fails is retried row
+    by row; rows that still fail go to the ``malformed`` output and are counted."""
 
-    def __init__(self, model: str, fields: dict[str, str]) -> None:
-        self.model, self.fields = model, fields
+    def __init__(self, model: str, fields: dict[str, str], labels: dict[str, str]) -> None:
+        self.model, self.fields, self.labels = model, fields, labels
         self.scored = Metrics.counter("calibration_stats", "scored")
         self.malformed = Metrics.counter("calibration_stats", "malformed")
 
@@ -51,15 +52,16 @@ class ScoreExamples(beam.DoFn):
         self._score = tf.saved_model.load(self.model).signatures[SIGNATURE]
         dtypes = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
         self._spec = {f: tf.io.FixedLenFeature([], dtypes[d]) for f, d in self.fields.items()}
-        self._spec.update({label: tf.io.FixedLenFeature([], tf.int64) for label in ("click", "conversion")})
+        self._spec.update({column: tf.io.FixedLenFeature([], tf.int64) for column in self.labels.values()})
 
     def _columns(self, batch: list[bytes]) -> dict[str, np.ndarray]:
         examples = self._tf.constant(batch)
         out = self._score(examples=examples)
         parsed = self._tf.io.parse_example(examples, self._spec)
-        cols = {task: out[f"{task}_raw"].numpy().reshape(-1).astype(np.float64) for task in ("ctr", "cvr")}
-        for name in ("click", "conversion"):
-            cols[name] = parsed[name].numpy().astype(np.float64)
+        heads = [CTR, CVR] if CONVERSION in self.labels else [CTR]
+        cols = {head: out[head + RAW_SUFFIX].numpy().reshape(-1).astype(np.float64) for head in heads}
+        for role, column in self.labels.items():
+            cols[role] = parsed[column].numpy().astype(np.float64)
         for f in self.fields:
             v = parsed[f].numpy()
             cols[f] = np.array([x.decode() for x in v]) if v.dtype == object else v.astype(str)
@@ -90,9 +92,12 @@ def write_stats(batches: list[dict[str, np.ndarray]], out: str, fields: Sequence
                 options: dict[str, Any]) -> list[str]:
     """Compute the CTR (all rows) and CVR (clicked rows) statistics and write them under ``out``."""
     cols = _concat(batches)
-    clicked = cols["click"] > 0
     paths = []
-    for task, rows, label in (("ctr", slice(None), "click"), ("cvr", clicked, "conversion")):
+    for task in (CTR, CVR):
+        if task not in cols:
+            continue  # click-only data: no CVR head
+        label, only = HEAD_LABELS[task]
+        rows = cols[only] > 0 if only else np.ones(len(cols[label]), bool)
         if not np.any(rows):
             continue  # no clicks: no CVR statistics
         stats = compute_calibration_stats(cols[task][rows], cols[label][rows],
@@ -107,10 +112,10 @@ class CalibrationStats(beam.PTransform):
     """calib TFRecord paths -> written statistics file paths (exact quantiles need a value's rows
     together; the calib split is a day, so one combine step holds its columns)."""
 
-    def __init__(self, model: str, fields: dict[str, str], out: str, *, batch_size: int,
+    def __init__(self, model: str, fields: dict[str, str], labels: dict[str, str], out: str, *, batch_size: int,
                  stats_options: dict[str, Any]) -> None:
         super().__init__()
-        self.model, self.fields, self.out = model, fields, out
+        self.model, self.fields, self.labels, self.out = model, fields, labels, out
         self.batch_size, self.stats_options = batch_size, stats_options
 
     def expand(self, files: beam.PCollection) -> beam.PCollection:
@@ -118,7 +123,8 @@ class CalibrationStats(beam.PTransform):
         scored = (
             records
             | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
-            | "Score" >> beam.ParDo(ScoreExamples(self.model, self.fields)).with_outputs(MALFORMED, main="rows")
+            | "Score" >> beam.ParDo(ScoreExamples(self.model, self.fields, self.labels))
+            .with_outputs(MALFORMED, main="rows")
         )
         _ = (scored[MALFORMED] | "HexMalformed" >> beam.Map(bytes.hex)
              | "WriteMalformed" >> beam.io.WriteToText(f"{self.out.rstrip('/')}/malformed", file_name_suffix=".txt"))
@@ -141,28 +147,47 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def compute_stats(
+    model: str, manifest: Manifest, out: str, options: PipelineOptions, *, fields: Sequence[str] = (),
+    bin_counts: Sequence[int] = (4, 8, 16, 32), min_per_bin: int = 50, batch_size: int = 1024,
+) -> list[str]:
+    """Score the calib split with the SavedModel ``model`` and write each calibrated head's statistics
+    (``calibration_stats_<head>.json``) under ``out``; return their paths.
+
+    ``fields`` default to the manifest's calibration fields. Raises ConfigError on a user mistake.
+    """
+    features = manifest.features
+    fields = list(fields) or manifest.calibration_fields
+    if not fields:
+        raise ConfigError(f"{manifest.path}: no calibration fields (mark some `calibration: true` in the schema, "
+                          "or pass --fields)")
+    unknown = [f for f in fields if f not in features or features[f].get("dtype", "string") not in _DTYPES]
+    if unknown:
+        raise ConfigError(f"--fields: {unknown} are not features of {manifest.path} with a known dtype")
+    files = manifest.split_files("calib")
+    if not files:
+        raise ConfigError(f"{manifest.path}: the calib split has no files")
+    labels = {role: column for role, column in manifest.label_roles.items() if column}
+    job = CalibrationStats(model, {f: features[f].get("dtype", "string") for f in fields}, labels, out,
+                           batch_size=batch_size,
+                           stats_options={"bin_counts": tuple(bin_counts), "min_per_bin": min_per_bin})
+    with beam.Pipeline(options=options) as pipeline:
+        _ = pipeline | "CalibFiles" >> beam.Create(files) | "CalibrationStats" >> job
+    heads = [CTR, CVR] if CONVERSION in labels else [CTR]
+    return [f"{out.rstrip('/')}/calibration_stats_{head}.json" for head in heads]
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the job; user mistakes print one ``error:`` line and return 2."""
     args, beam_args = _parser().parse_known_args(argv)
     try:
-        manifest = load_manifest(args.data)
-        features = manifest.features
-        fields = args.fields or [n for n, f in features.items() if f.get("calibration")] or ["scenario"]
-        unknown = [f for f in fields if f not in features or features[f].get("dtype", "string") not in _DTYPES]
-        if unknown:
-            raise ConfigError(f"--fields: {unknown} are not features of {args.data} with a known dtype")
-        files = manifest.split_files("calib")
-        if not files:
-            raise ConfigError(f"{args.data}: the calib split has no files")
+        paths = compute_stats(args.model, load_manifest(args.data), args.out, PipelineOptions(beam_args),
+                              fields=args.fields or (), bin_counts=args.bin_counts, min_per_bin=args.min_per_bin,
+                              batch_size=args.batch_size)
     except ConfigError as e:
         print(f"calibration_stats: error: {e}", file=sys.stderr)
         return 2
-    job = CalibrationStats(args.model, {f: features[f].get("dtype", "string") for f in fields}, args.out,
-                           batch_size=args.batch_size,
-                           stats_options={"bin_counts": tuple(args.bin_counts), "min_per_bin": args.min_per_bin})
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-        _ = pipeline | "CalibFiles" >> beam.Create(files) | "CalibrationStats" >> job
-    print(f"wrote {args.out.rstrip('/')}/calibration_stats_{{ctr,cvr}}.json")
+    print("wrote " + ", ".join(paths))
     return 0
 
 

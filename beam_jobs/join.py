@@ -9,8 +9,9 @@ Rules:
   [0, conversion_window_s] -> ``late_conversion``; repeats -> ``duplicate_conversion``;
 - clicks and conversions no unit claims (no impression with their trace_id) -> ``orphan_click`` /
   ``orphan_conversion`` (``orphans``).
-Labels: ``click`` = an attributed click exists, ``conversion`` = an attributed conversion exists (so
-conversion implies click). Feed samples (cold start) become extra examples, see ``feed_examples``.
+Labels (columns named by the schema's ``labels``): click = an attributed click exists, conversion = an
+attributed conversion exists (so conversion implies click; absent for click-only data). Feed samples
+(cold start) become extra examples, see ``feed_examples``.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def event_ids(rows: pd.DataFrame) -> np.ndarray:
 
 
 def join_impressions(
-    imps: pd.DataFrame, clicks: pd.DataFrame, convs: pd.DataFrame, schema: Schema, files: list[str]
+    imps: pd.DataFrame, clicks: pd.DataFrame, convs: pd.DataFrame | None, schema: Schema, files: list[str]
 ) -> Joined:
-    """Dedupe and label ``imps``; ``clicks``/``convs`` may hold events of other units (they are ignored)."""
+    """Dedupe and label ``imps``; ``clicks``/``convs`` may hold events of other units (they are ignored).
+
+    ``convs`` is None for click-only data (the schema has no conversion label)."""
     key, ts = schema.key, schema.timestamp
     imps = imps.sort_values(ORDER, kind="stable")
     dup = imps.duplicated(key, keep="first").to_numpy()
@@ -57,7 +60,7 @@ def join_impressions(
     imps = imps[~dup]
     imp_ts = pd.Series(imps[ts].to_numpy(), index=imps[key].to_numpy())
     clicks = clicks[clicks[key].isin(imp_ts.index).to_numpy()]
-    convs = convs[convs[key].isin(imp_ts.index).to_numpy()]
+    convs = empty_events(schema, "clicks").iloc[:0] if convs is None else convs[convs[key].isin(imp_ts.index)]
 
     win = schema.attribution
     kept_clicks, click_dead = _attribute(
@@ -72,11 +75,10 @@ def join_impressions(
         late="late_conversion", duplicate="duplicate_conversion", anchor="click",
     )
     ads = imps.drop(columns=[c for c in (RAW,) if c in imps])
-    ads = ads.assign(
-        click=ads[key].isin(kept_clicks[key]).to_numpy().astype(np.int64),
-        conversion=ads[key].isin(kept_convs[key]).to_numpy().astype(np.int64),
-        **{schema.weight_feature: 1.0, schema.source_feature: "ad"},
-    )
+    labels = {schema.labels.click: ads[key].isin(kept_clicks[key]).to_numpy().astype(np.int64)}
+    if schema.labels.conversion:
+        labels[schema.labels.conversion] = ads[key].isin(kept_convs[key]).to_numpy().astype(np.int64)
+    ads = ads.assign(**labels, **{schema.weight_feature: 1.0, schema.source_feature: "ad"})
     claimed = np.concatenate([event_ids(clicks), event_ids(convs)])
     return Joined(ads.reset_index(drop=True), dead + click_dead + conv_dead, claimed)
 
@@ -85,6 +87,8 @@ def orphans(events: dict[str, pd.DataFrame], claimed: np.ndarray, files: list[st
     """Dead letters for the click and conversion lines no unit claimed."""
     dead: list[dict] = []
     for log, reason in (("clicks", "orphan_click"), ("conversions", "orphan_conversion")):
+        if log not in events:
+            continue
         rows = events[log]
         lost = rows[~np.isin(event_ids(rows), claimed)]
         dead += _dead_rows(lost, reason, "no impression with this trace_id", log, files)
@@ -120,8 +124,9 @@ def feed_examples(feed: pd.DataFrame, schema: Schema, files: list[str]) -> tuple
     frame = pd.DataFrame(out)
     frame[FILE] = feed[FILE].to_numpy()
     frame[LINE] = feed[LINE].to_numpy()
-    frame["click"] = feed["clicked"].to_numpy().astype(np.int64)
-    frame["conversion"] = np.zeros(n, dtype=np.int64)
+    frame[schema.labels.click] = feed["clicked"].to_numpy().astype(np.int64)
+    if schema.labels.conversion:
+        frame[schema.labels.conversion] = np.zeros(n, dtype=np.int64)
     frame[schema.weight_feature] = float(schema.cold_start.feed_weight)
     frame[schema.source_feature] = "feed"
     return frame, dead

@@ -24,7 +24,6 @@ from tfads.core.configtools import ConfigError, read_yaml
 from tfads.core.schema import DEFAULT_SCHEMA, Schema, Splits, load_schema
 
 BEAM_OPTIONS = (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions)
-INPUT_LOGS = ("impressions", "clicks", "conversions")  # always read; "feed" with cold start
 SPLITS = ("train", "valid", "calib", "test")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -113,7 +112,7 @@ def find_inputs(
     if "://" not in logs and not os.path.isdir(logs):
         raise JobError(f"{flag} {given}: directory not found")
     files: list[InputFile] = []
-    for log in INPUT_LOGS + (("feed",) if cold_start else ()):
+    for log in ("impressions", *schema.event_logs) + (("feed",) if cold_start else ()):
         paths = match(FileSystems.join(logs, log, "*", "*.jsonl.gz"))
         if not paths and log in ("impressions", "feed"):
             hint = " (drop --cold-start or generate with --with-feed)" if log == "feed" else ""

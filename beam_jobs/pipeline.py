@@ -33,7 +33,6 @@ from beam_jobs.vocab import vocab_text, vocabulary
 from tfads.core.schema import DerivedField, Schema
 
 STATS = "stats"
-EVENT_LOGS = ("clicks", "conversions")
 _KIND = {"string": "bytes", "int": "int64", "float": "float"}
 
 
@@ -41,7 +40,7 @@ def example_spec(schema: Schema) -> list[tuple[str, str]]:
     """(column, tf.train.Feature kind) of every Example: raw fields, derived features, labels, weight, source."""
     spec = [(n, _KIND[f.type]) for n, f in schema.fields.items()]
     spec += [(n, "bytes") for n, f in schema.features.items() if isinstance(f, DerivedField)]
-    spec += [(label, "int64") for label in schema.labels]
+    spec += [(label, "int64") for label in schema.labels.columns]
     return spec + [(schema.weight_feature, "float"), (schema.source_feature, "bytes")]
 
 
@@ -96,7 +95,7 @@ class EventTables(beam.CombineFn):
         self._schema = schema
 
     def create_accumulator(self) -> dict[str, list[pd.DataFrame]]:
-        return {log: [] for log in EVENT_LOGS}
+        return {log: [] for log in self._schema.event_logs}
 
     def add_input(self, acc, piece):
         acc[piece[0]].append(piece[1])
@@ -137,7 +136,7 @@ class JoinDay(beam.DoFn):
         job, schema = self._job, self._job.schema
         tally, dead = Tally(), []
         imps = self._day_rows("impressions", day, tally, dead)
-        joined = join_impressions(imps, events["clicks"], events["conversions"], schema, job.paths)
+        joined = join_impressions(imps, events["clicks"], events.get("conversions"), schema, job.paths)
         parts, join_dead = [joined.examples], list(joined.dead)
         if job.cold_start:
             examples, feed_dead = feed_examples(self._day_rows("feed", day, tally, dead), schema, job.paths)
@@ -171,7 +170,7 @@ class Orphans(beam.DoFn):
     def process(self, claimed: np.ndarray, events: dict[str, pd.DataFrame]):
         dead = orphans(events, claimed, self._job.paths)
         tally = Tally()
-        for log in EVENT_LOGS:
+        for log in self._job.schema.event_logs:
             _count(log, 0, [d for d in dead if d["log"] == log], tally)
         _write_dead_letters(self._job.out, self._part, dead, tally)
         yield tally
@@ -231,7 +230,7 @@ class BuildExamples(beam.PTransform):
     def expand(self, root):
         job = self._job
         days = sorted(day for days in job.splits.values() for day in days)
-        event_files = [f for f in job.files if f.log in EVENT_LOGS]
+        event_files = [f for f in job.files if f.log in job.schema.event_logs]
         # Dead-letter parts: one per day, one per click/conversion file, one for the orphans.
         parsed = (
             root

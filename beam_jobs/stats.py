@@ -58,14 +58,17 @@ def tally_examples(examples: pd.DataFrame, schema: Schema, day_col: str, train_d
     of work, so floating-point sums are combined in a fixed order)."""
     tally = Tally()
     is_feed = (examples[schema.source_feature] == "feed").to_numpy()
+    click = examples[schema.labels.click].to_numpy(np.int64)
+    conversion = examples[schema.labels.conversion].to_numpy(np.int64) if schema.labels.conversion else 0 * click
     per_day = pd.DataFrame(
-        {"day": examples[day_col], "examples": 1, "clicks": examples["click"],
-         "conversions": examples["conversion"], "feed": is_feed.astype(np.int64)}
+        {"day": examples[day_col], "examples": 1, "clicks": click, "conversions": conversion,
+         "feed": is_feed.astype(np.int64)}
     ).groupby("day").sum()
     for day, row in per_day.iterrows():
         tally.days[day] = Counter({k: int(v) for k, v in row.items()})
-    train = examples[examples[day_col].isin(train_days).to_numpy() & ~is_feed]
-    clicks, convs = train["click"].to_numpy(np.float64), train["conversion"].to_numpy(np.float64)
+    in_train = examples[day_col].isin(train_days).to_numpy() & ~is_feed
+    train = examples[in_train]
+    clicks, convs = click[in_train].astype(np.float64), conversion[in_train].astype(np.float64)
     for name in posterior_fields(schema):
         codes, uniques = pd.factorize(train[name], sort=True)
         k = len(uniques)

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if "speedup_beam_vs_plain" in result:
         lines.append(f"{'ratio (Beam / plain speed)':<28}{result['speedup_beam_vs_plain']:>10}")
     print("\n" + "\n".join(lines))
-    publish("beam_build", result, "\n".join(lines), args.results_dir)
+    publish("beam_build", result, "\n".join(lines), args)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.traffic import requests_from_rows, split_rows
+from serving.traffic import opportunities
 from tfads.cli.client_options import add_client_arguments, connect
 from serving.client import BidClient
 from serving.experiment import load_experiment_file
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     add_results_argument(parser)
     args = parser.parse_args(argv)
 
-    requests = requests_from_rows(split_rows(args.data, "test", limit=20_000), args.candidates)
+    requests = opportunities(args.data, args.candidates, limit=20_000 // args.candidates // 4)
     if not requests:
         parser.error(f"no bid requests of {args.candidates} candidates could be built from the test split")
     experiment = load_experiment_file(args.experiment)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
     print(f"wrote {args.out}")
-    publish("bidding", result, table(rows), args.results_dir)
+    publish("bidding", result, table(rows), args)
     return 0
 
 

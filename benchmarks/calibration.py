@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         train(config, manifest, model_dir, verbose=2)
     report = calibrate_and_report(model_dir, manifest, os.path.join(args.out, "calibrated"), logs=logs)
     rows = table_rows(report.test, {**report.preds, **reference_preds(report.calib, report.test)})
-    best = best_baseline(rows)
+    best = best_baseline(rows, FIELD)
     key = f"Field-RCE[{FIELD}]"
     summary = {
         "test_rows": len(report.test),
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['true_probability_floor']:.3f}); AUC change vs uncalibrated {summary['auc_change']:+.4f} "
         "(target >= 0)"
     )
-    publish("calibration", {"rows": rows, **summary}, metrics.metrics_table(rows), args.results_dir)
+    publish("calibration", {"rows": rows, **summary}, metrics.metrics_table(rows), args)
     return 0
 
 

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report))
     table = "\n".join(f"after {gap:g} ms idle: p50 {cell['p50_ms']:.3f} ms, p99 {cell['p99_ms']:.3f} ms"
                       for gap, cell in cells.items())
-    publish("host_idle", report, f"ramp p50 ms per 200 ms window: {shown}\n{table}", args.results_dir)
+    publish("host_idle", report, f"ramp p50 ms per 200 ms window: {shown}\n{table}", args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -47,6 +47,7 @@ from tfads.metrics import auc, bootstrap_ci, gauc, logloss, metrics_table, per_f
 from benchmarks.results import add_results_argument, publish
 
 BASELINE = "dcnv2"
+AGAINST_COLUMN = "--config's model - this"  # rows '<model>@<yaml>' of --against
 MIN_CLICKS = 100  # scenarios with at least this many test clicks for the "UPR (>=100 clicks)" column
 VARIANTS: dict[str, dict[str, Any]] = {
     "dnn": {"backbone": "dnn", "adasparse": None},
@@ -79,9 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=200, help="paired bootstrap resamples (0 = off)")
     p.add_argument("--repeats", type=int, default=1, help="trainings per model (train seeds seed, seed + 1, ...)")
     p.add_argument(
-        "--against", default=None, metavar="YAML",
-        help="also train every model from this experiment YAML (rows '<model>@<file stem>') and report each "
-        "model's paired AUC difference to it, e.g. the default config against a previous default",
+        "--against", nargs="+", default=[], metavar="YAML",
+        help="also train every model from each of these experiment YAMLs (rows '<model>@<file stem>', each with "
+        "the paired AUC difference of --config's model minus it), e.g. the default against a previous default",
     )
     add_results_argument(p)
     args = p.parse_args(argv)
@@ -92,8 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.days < 4:
         p.error("--days must be >= 4 (valid, calib and test take one day each)")
-    if args.against and not os.path.isfile(args.against):
-        p.error(f"--against {args.against}: file not found")
+    missing = [path for path in args.against if not os.path.isfile(path)]
+    if missing:
+        p.error(f"--against {missing}: file not found")
     return args
 
 
@@ -465,9 +467,9 @@ def evaluate(
         }
         if len(ps) > 1:
             row["AUC range"] = max(aucs) - min(aucs)
-        counterpart = next((other for other in runs if other.startswith(f"{name}@")), None)
-        if counterpart is not None and reps:
-            row[f"dAUC vs {counterpart} [95% CI]"] = _paired_auc_diff(y, ps, preds[counterpart], reps)
+        reference = name.split("@")[0]
+        if "@" in name and reference in preds and reps:
+            row[f"dAUC {AGAINST_COLUMN} [95% CI]"] = _paired_auc_diff(y, preds[reference], ps, reps)
         if base is not None and name != BASELINE:
             if reps:
                 paired = ps * len(base) if len(ps) == 1 else ps  # the oracle is one "training"
@@ -500,9 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     base = load_experiment(args.config)
     logs, manifest_path = prepare_data(out, args.days, args.impressions_per_day, args.seed, args.rotation_per_day)
-    bases = {"": base}
-    if args.against:
-        bases[f"@{Path(args.against).stem}"] = load_experiment(args.against)
+    bases = {"": base, **{f"@{Path(path).stem}": load_experiment(path) for path in args.against}}
     runs: dict[str, list[dict[str, Any]]] = {}
     failed: dict[str, str] = {}
     for suffix, start in bases.items():
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         print(metrics_table(sharing))
     for n, message in failed.items():
         print(f"{n}: not measured: {message}")
-    publish("model_quality", report, metrics_table(_display(rows)), args.results_dir)
+    publish("model_quality", report, metrics_table(_display(rows)), args)
     return 0
 
 

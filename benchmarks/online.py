@@ -111,7 +111,8 @@ def calibrate_static(model_dir: str, manifest: Manifest, out_dir: Path) -> str:
     """The static model + AdaCalib (scenario) fitted on its calib day, combined and saved as ``tfads calibrate``
     does (statistics computed in process rather than by the Beam job); reused when present."""
     from tfads.calibration import compute_calibration_stats
-    from tfads.calibration.combined import TASKS, combined_model
+    from tfads.calibration.combined import calibrated_tasks, combined_model, task_rows
+    from tfads.core.names import HEAD_LABELS
     from tfads.jobs.calibrate import fit_calibration_layers
     from tfads.model_io import RECORD, load_trained_model, read_saved_experiment, save_trained_model
     from tfads.predict import predict_split
@@ -119,12 +120,13 @@ def calibrate_static(model_dir: str, manifest: Manifest, out_dir: Path) -> str:
     if not (out_dir / RECORD).exists():
         base = load_trained_model(model_dir)
         calib = predict_split(base, manifest, "calib")
-        fields = [n for n, f in manifest.features.items() if f.get("calibration")]
+        fields = manifest.calibration_fields
         stats = {}
-        for task, (label, only) in TASKS.items():
-            rows = calib[calib[only] == 1] if only else calib
+        for task in calibrated_tasks(base.output_names):
+            rows = calib[task_rows(calib, task)]
+            label, _ = HEAD_LABELS[task]
             stats[task] = compute_calibration_stats(rows[task], rows[label], {f: rows[f] for f in fields}, task=task)
-        layers = fit_calibration_layers(calib, stats, ["scenario"])
+        layers = fit_calibration_layers(calib, stats, fields[:1])
         config = read_saved_experiment(model_dir)
         save_trained_model(combined_model(base, layers), str(out_dir), manifest.path, config,
                            calibration={t: layer.get_config() for t, layer in layers.items()})
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(Path(args.out) / "online_seeds.json", "w", encoding="utf-8") as f:
         json.dump(combined, f, indent=1)
     print(table(combined))
-    publish("online", combined, table(combined), args.results_dir)
+    publish("online", combined, table(combined), args)
     return 0
 
 

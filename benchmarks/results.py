@@ -21,9 +21,11 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def add_results_argument(parser: argparse.ArgumentParser) -> None:
-    """``--results-dir``: where :func:`publish` writes (default ``benchmarks/results``)."""
+    """``--results-dir`` (where :func:`publish` writes, default ``benchmarks/results``) and ``--results-name``."""
     parser.add_argument("--results-dir", default=str(RESULTS_DIR),
                         help="write <benchmark>.json and .md here (default: %(default)s, committed)")
+    parser.add_argument("--results-name", default=None,
+                        help="file name instead of the benchmark's (a second study of the same benchmark)")
 
 
 def _commit() -> str:
@@ -57,21 +59,23 @@ def machine() -> dict[str, Any]:
     return facts
 
 
-def publish(name: str, data: Any, table: str, results_dir: str | Path = RESULTS_DIR) -> Path:
-    """Write ``<results_dir>/<name>.json`` and ``.md``; return the ``.md`` path.
+def publish(name: str, data: Any, table: str, options: argparse.Namespace) -> Path:
+    """Write ``<results_dir>/<results_name or name>.json`` and ``.md``; return the ``.md`` path.
 
-    ``table`` is the benchmark's readable summary (markdown or preformatted text).
+    ``table`` is the benchmark's readable summary (markdown or preformatted text); ``options`` carries
+    the flags of :func:`add_results_argument`.
     """
     command = " ".join(["python -m", f"benchmarks.{name}", *sys.argv[1:]])
     header = {"benchmark": name, "command": command, "commit": _commit(),
               "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
-    out = Path(results_dir)
+    out = Path(options.results_dir)
     out.mkdir(parents=True, exist_ok=True)
+    command_name, name = name, options.results_name or name
     (out / f"{name}.json").write_text(json.dumps({**header, "results": data}, indent=2, default=float) + "\n")
     facts = ", ".join(f"{k} {v}" for k, v in header["machine"].items())
     body = table if table.lstrip().startswith("|") else f"```\n{table.rstrip()}\n```"
-    md = (f"# benchmarks.{name}\n\n- command: `{command}`\n- commit: {header['commit']}\n- date: {header['date']}\n"
-          f"- machine: {facts}\n- data: [{name}.json]({name}.json)\n\n{body}\n")
+    md = (f"# benchmarks.{command_name}\n\n- command: `{command}`\n- commit: {header['commit']}\n"
+          f"- date: {header['date']}\n- machine: {facts}\n- data: [{name}.json]({name}.json)\n\n{body}\n")
     path = out / f"{name}.md"
     path.write_text(md)
     print(f"results: {path}")

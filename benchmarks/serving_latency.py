@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
     }
     print(json.dumps(report["summary"], indent=2))
-    publish("serving_latency", report, json.dumps(report["summary"], indent=2), args.results_dir)
+    publish("serving_latency", report, json.dumps(report["summary"], indent=2), args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     lines += [f"- {name}: {results[name]['speedup']:.2f}x {reference} examples/s, "
               f"{results[name]['cpu_work_ratio']:.2f}x less CPU work, AUC delta {results[name]['auc_delta']:+.4f}"
               for name in ours]
-    publish("train_throughput", summary, "\n".join(lines), args.results_dir)
+    publish("train_throughput", summary, "\n".join(lines), args)
     return summary
 
 

@@ -139,6 +139,8 @@ class BidClient:
       deadline_ms: deadline of each Predict call, retries included.
       fallback: posterior-statistics predictions when the model does not answer (None: no bid).
       derived: feature -> (parts, separator) built when a request lacks it.
+      with_cvr: the served model has a pCVR head (ESMM); a click-only (CTR) model has none, and its
+        oCPC / oCPA candidates get no bid (they need pCVR) while CPC and CPM ones bid as usual.
       credentials: TLS channel credentials (None: plaintext, for loopback and sidecars).
       max_message_bytes: gRPC send/receive message size limit.
       retry_attempts, initial_backoff_ms, max_backoff_ms: gRPC retry policy on UNAVAILABLE.
@@ -155,6 +157,7 @@ class BidClient:
         deadline_ms: float = 10.0,
         fallback: PosteriorFallback | None = None,
         derived: Mapping[str, tuple[Sequence[str], str]] | None = None,
+        with_cvr: bool = True,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
         retry_attempts: int = 3,
@@ -174,6 +177,7 @@ class BidClient:
         self.deadline_s = deadline_ms / 1000.0
         self.fallback = fallback
         self.derived = {k: (list(p), sep) for k, (p, sep) in (derived or {}).items()}
+        self.with_cvr = with_cvr
         self.metrics = ClientMetrics(registry or prom.CollectorRegistry())
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
@@ -202,7 +206,9 @@ class BidClient:
             for name, d in (manifest.get("schema") or {}).get("derived", {}).items()
             if name in features and "concat" in d
         }
-        return cls(target, features, experiment, derived=derived, **kwargs)
+        roles = manifest.get("label_roles") or {}
+        with_cvr = "label_roles" not in manifest or roles.get("conversion") is not None
+        return cls(target, features, experiment, derived=derived, with_cvr=with_cvr, **kwargs)
 
     @property
     def experiment(self) -> Experiment:
@@ -235,7 +241,7 @@ class BidClient:
                     row[name] = sep.join(str(row[p]) for p in parts)
             merged.append(row)
         predict = predict_pb2.PredictRequest(model_spec=_model_spec(arm))
-        predict.output_filter.extend(arm.bidding.output_names)
+        predict.output_filter.extend(self._outputs(arm))
         shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(merged))])
         for name, dtype in self.features.items():
             values = [_checked(row, name, dtype, rid, i) for i, row in enumerate(merged)]
@@ -264,8 +270,8 @@ class BidClient:
         version, reason = None, None
         try:
             response = self._predict(predict, timeout=self.deadline_s)
-            ctr_name, cvr_name = chosen.bidding.output_names
-            p_ctr, p_cvr = (_output(response, k, len(merged)) for k in (ctr_name, cvr_name))
+            p_ctr, *rest = (_output(response, k, len(merged)) for k in self._outputs(chosen))
+            p_cvr = rest[0] if rest else np.full(len(merged), np.nan)
             version = response.model_spec.version.value if response.model_spec.HasField("version") else None
             source = "model"
         except grpc.RpcError as e:
@@ -289,6 +295,11 @@ class BidClient:
             model_version=version, source=source, bids=bids, p_ctr=p_ctr, p_cvr=p_cvr, latency_s=elapsed,
             fallback_reason=reason,
         )
+
+    def _outputs(self, arm: Arm) -> tuple[str, ...]:
+        """The outputs the arm bids on: (pCTR, pCVR), or (pCTR,) for a click-only model."""
+        names = arm.bidding.output_names
+        return names if self.with_cvr else names[:1]
 
     def _fallback(self, merged: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         if self.fallback is None:

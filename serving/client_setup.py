@@ -12,13 +12,12 @@ import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import grpc
 
 from serving.client import BidClient
-from serving.experiment import ExperimentWatcher
+from serving.experiment import ExperimentWatcher, load_experiment_file
 from serving.fallback import PosteriorFallback
 from serving.local_server import embedded_server
 from tfads.core.defaults import AB_EXPERIMENT, default_config
 
 DEFAULT_EXPERIMENT = default_config(AB_EXPERIMENT)
-FALLBACK_FIELDS = ("campaign_id", "advertiser_id", "scenario")  # most specific first
 
 
 @contextlib.contextmanager
@@ -34,17 +33,19 @@ def open_client(
 ) -> Iterator[BidClient]:
     """A BidClient on ``target``; the experiment file is hot-reloaded while it is open.
 
-    ``fallback`` bids from the manifest's posterior statistics (or ``posterior_stats``) when the model
-    does not answer; ``tls_ca`` (PEM root certificates) switches the channel to TLS.
+    ``fallback`` bids from the manifest's posterior statistics (or ``posterior_stats``) of the experiment's
+    ``fallback_fields`` when the model does not answer; ``tls_ca`` (PEM root certificates) switches the
+    channel to TLS.
     """
     manifest = json.loads(Path(manifest_path).read_text())
+    fields = load_experiment_file(experiment_path).fallback_fields
     backup = None
-    if fallback:
+    if fallback and fields:
         stats = posterior_stats or os.path.join(
             os.path.dirname(os.path.abspath(manifest_path)),
             (manifest.get("posterior") or {}).get("path", "posterior/stats.jsonl"),
         )
-        backup = PosteriorFallback.load(stats, list(FALLBACK_FIELDS), min_impressions=30)
+        backup = PosteriorFallback.load(stats, fields, min_impressions=30)
     credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes()) if tls_ca else None
     with ExperimentWatcher(str(experiment_path)) as watcher, BidClient.from_manifest(
         target, manifest, watcher, deadline_ms=deadline_ms, fallback=backup, credentials=credentials

@@ -43,12 +43,14 @@ class Arm:
 
 @dataclass(frozen=True)
 class Experiment:
-    """Arms and the bucketing salt; shares must add up to 1."""
+    """Arms and the bucketing salt; shares must add up to 1. ``fallback_fields``: the fields whose
+    posterior rates a candidate gets when the model does not answer, finest first (empty: no bid)."""
 
     name: str
     salt: str
     arms: list[Arm]
     buckets: int = 10_000
+    fallback_fields: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.arms:

@@ -8,7 +8,8 @@ precomputed per-value tables (``tfads.calibration.compiled``): same outputs, a f
 
 Signatures:
   serving_default          raw feature tensors by name (batch dimension) -> ctr, cvr, ctcvr (calibrated)
-                           and ctr_raw, cvr_raw, ctcvr_raw (uncalibrated)
+                           and ctr_raw, cvr_raw, ctcvr_raw (uncalibrated); ctr and ctr_raw only for a
+                           click-only model
   predict_examples         ``examples``: serialized tf.Example -> the same outputs
   regress                  method tensorflow/serving/regress: ``inputs`` (tf.Example) -> ``outputs`` (pCTR)
   classify                 method tensorflow/serving/classify: ``inputs`` -> ``scores`` [1-p, p], ``classes``
@@ -33,10 +34,11 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from tfads.calibration.compiled import compile_calibration
 from tfads.data import DTYPES, feature_spec
+from tfads.calibration.combined import calibrated_tasks
 from tfads.core.manifest import Manifest
+from tfads.core.names import CTCVR, CTR, CVR, RAW_SUFFIX
 
 log = logging.getLogger(__name__)
-OUTPUTS = ("ctr", "cvr", "ctcvr")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODEL_CARD = "model_card.json"
 
@@ -51,6 +53,7 @@ class ServingModule(tf.Module):
         # a calibrated model serves its AdaCalib layers as precomputed per-value tables (same outputs)
         self.calibrated = compile_calibration(model)
         self.feature_names = list(manifest.features)
+        self.heads = manifest.heads  # ctr, and cvr / ctcvr when the data has a conversion label
         self.example_spec = feature_spec(manifest, with_labels=False)
         specs = {name: tf.TensorSpec([None], DTYPES[f["dtype"]], name=name) for name, f in manifest.features.items()}
         self.serving_default = tf.function(self._serve_features).get_concrete_function(**specs)
@@ -65,19 +68,20 @@ class ServingModule(tf.Module):
     def _outputs(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         features = {k: features[k] for k in self.feature_names}
         out = self._calibrated_outputs(features) if self.calibrated else self.model(features, training=False)
-        result = {k: tf.reshape(out[k], [-1]) for k in OUTPUTS}
-        for k in OUTPUTS:
-            result[f"{k}_raw"] = tf.reshape(out[f"{k}_raw"], [-1]) if f"{k}_raw" in out else result[k]
+        result = {k: tf.reshape(out[k], [-1]) for k in self.heads}
+        for k in self.heads:
+            result[k + RAW_SUFFIX] = tf.reshape(out[k + RAW_SUFFIX], [-1]) if k + RAW_SUFFIX in out else result[k]
         return result
 
     def _calibrated_outputs(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         base, compiled = self.calibrated
         raw = base(features, training=False)
-        out = {f"{k}_raw": raw[k] for k in OUTPUTS}
-        for task in ("ctr", "cvr"):
+        out = {k + RAW_SUFFIX: raw[k] for k in self.heads}
+        for task in calibrated_tasks(self.heads):
             calibrate = compiled.get(task)
             out[task] = calibrate(raw[task], {f: features[f] for f in calibrate.fields}) if calibrate else raw[task]
-        out["ctcvr"] = out["ctr"] * out["cvr"]
+        if CTCVR in self.heads:
+            out[CTCVR] = out[CTR] * out[CVR]
         return out
 
     def _serve_features(self, **features: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -200,7 +204,7 @@ def check_export(
     by_examples = loaded.signatures["predict_examples"](examples=serialized)
     expected = model(features, training=False)
     worst = 0.0
-    for k in OUTPUTS:
+    for k in manifest.heads:
         want = np.reshape(expected[k].numpy(), -1)
         for got in (by_features[k], by_examples[k]):
             worst = max(worst, float(np.max(np.abs(got.numpy() - want))))

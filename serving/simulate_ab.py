@@ -1,9 +1,10 @@
 """A/B replay (``tfads simulate-ab``): replay held-out impression opportunities through the A/B arms.
 
 Each opportunity holds K candidate ads and goes through the real bidding client to the running
-model server. Candidates are K logged test impressions of the same scenario and hour, each with its
-whole logged row, so every candidate has the generator's true pCTR/pCVR (a candidate that was never
-shown would have no truth). The opportunity's user (for hash assignment) is its first candidate's.
+model server. Candidates are K logged test impressions of the same scenario (the primary domain) and
+hour of day, each with its whole logged row, so every candidate has the generator's true pCTR/pCVR (a
+candidate that was never shown would have no truth). The opportunity's user (for hash assignment) is
+its first candidate's.
 
 Auction: generalized second price over one slot: the K candidates' bids and ``competitors`` synthetic
 bids (log-normal around the median true eCPM of all candidates) compete; the highest bid at or above
@@ -33,7 +34,8 @@ import pandas as pd
 
 from serving.bidding import ecpm
 from serving.client import BidClient
-from serving.traffic import requests_from_rows, split_rows
+from serving.traffic import opportunities
+from tfads.core.manifest import load_manifest
 from tfads.metrics import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -97,15 +99,17 @@ class Environment:
 
 
 def make_environment(
-    requests: Sequence[Mapping[str, Any]], truth: pd.DataFrame, params: AuctionParams, rng: np.random.Generator
+    requests: Sequence[Mapping[str, Any]], truth: pd.DataFrame, params: AuctionParams, rng: np.random.Generator,
+    *, key: str, domain: str | None,
 ) -> Environment:
-    """Look up each candidate's truth by trace_id and draw competitor bids and click/conversion uniforms.
+    """Look up each candidate's truth (the generator's ``trace_id``, the candidates' ``key``) and draw
+    competitor bids and click/conversion uniforms; an opportunity's scenario is its ``domain`` value.
 
     Raises:
-      ValueError: a candidate without truth (names its trace_id).
+      ValueError: a candidate without truth (names its key).
     """
     by_trace = truth.set_index("trace_id")[["p_ctr", "p_cvr"]]
-    traces = [[str(c["trace_id"]) for c in r["candidates"]] for r in requests]
+    traces = [[str(c[key]) for c in r["candidates"]] for r in requests]
     flat = [t for row in traces for t in row]
     missing = sorted(set(flat) - set(by_trace.index))
     if missing:
@@ -122,7 +126,7 @@ def make_environment(
     return Environment(
         true_ctr=true_ctr, true_cvr=true_cvr, bid_type=bid_type, price=price, competitor_bids=competitors,
         reserve=base * params.reserve_ratio, u_click=rng.random(shape), u_conversion=rng.random(shape),
-        scenario=np.array([str(r["candidates"][0].get("scenario", "all")) for r in requests], dtype=object),
+        scenario=np.array([str(r["candidates"][0].get(domain, "all")) for r in requests], dtype=object),
     )
 
 
@@ -374,13 +378,14 @@ def simulate_ab(
     control = experiment.arm(settings.control or experiment.arms[0].name).name
     treatment = experiment.arm(settings.treatment or experiment.arms[1].name).name
     rng = np.random.default_rng(settings.seed)
-    rows = split_rows(manifest_path, settings.split)
-    requests = requests_from_rows(rows, settings.candidates, seed=settings.seed)[: settings.opportunities]
+    manifest = load_manifest(manifest_path)
+    requests = opportunities(manifest_path, settings.candidates, split=settings.split, seed=settings.seed)
+    requests = requests[: settings.opportunities]
     if not requests:
         raise ValueError(
             f"{manifest_path}: no opportunities of {settings.candidates} candidates in split {settings.split!r}"
         )
-    env = make_environment(requests, truth, settings.auction, rng)
+    env = make_environment(requests, truth, settings.auction, rng, key=manifest.key, domain=manifest.domain)
     with connect() as client:
         client.wait_until_available(timeout_s=60)
         outcomes, versions = replay(client, requests, env, paired=settings.assignment == "paired")

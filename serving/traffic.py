@@ -12,21 +12,19 @@ import numpy as np
 import pandas as pd
 
 from serving.client import BidClient, BidRequestError, BidResponse
-
-GROUP_BY = ("scenario", "hour")
+from tfads.core.manifest import load_manifest
 
 
 def split_rows(manifest_path: str, split: str = "test", limit: int | None = None) -> pd.DataFrame:
-    """Raw features, trace_id and labels of a split's examples (first ``limit`` rows)."""
+    """Raw features, key, timestamp and labels of a split's examples (first ``limit`` rows)."""
     from tfads.data import make_dataset
-    from tfads.core.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
     ds = make_dataset(manifest.split_files(split), manifest, 1024, with_meta=True, for_training=False)
     parts, count = [], 0
     for batch in ds:
         parts.append({k: v.numpy() for k, v in batch.items()})
-        count += len(parts[-1]["trace_id"])
+        count += len(parts[-1][manifest.key])
         if limit is not None and count >= limit:
             break
     if not parts:
@@ -38,13 +36,28 @@ def split_rows(manifest_path: str, split: str = "test", limit: int | None = None
     return frame.head(limit) if limit is not None else frame
 
 
-def requests_from_rows(
-    rows: pd.DataFrame, candidates: int, *, seed: int = 0, group_by: Sequence[str] = GROUP_BY
+def opportunities(
+    manifest_path: str, candidates: int, *, split: str = "test", limit: int | None = None, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """Impression opportunities of ``candidates`` logged impressions each, from the same group
-    (scenario and hour). Every candidate keeps its whole logged row (its own user, context, ad and
-    trace_id), so the model's prediction and the generator's truth refer to the same impression; the
-    opportunity's user (for the A/B arm) is its first candidate's. Leftovers of a group are dropped."""
+    """Bid requests of ``candidates`` logged impressions of ``split`` sharing the primary domain (scenario)
+    and the hour of day; at most ``limit`` requests (read from the first ``4 x limit x candidates`` rows)."""
+    manifest = load_manifest(manifest_path)
+    rows = split_rows(manifest_path, split, limit=None if limit is None else 4 * limit * candidates)
+    rows = rows.assign(_hour=(rows[manifest.timestamp] // 3600) % 24)
+    groups = [c for c in (manifest.domain, "_hour") if c]
+    requests = requests_from_rows(rows, candidates, seed=seed, group_by=groups, user_key=manifest.user_key)
+    return requests if limit is None else requests[:limit]
+
+
+def requests_from_rows(
+    rows: pd.DataFrame, candidates: int, *, seed: int = 0, group_by: Sequence[str] = (),
+    user_key: str | None = None,
+) -> list[dict[str, Any]]:
+    """Impression opportunities of ``candidates`` logged impressions each, from the same group (values of
+    ``group_by``, e.g. :func:`auction_groups`). Every candidate keeps its whole logged row (its own user,
+    context, ad and key), so the model's prediction and the generator's truth refer to the same
+    impression; the opportunity's user (for the A/B arm) is its first candidate's ``user_key`` value.
+    Leftovers of a group are dropped."""
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     keys = [k for k in group_by if k in rows.columns]
@@ -58,7 +71,7 @@ def requests_from_rows(
             chunk = records[start:start + candidates]
             requests.append({
                 "request_id": f"opp-{len(requests)}",
-                "user_id": chunk[0].get("user_id", len(requests)),
+                "user_id": chunk[0].get(user_key, len(requests)) if user_key else len(requests),
                 "features": {},
                 "candidates": chunk,
             })

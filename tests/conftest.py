@@ -65,7 +65,9 @@ def ab_models(manifest_path, trained_model_dir, tmp_path_factory):
     from tfads.train import load_trained_model
 
     root = tmp_path_factory.mktemp("ab_models")
-    model, manifest = load_trained_model(trained_model_dir), load_manifest(manifest_path)
+    # float32 matmuls, as `tfads export` serves a model trained with bfloat16 ones
+    model = load_trained_model(trained_model_dir, float32_matmuls=True)
+    manifest = load_manifest(manifest_path)
     for version in (1, 2):
         export_model(model, manifest, str(root / "ctr"), version=version, warmup_examples=4)
     config = root / "models.config"

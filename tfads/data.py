@@ -7,10 +7,10 @@ from typing import Any
 import tensorflow as tf
 
 from tfads.core.manifest import Manifest
+from tfads.core.names import CLICK, CONVERSION, CTCVR, CTR, CVR
 
 DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 DEFAULTS = {"string": "", "int64": 0, "float32": 0.0}
-META = {"trace_id": ("string", ""), "ts": ("int64", 0), "sample_source": ("string", "ad")}
 
 
 def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: bool = False) -> dict[str, Any]:
@@ -24,25 +24,31 @@ def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: boo
             spec[label] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
         spec[manifest.data.get("weight", "weight")] = tf.io.FixedLenFeature([], tf.float32, default_value=1.0)
     if with_meta:
-        for name, (dtype, default) in META.items():
-            spec[name] = tf.io.FixedLenFeature([], DTYPES[dtype], default_value=default)
+        for name, default in ((manifest.key, "string"), (manifest.timestamp, "int64")):
+            dtype = manifest.raw_dtype(name, default)
+            spec[name] = tf.io.FixedLenFeature([], DTYPES[dtype], default_value=DEFAULTS[dtype])
+        spec[manifest.source_feature] = tf.io.FixedLenFeature([], tf.string, default_value="ad")
     return spec
 
 
-def to_targets(parsed: dict[str, tf.Tensor], *, use_sample_weight: bool = True):
-    """Split a parsed batch into (features, labels, sample weights) for the ESMM heads.
+def to_targets(parsed: dict[str, tf.Tensor], manifest: Manifest, *, use_sample_weight: bool = True):
+    """Split a parsed batch into (features, labels, sample weights) for the model's heads.
 
-    ``ctr`` learns the click, ``ctcvr`` click-and-conversion over all impressions; ``cvr`` carries
-    the conversion label weighted by the click, used only when the direct CVR loss is on.
+    ``ctr`` learns the click label; with a conversion label (ESMM) ``ctcvr`` learns click-and-conversion
+    over all impressions and ``cvr`` carries the conversion label weighted by the click, used only
+    when the direct CVR loss is on.
     """
     parsed = dict(parsed)
-    click = tf.cast(parsed.pop("click"), tf.float32)[:, None]
-    conversion = tf.cast(parsed.pop("conversion"), tf.float32)[:, None]
-    weight = parsed.pop("weight")
+    roles = manifest.label_roles
+    click = tf.cast(parsed.pop(roles[CLICK]), tf.float32)[:, None]
+    weight = parsed.pop(manifest.data.get("weight", "weight"))
     if not use_sample_weight:
         weight = tf.ones_like(weight)
-    labels = {"ctr": click, "cvr": conversion, "ctcvr": conversion}
-    weights = {"ctr": weight, "cvr": weight * click[:, 0], "ctcvr": weight}
+    labels, weights = {CTR: click}, {CTR: weight}
+    if manifest.has_conversion:
+        conversion = tf.cast(parsed.pop(roles[CONVERSION]), tf.float32)[:, None]
+        labels.update({CVR: conversion, CTCVR: conversion})
+        weights.update({CVR: weight * click[:, 0], CTCVR: weight})
     return parsed, labels, weights
 
 
@@ -84,8 +90,9 @@ def make_dataset(
         instead of single records (the buffer still holds ``shuffle_buffer`` records): tf.data's
         per-element cost in interleave and shuffle falls by the block size, and a batch still mixes
         ``batch_size / shuffle_block`` blocks from the buffer.
-      scenarios: keep only examples whose ``scenario`` is in this list (fine-tuning on a scene).
-      with_meta: also parse ``trace_id``, ``ts`` and ``sample_source``.
+      scenarios: keep only examples whose primary domain feature (``manifest.domain``) has one of
+        these values (fine-tuning on a scene).
+      with_meta: also parse the impression key, the timestamp and the sample source (ad / feed).
       for_training: yield ``(features, labels, sample_weights)``; otherwise the parsed dict.
     """
     if not files:
@@ -114,13 +121,17 @@ def make_dataset(
         lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle
     )
     if scenarios:
+        domain = manifest.domain
+        if domain is None:
+            raise ValueError("make_dataset: a scenario filter needs a domain-aware feature in the schema")
         keep = tf.constant(sorted(scenarios))
 
         def _filter(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            mask = tf.reduce_any(tf.equal(batch["scenario"][:, None], keep[None, :]), axis=1)
+            value = batch[domain] if batch[domain].dtype == tf.string else tf.strings.as_string(batch[domain])
+            mask = tf.reduce_any(tf.equal(value[:, None], keep[None, :]), axis=1)
             return {k: tf.boolean_mask(v, mask) for k, v in batch.items()}
 
-        ds = ds.map(_filter).filter(lambda b: tf.size(b["click"]) > 0)
+        ds = ds.map(_filter).filter(lambda b: tf.size(b[domain]) > 0)
     if for_training:
-        ds = ds.map(lambda b: to_targets(b, use_sample_weight=use_sample_weight))
+        ds = ds.map(lambda b: to_targets(b, manifest, use_sample_weight=use_sample_weight))
     return ds.prefetch(tf.data.AUTOTUNE)

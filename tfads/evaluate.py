@@ -1,5 +1,5 @@
-"""Evaluation: ranking and calibration metrics for the three ESMM heads, beside the oracle of the
-generator's true probabilities, written as JSON and PNG plots."""
+"""Evaluation: ranking and calibration metrics for the model's heads (pCTR; pCVR and pCTCVR for ESMM),
+beside the oracle of the generator's true probabilities when known, written as JSON and PNG plots."""
 
 from __future__ import annotations
 
@@ -13,15 +13,11 @@ import numpy as np
 import pandas as pd
 
 from tfads import metrics, plots
+from tfads.calibration.combined import task_rows
+from tfads.core.names import CLICK, CTCVR, CTR, CVR, HEAD_LABELS
 
 log = logging.getLogger(__name__)
 
-# task -> (label column, prediction column, truth column, rows it is evaluated on)
-TASKS = {
-    "ctr": ("click", "ctr", "true_ctr", "all impressions"),
-    "cvr": ("conversion", "cvr", "true_cvr", "clicked impressions"),
-    "ctcvr": ("conversion", "ctcvr", "true_ctcvr", "all impressions"),
-}
 
 
 @dataclass
@@ -30,6 +26,7 @@ class Evaluation:
 
     metrics: dict[str, dict[str, Any]]
     per_scenario: pd.DataFrame
+    by_field: dict[str, pd.DataFrame]  # field -> pCTR metrics per value (metrics.per_field_metrics)
 
     def table(self) -> str:
         """Readable table: one row per task (model and oracle)."""
@@ -41,13 +38,25 @@ class Evaluation:
         return metrics.metrics_table(rows)
 
 
-def evaluate_frame(scored: pd.DataFrame, *, field: str = "scenario", users: str = "user_id") -> Evaluation:
-    """Metrics for each head on scored rows (from :func:`tfads.predict.predict_split`)."""
+def evaluate_frame(
+    scored: pd.DataFrame, *, field: str | None, users: str | None, by: list[str] | tuple[str, ...] = ()
+) -> Evaluation:
+    """Metrics for each head present in scored rows (from :func:`tfads.predict.predict_split`).
+
+    ``field``: Field-RCE / Field-ECE and the per-value AUC table are by this field (e.g. the domain);
+    ``users``: GAUC groups by this field. Either may be None (not reported). ``by``: fields whose
+    per-value pCTR metrics (AUC, GAUC, PCOC, RCE and their impression-weighted mean) are tabled.
+    """
+    missing = [f for f in by if f not in scored]
+    if missing:
+        raise ValueError(f"--by {missing}: not columns of the scored rows (features: {sorted(scored.columns)})")
     if "sample_source" in scored:  # feed (cold-start) samples are training help, not ad traffic
         scored = scored[scored["sample_source"] != "feed"]
     results: dict[str, dict[str, Any]] = {}
-    for task, (label, pred, truth, _) in TASKS.items():
-        rows = scored[scored["click"] == 1] if task == "cvr" else scored
+    for task in (t for t in (CTR, CVR, CTCVR) if t in scored):
+        label, _ = HEAD_LABELS[task]
+        pred, truth = task, f"true_{task}"
+        rows = scored[task_rows(scored, task)]
         if rows[label].nunique() < 2:
             log.warning("%s: only one label class in the evaluation rows; skipped", task)
             continue
@@ -56,12 +65,15 @@ def evaluate_frame(scored: pd.DataFrame, *, field: str = "scenario", users: str 
             rows[label].to_numpy(),
             rows[pred].to_numpy(),
             field=rows[field].to_numpy() if field in rows else None,
-            users=rows[users].to_numpy() if users in rows and task == "ctr" else None,
+            users=rows[users].to_numpy() if users in rows and task == CTR else None,
             true_p=true_p,
         )
         results[task]["rows"] = int(len(rows))
-    per_scenario = metrics.per_field_auc(scored["click"].to_numpy(), scored["ctr"].to_numpy(), scored[field].to_numpy())
-    return Evaluation(results, per_scenario)
+    y, p = scored[CLICK].to_numpy(), scored[CTR].to_numpy()
+    values = scored[field].to_numpy() if field in scored else np.zeros(len(scored), dtype=object)
+    user_ids = scored[users].to_numpy() if users in scored else None
+    by_field = {f: metrics.per_field_metrics(y, p, scored[f].astype(str).to_numpy(), user_ids) for f in by}
+    return Evaluation(results, metrics.per_field_auc(y, p, values), by_field)
 
 
 def write_report(
@@ -79,12 +91,16 @@ def write_report(
         json.dump(evaluation.metrics, f, indent=2, default=float)
     files["per_scenario"] = os.path.join(out_dir, "per_scenario_auc.csv")
     evaluation.per_scenario.to_csv(files["per_scenario"], index=False)
+    for name, table in evaluation.by_field.items():
+        files[f"by_{name}"] = os.path.join(out_dir, f"by_{name}.csv")
+        table.to_csv(files[f"by_{name}"], index=False)
     files["per_scenario_png"] = plots.per_field_auc_vs_traffic(
         {model_name: evaluation.per_scenario}, os.path.join(out_dir, "per_scenario_auc.png")
     )
-    curves = {f"{model_name} pCTR": (scored["click"].to_numpy(), scored["ctr"].to_numpy())}
+    y = scored[CLICK].to_numpy()
+    curves = {f"{model_name} pCTR": (y, scored[CTR].to_numpy())}
     if "true_ctr" in scored and scored["true_ctr"].notna().all():
-        curves["oracle pCTR"] = (scored["click"].to_numpy(), scored["true_ctr"].to_numpy())
+        curves["oracle pCTR"] = (y, scored["true_ctr"].to_numpy())
     files["reliability"] = plots.reliability_diagram(
         curves, os.path.join(out_dir, "reliability.png"), title="pCTR reliability (test split)"
     )

@@ -50,7 +50,6 @@ def embed_features(
     manifest: Manifest,
     dim: int,
     *,
-    primary_domain: str = "scenario",
     numeric_encoding: str = "embedding",
     fused: bool = False,
     init_std: float | None = None,
@@ -94,7 +93,7 @@ def embed_features(
         if len(domain_names) == 1
         else keras.layers.Concatenate(name="domain_embedding")([embeddings[n] for n in domain_names])
     )
-    primary = primary_domain if primary_domain in ids else domain_names[0]
+    primary = manifest.domain if manifest.domain in ids else domain_names[0]
     return EmbeddedFeatures(parts, domain, *ids[primary])
 
 

@@ -224,6 +224,37 @@ def field_rce(y: ArrayLike, p: ArrayLike, field: ArrayLike) -> float:
     return float(np.sum(n[keep] * np.abs(residual[keep]) / positives[keep]) / n[keep].sum())
 
 
+def per_field_metrics(y: ArrayLike, p: ArrayLike, field: ArrayLike, users: ArrayLike | None = None) -> pd.DataFrame:
+    """AUC, GAUC (with ``users``), PCOC and RCE = |sum(y - p)| / sum(y) within each field value, most
+    impressions first, then a last row ``value = "(weighted mean)"``: each column's impression-weighted
+    mean over the values where it is defined (so its RCE is the Field-RCE).
+
+    Returns:
+        DataFrame with columns ``value, impressions, positives, auc, gauc, pcoc, rce``.
+    """
+    y, p, field, users = _check("per_field_metrics", y, p, field=field, users=users)
+    codes, uniques = _codes("per_field_metrics", "field", field)
+    impressions, positives, group_auc = _group_auc(y, p, codes, uniques.size)
+    predicted = np.bincount(codes, weights=p, minlength=uniques.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pcoc_values = np.where(positives > 0, predicted / positives, np.nan)
+        rce = np.where(positives > 0, np.abs(positives - predicted) / positives, np.nan)
+    group_gauc = np.full(uniques.size, np.nan)
+    if users is not None:
+        for k in range(uniques.size):
+            rows = codes == k
+            group_gauc[k] = gauc(y[rows], p[rows], users[rows])
+    df = pd.DataFrame({"value": uniques.astype(object), "impressions": impressions,
+                       "positives": positives.astype(np.int64), "auc": group_auc, "gauc": group_gauc,
+                       "pcoc": pcoc_values, "rce": rce})
+    df = df.sort_values(["impressions", "value"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    mean = {"value": "(weighted mean)", "impressions": int(impressions.sum()), "positives": int(positives.sum())}
+    for column in ("auc", "gauc", "pcoc", "rce"):
+        ok = df[column].notna().to_numpy()
+        mean[column] = float(np.average(df[column][ok], weights=df["impressions"][ok])) if ok.any() else np.nan
+    return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
+
+
 # ----------------------------------------------------------------------------- summaries
 
 

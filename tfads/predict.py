@@ -12,12 +12,10 @@ import tf_keras as keras
 from tfads.data import DTYPES, make_dataset
 from tfads.core.manifest import Manifest
 
-KEEP_COLUMNS = ("trace_id", "ts", "sample_source", "click", "conversion", "weight")
-
-
 def predict_files(model: keras.Model, manifest: Manifest, files: list[str], *, batch_size: int = 4096) -> pd.DataFrame:
-    """Run ``model`` over ``files``; columns: every raw feature, labels, metadata and each model
-    output (``ctr``, ``cvr``, ``ctcvr`` and, for calibrated models, ``*_raw``)."""
+    """Run ``model`` over ``files``; columns: every raw feature, the labels by role (``click``, and
+    ``conversion`` for ESMM data, whatever the schema calls them), metadata and each model output
+    (``ctr``; ``cvr``, ``ctcvr`` for ESMM; for calibrated models also ``*_raw``)."""
     ds = make_dataset(files, manifest, batch_size, with_meta=True, for_training=False)
     feature_names = list(manifest.features)
 
@@ -36,6 +34,7 @@ def predict_files(model: keras.Model, manifest: Manifest, files: list[str], *, b
     if not parts:
         raise ValueError(f"no examples in {files[:3]}...")
     frame = pd.DataFrame({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    frame = frame.rename(columns={column: role for role, column in manifest.label_roles.items() if column})
     for col, dtype in frame.dtypes.items():
         if pd.api.types.is_object_dtype(dtype):
             frame[col] = frame[col].str.decode("utf-8")

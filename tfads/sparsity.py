@@ -12,12 +12,14 @@ from tfads.core.manifest import Manifest
 
 
 def scenario_report(
-    model: keras.Model, manifest: Manifest, split: str = "test", *, max_batches: int = 8, domain: str = "scenario"
+    model: keras.Model, manifest: Manifest, split: str = "test", *, max_batches: int = 8, domain: str | None = None
 ) -> tuple[SparsityReport, list[str]] | None:
-    """``sparsity_report`` over the first ``max_batches`` batches of 2048 rows of ``split``, with the scenario
-    names of its domains; None when the model has no pruning AdaSparse layer."""
+    """``sparsity_report`` over the first ``max_batches`` batches of 2048 rows of ``split``, with the value
+    names of its domains (``domain``: default the primary domain feature); None when the model has no
+    pruning AdaSparse layer."""
     if not any(p.prunes for p in find_pruners(model)):
         return None
+    domain = domain or manifest.domain
     lookup = model.get_layer(f"{domain}_lookup")
     vocabulary = lookup.get_vocabulary()
     ds = make_dataset(manifest.split_files(split), manifest, 2048, for_training=False).take(max_batches)
@@ -28,7 +30,7 @@ def scenario_report(
 
 
 def scenario_sparsity(
-    model: keras.Model, manifest: Manifest, split: str = "test", *, max_batches: int = 8, domain: str = "scenario"
+    model: keras.Model, manifest: Manifest, split: str = "test", *, max_batches: int = 8, domain: str | None = None
 ) -> tuple[np.ndarray, list[str], list[str]] | None:
     """(matrix layers x scenarios of pruned-unit fractions, layer names, scenario names), or None when
     the model has no pruning AdaSparse layer."""

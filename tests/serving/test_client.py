@@ -19,7 +19,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from google.protobuf import text_format
 
 from serving.local_server import free_port
-from serving.traffic import requests_from_rows, split_rows
+from serving.traffic import opportunities
 from serving.bidding import BiddingParams, compute_bids, ecpm
 from serving.client import BidClient, BidRequestError
 from serving.experiment import Arm, Experiment
@@ -204,7 +204,7 @@ def test_fallback_when_deadline_passes(fake_server):
 
 def test_bids_through_embedded_server_and_label_move(ab_server, ab_models, manifest_path):
     manifest = json.loads(open(manifest_path).read())
-    requests = requests_from_rows(split_rows(manifest_path, "test", limit=300), 4)[:6]
+    requests = opportunities(manifest_path, 4, limit=6)
     with BidClient.from_manifest(ab_server, manifest, EXPERIMENT, deadline_ms=2000) as client:
         assert client.wait_until_available(timeout_s=30) == {"ctr": [1, 2]}
         for r in requests:
@@ -213,7 +213,7 @@ def test_bids_through_embedded_server_and_label_move(ab_server, ab_models, manif
             assert (treatment.source, treatment.model_version) == ("model", 2)
             assert len(control.bids) == 4 and np.all(np.isfinite(control.bids)) and np.all(control.bids >= 0)
             assert np.all((control.p_ctr > 0) & (control.p_ctr < 1))
-        routed = {client.bid(r).arm for r in requests_from_rows(split_rows(manifest_path, "test", 400), 2)[:40]}
+        routed = {client.bid(r).arm for r in opportunities(manifest_path, 2, limit=40)}
         assert routed == {"control", "treatment"}
 
         # Moving the "stable" label to version 2 on the server moves the control arm with it.

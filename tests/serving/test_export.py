@@ -22,7 +22,7 @@ from tfads.train import load_trained_model
 def exported(trained_model_dir, manifest_path, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("models") / "ctr")
     manifest = load_manifest(manifest_path)
-    model = load_trained_model(trained_model_dir)
+    model = load_trained_model(trained_model_dir, float32_matmuls=True)  # what `tfads export` serves
     first = export_model(model, manifest, base)
     second = export_model(model, manifest, base, card={"note": "second"})
     return model, manifest, base, first, second

@@ -90,8 +90,8 @@ class AdaCalib(keras.layers.Layer):
     value-level posterior statistics and embedding.
 
     Example:
-      >>> layer = AdaCalib(stats, fields=["scenario"])
-      >>> p_cal = layer({"prediction": p, "scenario": scenario})
+      >>> layer = AdaCalib(stats, fields=["slot"])
+      >>> p_cal = layer({"prediction": p, "slot": slot})
 
     Input: dict with ``"prediction"`` (float ``[B]`` or ``[B, 1]``) and one string (or int) tensor of the
     same shape per field. Output: calibrated probabilities in (0, 1), same shape as ``"prediction"`` (the
@@ -99,7 +99,7 @@ class AdaCalib(keras.layers.Layer):
 
     Args:
       stats: ``CalibStats`` (or its ``to_dict()``) computed on the calibration split.
-      fields: calibration fields to use, each present in ``stats``.
+      fields: calibration fields to use, each present in ``stats`` (default: every field of ``stats``).
       input_space: ``probability`` or ``logit`` (of the ``"prediction"`` input).
       selection: ``soft`` (softmax mixture of bin counts) or ``hard`` (one bin count per value,
         straight-through; Gumbel noise while training when ``gumbel`` is set).
@@ -114,7 +114,7 @@ class AdaCalib(keras.layers.Layer):
     def __init__(
         self,
         stats: CalibStats | Mapping[str, Any],
-        fields: Sequence[str] = ("scenario",),
+        fields: Sequence[str] | None = None,
         *,
         input_space: Literal["probability", "logit"] = "probability",
         selection: Literal["soft", "hard"] = "soft",
@@ -128,7 +128,7 @@ class AdaCalib(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         self.stats = stats if isinstance(stats, CalibStats) else CalibStats.from_dict(stats)
-        self.fields = list(fields)
+        self.fields = list(self.stats.fields) if fields is None else list(fields)
         missing = [f for f in self.fields if f not in self.stats.fields]
         if not self.fields or missing:
             raise ValueError(f"AdaCalib: `fields` must be non-empty fields of the stats "

@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+
 import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tf_keras as keras
 
 from tfads.calibration.adacalib import AdaCalib
+from tfads.core.names import CTCVR, CTR, CVR, HEAD_LABELS, RAW_SUFFIX
 
-TASKS = {"ctr": ("click", None), "cvr": ("conversion", "click")}  # task -> (label, row filter)
-HEADS = ("ctr", "cvr", "ctcvr")
+
+def calibrated_tasks(heads: tuple[str, ...] | list[str]) -> list[str]:
+    """The heads AdaCalib calibrates among a model's ``heads``: ``ctr``, and ``cvr`` for ESMM.
+
+    Each is fitted on the rows of ``names.HEAD_LABELS[task]`` (CVR: clicked impressions); the
+    calibrated pCTCVR is the product of the two.
+    """
+    return [task for task in (CTR, CVR) if task in heads]
+
+
+def task_rows(labels: Mapping[str, ArrayLike], task: str) -> np.ndarray:
+    """Boolean mask of the rows ``task`` is calibrated and evaluated on, from label columns by role."""
+    label, only = HEAD_LABELS[task]
+    return np.asarray(labels[only]) == 1 if only else np.ones(len(labels[label]), bool)
 
 
 def combined_model(base: keras.Model, layers: dict[str, AdaCalib]) -> keras.Model:
-    """Frozen base model + AdaCalib: outputs ctr, cvr, ctcvr (calibrated) and ctr_raw, cvr_raw, ctcvr_raw."""
+    """Frozen base model + AdaCalib: each head calibrated (``ctr``; ``cvr`` and their product ``ctcvr`` for
+    ESMM) beside its uncalibrated output ``<head>_raw``."""
     base.trainable = False
     inputs = {name: keras.Input(shape=(), dtype=t.dtype, name=name) for name, t in base.input.items()}
     raw = base(inputs, training=False)
-    outputs = {f"{k}_raw": keras.layers.Identity(name=f"{k}_raw")(raw[k]) for k in HEADS}
-    for task, layer in layers.items():
+    outputs = {k + RAW_SUFFIX: keras.layers.Identity(name=k + RAW_SUFFIX)(raw[k]) for k in raw}
+    for task in calibrated_tasks(list(raw)):
+        layer = layers.get(task)
+        if layer is None:
+            outputs[task] = keras.layers.Identity(name=task)(raw[task])
+            continue
         calibrated = layer({"prediction": raw[task], **{f: inputs[f] for f in layer.fields}})
         outputs[task] = keras.layers.Reshape((1,), name=task)(calibrated)
-    outputs["ctcvr"] = keras.layers.Multiply(name="ctcvr")([outputs["ctr"], outputs["cvr"]])
+    if CTCVR in raw:
+        outputs[CTCVR] = keras.layers.Multiply(name=CTCVR)([outputs[CTR], outputs[CVR]])
     return keras.Model(inputs, outputs, name=f"{base.name}_adacalib")
 
 
@@ -30,7 +54,7 @@ def split_calibrated(model: keras.Model, *, trainable_base: bool = False) -> tup
     ``trainable_base`` unfreezes the base (``combined_model`` froze it), e.g. to keep training it online.
     """
     names = {layer.name for layer in model.layers}
-    sources = {task: model.get_layer(task).inbound_nodes[0].inbound_layers for task in ("ctr", "cvr") if task in names}
+    sources = {task: model.get_layer(task).inbound_nodes[0].inbound_layers for task in (CTR, CVR) if task in names}
     layers = {task: layer for task, layer in sources.items() if isinstance(layer, AdaCalib)}
     if not layers:
         return model, {}

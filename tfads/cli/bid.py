@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from serving.experiment import load_experiment_file
-from serving.traffic import read_requests, requests_from_rows, send_bids, split_rows, summarize_responses
+from serving.traffic import opportunities, read_requests, send_bids, summarize_responses
 from tfads.cli.client_options import add_client_arguments, connect
 
 
@@ -24,8 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if args.requests:
         requests = read_requests(args.requests)[: args.limit]
     else:
-        rows = split_rows(args.data, args.split, limit=args.limit * args.candidates * 4)
-        requests = requests_from_rows(rows, args.candidates)[: args.limit]
+        requests = opportunities(args.data, args.candidates, split=args.split, limit=args.limit)
     models = sorted({a.model_name for a in load_experiment_file(args.experiment).arms})
     with connect(args, models) as client:
         client.wait_until_available(timeout_s=60)

@@ -9,7 +9,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", required=True, help="the base model: a `tfads train` output dir")
     parser.add_argument("--data", required=True, help="manifest.json of the Beam data job")
     parser.add_argument("--out", required=True, help="output dir: model/ (raw + calibrated outputs) and report/")
-    parser.add_argument("--fields", nargs="+", default=["scenario"], help="calibration fields (default: scenario)")
+    parser.add_argument("--fields", nargs="+", default=None,
+                        help="fields AdaCalib calibrates per value (default: the first field marked "
+                        "`calibration: true` in the schema, a domain-aware one first)")
     parser.add_argument("--logs", default=None, help="datagen logs dir: adds the distance to the true probabilities")
     parser.add_argument("--epochs", type=int, default=5, help="AdaCalib training epochs")
     parser.epilog = (

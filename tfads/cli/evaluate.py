@@ -1,4 +1,4 @@
-"""``tfads evaluate``: metrics JSON, per-scenario AUC and plots for a trained model."""
+"""``tfads evaluate``: metrics JSON, per-field metrics and plots for a trained model."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--logs", default=None, help="the datagen logs dir: adds the oracle metrics of the true probabilities"
     )
     parser.add_argument("--out", default=None, help="report dir (default: <model-dir>/eval_<split>)")
+    parser.add_argument("--by", nargs="+", default=None, metavar="FIELD",
+                        help="pCTR AUC / GAUC / PCOC / RCE per value of these fields, with their impression-weighted "
+                        "mean, written as by_<field>.csv (default: the domain-aware fields)")
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from tfads.core.configtools import ConfigError
     from tfads.evaluate import evaluate_frame, write_report
     from tfads.core.manifest import load_manifest
     from tfads.predict import predict_split
@@ -30,10 +34,18 @@ def run(args: argparse.Namespace) -> int:
     scored = predict_split(model, manifest, args.split)
     if args.logs:
         scored = attach_truth(scored, args.logs)
-    evaluation = evaluate_frame(scored)
+    by = args.by or manifest.domain_features
+    unknown = [f for f in by if f not in manifest.features]
+    if unknown:
+        raise ConfigError(f"--by {unknown}: not features of {args.data} (features: {', '.join(manifest.features)})")
+    evaluation = evaluate_frame(scored, field=manifest.domain, users=manifest.user_key, by=by)
     out = args.out or os.path.join(args.model_dir, f"eval_{args.split}")
     sparsity = scenario_sparsity(model, manifest, args.split)
     files = write_report(evaluation, scored, out, model_name=model.name, sparsity=sparsity)
     print(evaluation.table())
+    for name, table in evaluation.by_field.items():
+        mean = table.iloc[-1]
+        print(f"by {name} ({len(table) - 1} values): weighted mean AUC {mean['auc']:.4f}  GAUC {mean['gauc']:.4f}  "
+              f"PCOC {mean['pcoc']:.4f}  Field-RCE {mean['rce']:.4f}")
     print("\n".join(f"wrote {path}" for path in files.values()))
     return 0

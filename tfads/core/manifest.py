@@ -10,6 +10,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfads.core.configtools import ConfigError
+from tfads.core.names import CLICK, CONVERSION, heads
 
 SPLITS = ("train", "valid", "calib", "test")
 
@@ -37,11 +38,70 @@ class Manifest:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.data.get("labels", ["click", "conversion"]))
+        """The examples' label columns."""
+        return [c for c in self.label_roles.values() if c]
+
+    @property
+    def label_roles(self) -> dict[str, str | None]:
+        """Label role (``click``, ``conversion``) -> the examples' column, ``None`` when absent."""
+        roles = self.data.get("label_roles")
+        if roles is None:  # manifests written before label roles: labels listed click first
+            columns = self.data.get("labels", [CLICK, CONVERSION])
+            roles = {CLICK: columns[0], CONVERSION: columns[1] if len(columns) > 1 else None}
+        return dict(roles)
+
+    @property
+    def has_conversion(self) -> bool:
+        """True when the data carries a post-click conversion label (an ESMM model)."""
+        return self.label_roles.get(CONVERSION) is not None
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The model heads these labels train: ``("ctr",)`` or ``("ctr", "cvr", "ctcvr")``."""
+        return heads(self.has_conversion)
+
+    @property
+    def key(self) -> str:
+        """The field that identifies an impression (joins events to it)."""
+        return self.data.get("key", "trace_id")
+
+    @property
+    def timestamp(self) -> str:
+        """The event-time field (seconds)."""
+        return self.data.get("timestamp", "ts")
+
+    def raw_dtype(self, field: str, default: str) -> str:
+        """The examples' dtype (``string`` / ``int64`` / ``float32``) of raw field ``field``."""
+        return self.data.get("raw_dtypes", {}).get(field, default)
+
+    @property
+    def source_feature(self) -> str:
+        """The column marking ad samples (``ad``) and cold-start feed samples (``feed``)."""
+        return self.data.get("source", "sample_source")
+
+    @property
+    def user_key(self) -> str | None:
+        """The field GAUC groups by, when the schema names one."""
+        return self.data.get("user_key")
 
     @property
     def domain_features(self) -> list[str]:
+        """Domain-aware features (AdaSparse pruners, STAR partitions), in schema order."""
         return [n for n, f in self.features.items() if f.get("domain_aware")]
+
+    @property
+    def domain(self) -> str | None:
+        """The primary domain feature (scenario): the schema's ``domain``, else the first domain-aware one."""
+        if "domain" in self.data:
+            return self.data["domain"]
+        return self.domain_features[0] if self.domain_features else None
+
+    @property
+    def calibration_fields(self) -> list[str]:
+        """Fields marked ``calibration: true``, domain-aware ones first: posterior statistics and Field-RCE
+        are reported for all of them; ``tfads calibrate`` fits AdaCalib on the first unless told."""
+        marked = [n for n, f in self.features.items() if f.get("calibration")]
+        return sorted(marked, key=lambda n: not self.features[n].get("domain_aware"))
 
     def split_files(self, split: str) -> list[str]:
         """TFRecord files of a split (``train``, ``valid``, ``calib``, ``test``)."""

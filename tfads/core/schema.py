@@ -13,6 +13,7 @@ from typing import Literal
 
 from tfads.core.configtools import load_dataclass
 from tfads.core.defaults import SCHEMA, default_config
+from tfads.core.names import CLICK, CONVERSION
 
 FieldType = Literal["string", "int", "float"]
 FeatureKind = Literal["categorical", "hashed", "numeric"]
@@ -75,6 +76,26 @@ class EventLog:
 
 
 @dataclass(frozen=True)
+class Labels:
+    """The examples' label columns by role: ``click`` (pCTR learns it) and, optionally, ``conversion``
+    (post-click; with it the model is ESMM: pCTR, pCVR, pCTCVR). Event logs: the join writes these
+    columns from the ``clicks`` / ``conversions`` logs."""
+
+    click: str = CLICK
+    conversion: str | None = CONVERSION
+
+    @property
+    def columns(self) -> list[str]:
+        """The label columns, click first."""
+        return [self.click] + ([self.conversion] if self.conversion else [])
+
+    @property
+    def roles(self) -> dict[str, str | None]:
+        """Role -> column (``None`` for an absent conversion label)."""
+        return {CLICK: self.click, CONVERSION: self.conversion}
+
+
+@dataclass(frozen=True)
 class Attribution:
     """Attribution windows: a click counts within ``click_window_s`` of its impression, a conversion
     within ``conversion_window_s`` of its click."""
@@ -119,11 +140,13 @@ class Schema:
     key: str
     timestamp: str
     fields: dict[str, FieldSpec]
-    derived: dict[str, DerivedField]
     clicks: EventLog
-    conversions: EventLog
-    feed: EventLog
-    labels: list[str] = field(default_factory=lambda: ["click", "conversion"])
+    derived: dict[str, DerivedField] = field(default_factory=dict)
+    conversions: EventLog | None = None
+    feed: EventLog | None = None
+    labels: Labels = field(default_factory=Labels)
+    user_key: str | None = None  # the field GAUC groups by (a user id); None: no GAUC
+    domain: str | None = None  # the primary domain feature (scenario); None: the first domain-aware one
     attribution: Attribution = field(default_factory=Attribution)
     splits: Splits = field(default_factory=Splits)
     vocab: VocabSpec = field(default_factory=VocabSpec)
@@ -139,10 +162,28 @@ class Schema:
             missing = [c for c in d.concat if c not in self.fields]
             if missing:
                 raise ValueError(f"derived.{name}.concat names unknown fields {missing}")
-        for log_name in ("clicks", "conversions", "feed"):
+        for log_name in self.event_logs + (("feed",) if self.feed else ()):
             log = getattr(self, log_name)
             if self.key not in log.fields or self.timestamp not in log.fields:
                 raise ValueError(f"{log_name}.fields must include {self.key!r} and {self.timestamp!r}")
+        if self.labels.conversion and self.conversions is None:
+            raise ValueError(f"labels.conversion is {self.labels.conversion!r} but there is no conversions "
+                             "log: add a conversions section, or set labels.conversion: null (click only)")
+        if self.cold_start.enabled and self.feed is None:
+            raise ValueError("cold_start.enabled needs a feed section (the organic-feed log)")
+        if self.user_key is not None and self.user_key not in self.fields:
+            raise ValueError(f"user_key {self.user_key!r} must be listed under fields")
+        if self.domain is not None and self.domain not in self.domain_features:
+            raise ValueError(f"domain {self.domain!r} must be a feature marked domain_aware: true "
+                             f"(domain-aware features: {self.domain_features})")
+        clash = [c for c in self.labels.columns if c in self.fields or c in self.derived]
+        if clash:
+            raise ValueError(f"label column(s) {clash} are also fields: the job writes the labels itself")
+
+    @property
+    def event_logs(self) -> tuple[str, ...]:
+        """The event logs joined to impressions by key: clicks, and conversions when labelled."""
+        return ("clicks", "conversions") if self.labels.conversion else ("clicks",)
 
     @cached_property
     def features(self) -> dict[str, FieldSpec | DerivedField]:

@@ -25,8 +25,10 @@ from tfads.calibration import (
     TemperatureScaling,
     fit_adacalib,
 )
-from tfads.calibration.combined import TASKS, combined_model
+from tfads.calibration.combined import calibrated_tasks, combined_model, task_rows
+from tfads.core.configtools import ConfigError
 from tfads.core.manifest import Manifest
+from tfads.core.names import CTR, CVR, HEAD_LABELS
 
 log = logging.getLogger(__name__)
 BASELINES = {
@@ -40,44 +42,41 @@ BASELINES = {
 
 
 def beam_calibration_stats(
-    base_model: keras.Model, manifest: Manifest, work_dir: str, beam_args: Sequence[str] = ()
+    base_model: keras.Model, manifest: Manifest, work_dir: str, beam_args: Sequence[str] = (),
+    fields: Sequence[str] = (),
 ) -> dict[str, CalibStats]:
     """Score the calib split with the frozen base model inside Beam and read back the statistics.
 
     The base model is exported once (the Beam job loads SavedModels with a ``predict_examples``
-    signature, exactly as it would on Dataflow); returns ``{"ctr": ..., "cvr": ...}``.
+    signature, exactly as it would on Dataflow); returns ``{task: stats}`` for each calibrated head.
     """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     from beam_jobs import calibration_stats
+    from beam_jobs.options import direct_options
     from serving.export import export_model
 
     shutil.rmtree(work_dir, ignore_errors=True)  # scratch space of this job only
     base_path = export_model(base_model, manifest, os.path.join(work_dir, "base_export"), version=1)
     stats_dir = os.path.join(work_dir, "stats")
-    argv = [
-        "--model",
-        base_path,
-        "--data",
-        manifest.path,
-        "--out",
-        stats_dir,
-        *(beam_args or ["--runner", "DirectRunner"]),
-    ]
-    if calibration_stats.run(argv) != 0:
-        raise RuntimeError("the calibration statistics Beam job failed (see the error above)")
-    return {task: CalibStats.read(os.path.join(stats_dir, f"calibration_stats_{task}.json")) for task in TASKS}
+    options = PipelineOptions(list(beam_args)) if beam_args else direct_options()
+    paths = calibration_stats.compute_stats(base_path, manifest, stats_dir, options, fields=fields)
+    return {task: CalibStats.read(path) for task, path in zip(calibrated_tasks(base_model.output_names), paths,
+                                                              strict=True)}
 
 
 def _task_rows(frame: pd.DataFrame, task: str) -> pd.DataFrame:
-    _, only = TASKS[task]
-    return frame[frame[only] == 1] if only else frame
+    return frame[task_rows(frame, task)]
 
 
 def fit_calibration_layers(
     calib: pd.DataFrame, stats: dict[str, CalibStats], fields: Sequence[str], *, epochs: int = 5, seed: int = 0
 ) -> dict[str, AdaCalib]:
-    """One AdaCalib layer per task, trained on the base model's calib-split predictions."""
+    """One AdaCalib layer per calibrated head (``ctr``; ``cvr`` for ESMM), trained on the base model's
+    calib-split predictions (columns: the heads, the labels by role, the fields)."""
     layers = {}
-    for task, (label, _) in TASKS.items():
+    for task in calibrated_tasks([c for c in (CTR, CVR) if c in calib]):
+        label, _ = HEAD_LABELS[task]
         rows = _task_rows(calib, task)
         layers[task] = fit_adacalib(
             stats[task],
@@ -94,16 +93,18 @@ def compare(
     calib: pd.DataFrame,
     test: pd.DataFrame,
     *,
-    task: str = "ctr",
-    fields: Sequence[str] = ("scenario",),
-    report_fields: Sequence[str] = ("scenario", "advertiser_id"),
+    fields: Sequence[str],
+    task: str = CTR,
+    report_fields: Sequence[str] = (),
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
     """Metrics on the test split for: no calibration, each baseline (fitted on calib) and AdaCalib.
 
     ``test`` must come from the combined model (columns ``<task>`` and ``<task>_raw``); ``calib`` from
-    the base model. Returns (rows for :func:`tfads.metrics.metrics_table`, predictions per method).
+    the base model. Per-field baselines use ``fields[0]``; Field-RCE / Field-ECE are reported for
+    ``fields`` and ``report_fields``. Returns (rows for :func:`tfads.metrics.metrics_table`,
+    predictions per method).
     """
-    label, _ = TASKS[task]
+    label, _ = HEAD_LABELS[task]
     calib, test = _task_rows(calib, task), _task_rows(test, task)
     field = fields[0]
     preds = {"uncalibrated": test[f"{task}_raw"].to_numpy()}
@@ -114,7 +115,7 @@ def compare(
     y = test[label].to_numpy()
     truth = f"true_{task}"
     true_p = test[truth].to_numpy() if truth in test and test[truth].notna().all() else None
-    by_field = {f: test[f].astype(str).to_numpy() for f in report_fields if f in test}
+    by_field = {f: test[f].astype(str).to_numpy() for f in dict.fromkeys([*fields, *report_fields]) if f in test}
     rows = {name: metrics.summarize(y, p, field=by_field, true_p=true_p) for name, p in preds.items()}
     for row in rows.values():
         row.pop("Oracle AUC", None)
@@ -122,8 +123,9 @@ def compare(
     return rows, preds
 
 
-def best_baseline(rows: dict[str, dict[str, float]], key: str = "Field-RCE[scenario]") -> str:
-    """Name of the baseline with the lowest ``key``."""
+def best_baseline(rows: dict[str, dict[str, float]], field: str) -> str:
+    """Name of the baseline with the lowest Field-RCE on ``field``."""
+    key = f"Field-RCE[{field}]"
     return min((n for n in rows if n in BASELINES), key=lambda n: rows[n][key])
 
 
@@ -132,12 +134,12 @@ def reliability_plots(
     preds: dict[str, np.ndarray],
     out_dir: str,
     *,
-    task: str = "ctr",
-    field: str = "scenario",
+    field: str,
+    task: str = CTR,
     show: Sequence[str] = ("uncalibrated", "AdaCalib"),
 ) -> list[str]:
     """Overall reliability diagram and a grid for the 6 largest and 6 long-tail field values."""
-    label, _ = TASKS[task]
+    label, _ = HEAD_LABELS[task]
     rows = _task_rows(test, task)
     y = rows[label].to_numpy()
     chosen = {name: preds[name] for name in show if name in preds}
@@ -178,12 +180,16 @@ def calibrate_and_report(
     manifest_path: str,
     out_dir: str,
     *,
-    fields: Sequence[str] = ("scenario",),
+    fields: Sequence[str] = (),
     logs: str | None = None,
     epochs: int = 5,
     beam_args: Sequence[str] = (),
 ) -> CalibrationReport:
-    """The whole ``tfads calibrate`` job: stats (Beam) -> fit -> combined model -> comparison report."""
+    """The whole ``tfads calibrate`` job: stats (Beam) -> fit -> combined model -> comparison report.
+
+    ``fields``: the fields AdaCalib calibrates per value (default: the manifest's first calibration
+    field, a domain-aware one when there is one); the report covers every calibration field.
+    """
     import json
 
     from tfads.core.manifest import load_manifest
@@ -192,8 +198,15 @@ def calibrate_and_report(
     from tfads.truth import attach_truth
 
     manifest = load_manifest(manifest_path)
+    fields = list(fields or manifest.calibration_fields[:1])
+    if not fields:
+        raise ConfigError(f"{manifest_path}: no calibration fields: mark fields `calibration: true` in the schema "
+                          "or pass --fields")
+    if "calib" not in manifest.data["splits"] or not manifest.split_files("calib"):
+        raise ConfigError(f"{manifest_path}: no calib split; set splits.calib_days >= 1 in the schema and rebuild")
     base = load_trained_model(model_dir)
-    stats = beam_calibration_stats(base, manifest, os.path.join(out_dir, "work"), beam_args)
+    stats_fields = list(dict.fromkeys([*fields, *manifest.calibration_fields]))
+    stats = beam_calibration_stats(base, manifest, os.path.join(out_dir, "work"), beam_args, stats_fields)
     calib = predict_split(base, manifest, "calib")
     layers = fit_calibration_layers(calib, stats, fields, epochs=epochs)
     model = combined_model(base, layers)
@@ -206,8 +219,8 @@ def calibrate_and_report(
         calib, test = attach_truth(calib, logs), attach_truth(test, logs)
     report_dir = os.path.join(out_dir, "report")
     os.makedirs(report_dir, exist_ok=True)
-    rows, preds = compare(calib, test, fields=fields)
-    best = best_baseline(rows)
+    rows, preds = compare(calib, test, fields=fields, report_fields=manifest.calibration_fields)
+    best = best_baseline(rows, fields[0])
     shown = {k: rows[k] for k in ("uncalibrated", best, "AdaCalib")}
     table = metrics.metrics_table(shown)
     files = [os.path.join(report_dir, "calibration.md"), os.path.join(report_dir, "calibration.json")]
@@ -215,5 +228,6 @@ def calibrate_and_report(
         f.write(metrics.metrics_table(rows, markdown=True) + "\n")
     with open(files[1], "w") as f:
         json.dump(rows, f, indent=2, default=float)
-    files += [str(p) for p in reliability_plots(test, preds, report_dir, show=("uncalibrated", best, "AdaCalib"))]
+    files += [str(p) for p in reliability_plots(test, preds, report_dir, field=fields[0],
+                                                show=("uncalibrated", best, "AdaCalib"))]
     return CalibrationReport(model, model_path, rows, table, files, calib=calib, test=test, preds=preds)

@@ -132,10 +132,10 @@ def _evaluate(models: dict, manifest_path: str, paths: dict[str, str]) -> None:
     rows: dict[str, dict] = {}
     for name, model in models.items():
         scored = attach_truth(predict_split(model, manifest, "test"), paths["logs"])
-        evaluation = evaluate_frame(scored)
+        evaluation = evaluate_frame(scored, field=manifest.domain, users=manifest.user_key)
         sparsity = scenario_sparsity(model, manifest)
         files = write_report(evaluation, scored, os.path.join(paths["eval"], name), model_name=name, sparsity=sparsity)
-        for task in ("ctr", "cvr", "ctcvr"):
+        for task in manifest.heads:
             m = evaluation.metrics.get(task, {})
             rows[f"{name} p{task.upper()}"] = {k: m[k] for k in ("AUC", "LogLoss", "GAUC", "PCOC") if k in m}
             if "Oracle AUC" in m and name == next(iter(models)):
@@ -184,7 +184,7 @@ def _serve_and_bid(config_file: str, manifest_path: str, paths: dict[str, str], 
     from serving.experiment import load_experiment_file
     from serving.local_server import embedded_server
     from serving.simulate_ab import ReplaySettings, render_markdown, simulate_ab, write_report
-    from serving.traffic import requests_from_rows, send_bids, split_rows, summarize_responses
+    from serving.traffic import opportunities, send_bids, summarize_responses
     from tfads.truth import read_truth
 
     log = os.path.join(paths["models"], "server.log")
@@ -194,7 +194,7 @@ def _serve_and_bid(config_file: str, manifest_path: str, paths: dict[str, str], 
         def connect():
             return open_client(target, manifest_path, DEFAULT_EXPERIMENT, deadline_ms=200)
 
-        requests = requests_from_rows(split_rows(manifest_path, limit=3 * 4 * 4), 4)[:3]
+        requests = opportunities(manifest_path, 4, limit=3)
         with connect() as client:
             client.wait_until_available(timeout_s=60)
             for arm in ("control", "treatment"):

@@ -12,6 +12,7 @@ from tfads.core.experiment import ModelConfig
 from tfads.features import embed_features, feature_inputs
 from tfads.layers.low_precision_cross import resolve_matmul_dtype
 from tfads.core.manifest import Manifest
+from tfads.core.names import CTCVR, CTR, CVR
 from tfads.models.backbones import backbone, mlp
 from tfads.optimizers import make_optimizer
 
@@ -24,10 +25,11 @@ def _tower(h: tf.Tensor, units: list[int], name: str, base_rate: float) -> tf.Te
 
 
 def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
-    """Build the model: raw features in, ``{"ctr", "cvr", "ctcvr"}`` probabilities (batch, 1) out.
+    """Build the model: raw features in, probabilities (batch, 1) out for the heads the labels train:
+    ``{"ctr", "cvr", "ctcvr"}`` (ESMM) with a conversion label, ``{"ctr"}`` for click-only data.
 
     STAR and shared-bottom add a per-domain logit (STAR's auxiliary network; shared-bottom's
-    domain-specific head) to both towers.
+    domain-specific head) to every tower.
     """
     cfg = dataclasses.replace(cfg, matmul_dtype=resolve_matmul_dtype(cfg.matmul_dtype))
     inputs = feature_inputs(manifest)
@@ -42,15 +44,16 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     h = backbone(feats.stacked(), feats, cfg)
     logits = {}
     train_stats = manifest.data["splits"]["train"]
-    for task in ("ctr", "cvr"):
+    towers = (CTR, CVR) if manifest.has_conversion else (CTR,)
+    for task in towers:
         logit = _tower(h, cfg.tower_units, task, float(train_stats.get(task) or 0.05))
         if cfg.backbone in ("star", "shared_bottom"):
             aux = keras.layers.Dense(1, name=f"{task}_domain_logit")(mlp(feats.domain, [16], f"{task}_domain_net"))
             logit = keras.layers.Add(name=f"{task}_logit_total")([logit, aux])
         logits[task] = logit
-    ctr = keras.layers.Activation("sigmoid", name="ctr")(logits["ctr"])
-    cvr = keras.layers.Activation("sigmoid", name="cvr")(logits["cvr"])
-    outputs = {"ctr": ctr, "cvr": cvr, "ctcvr": keras.layers.Multiply(name="ctcvr")([ctr, cvr])}
+    outputs = {task: keras.layers.Activation("sigmoid", name=task)(logits[task]) for task in towers}
+    if manifest.has_conversion:
+        outputs[CTCVR] = keras.layers.Multiply(name=CTCVR)([outputs[CTR], outputs[CVR]])
     return keras.Model(inputs=inputs, outputs=outputs, name=f"tfads_{cfg.backbone}")
 
 
@@ -93,15 +96,18 @@ def compile_model(
     steps_per_execution: int = 1,
 ) -> None:
     """ESMM losses: CE(click, pCTR) + CE(click & conversion, pCTCVR) over all impressions, plus an
-    optional direct CE(conversion, pCVR) on clicked samples (its sample weight is the click).
+    optional direct CE(conversion, pCVR) on clicked samples (its sample weight is the click); a
+    click-only model (outputs ``ctr`` alone) has the CTR loss only.
 
     ``steps_per_execution`` runs that many training steps per call into the compiled graph (fewer
     Python round trips; batch callbacks then run once per call)."""
     bce = keras.losses.BinaryCrossentropy()
+    weights = {CTR: 1.0, CTCVR: 1.0, CVR: cfg.cvr_loss_weight if cfg.direct_cvr_loss else 0.0}
+    heads = [name for name in (CTR, CVR, CTCVR) if name in model.output_names]
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),
-        loss={"ctr": bce, "cvr": bce, "ctcvr": bce},
-        loss_weights={"ctr": 1.0, "ctcvr": 1.0, "cvr": cfg.cvr_loss_weight if cfg.direct_cvr_loss else 0.0},
-        weighted_metrics={"ctr": [LogitAUC()], "ctcvr": [LogitAUC()]},
+        loss={head: bce for head in heads},
+        loss_weights={head: weights[head] for head in heads},
+        weighted_metrics={head: [LogitAUC()] for head in heads if head != CVR},
         steps_per_execution=steps_per_execution,
     )

@@ -11,6 +11,7 @@ import tf_keras as keras
 from tfads import metrics
 from tfads.data import feature_spec, to_targets
 from tfads.core.manifest import Manifest
+from tfads.core.names import CLICK, CTR, CVR
 
 
 def split_holdout(records: list[bytes], fraction: float) -> tuple[list[bytes], list[bytes]]:
@@ -33,12 +34,13 @@ def records_dataset(
         ds = ds.shuffle(len(records), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda s: tf.io.parse_example(s, spec))
     if for_training:
-        ds = ds.map(to_targets)
+        ds = ds.map(lambda b: to_targets(b, manifest))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 class Scorer:
-    """Scores records with ``model``'s current weights; returns outputs, labels and chosen fields."""
+    """Scores records with ``model``'s current weights; returns the calibrated heads' outputs (``ctr``, and
+    ``cvr`` for ESMM), the labels by role (``click``, ``conversion``) and the chosen fields."""
 
     def __init__(self, model: keras.Model, manifest: Manifest, fields: list[str], batch_size: int = 4096) -> None:
         self.manifest = manifest
@@ -51,8 +53,9 @@ class Scorer:
         parts: dict[str, list[np.ndarray]] = {}
         for batch in records_dataset(records, self.manifest, self.batch_size, for_training=False):
             out = self.model({k: batch[k] for k in self.names}, training=False)  # eager: no tracing per process
-            row = {k: out[k].numpy().reshape(-1) for k in ("ctr", "cvr")}
-            row.update({k: batch[k].numpy() for k in ("click", "conversion", *self.fields)})
+            row = {k: out[k].numpy().reshape(-1) for k in (CTR, CVR) if k in out}
+            row.update({role: batch[column].numpy() for role, column in self.manifest.label_roles.items() if column})
+            row.update({k: batch[k].numpy() for k in self.fields})
             for k, v in row.items():
                 parts.setdefault(k, []).append(v)
         return {k: np.concatenate(v) for k, v in parts.items()}
@@ -60,7 +63,7 @@ class Scorer:
 
 def ctr_metrics(scored: dict[str, np.ndarray]) -> dict[str, float]:
     """pCTR AUC, LogLoss and PCOC (NaN where undefined or when predictions are not finite)."""
-    y, p = scored["click"], scored["ctr"]
+    y, p = scored[CLICK], scored[CTR]
     if not len(y) or not np.all(np.isfinite(p)):
         return {"AUC": float("nan"), "LogLoss": float("nan"), "PCOC": float("nan")}
     row = metrics.summarize(y, np.clip(p, 1e-7, 1 - 1e-7))

@@ -18,19 +18,13 @@ from numpy.typing import ArrayLike
 import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tf_keras as keras
 
-from tfads.calibration.combined import TASKS, combined_model
+from tfads.calibration.combined import combined_model
 from tfads.calibration import AdaCalib, CalibStats, fit_adacalib
 from tfads.calibration.fit import calibration_inputs
 from tfads.model_io import json_plain
 
 # AdaCalib's keyword-only settings (selection, temperature, ...): kept when a layer is rebuilt
 SETTINGS = tuple(n for n, p in inspect.signature(AdaCalib.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY)
-
-
-def task_rows(scored: Mapping[str, np.ndarray], task: str) -> np.ndarray:
-    """Boolean mask of the rows a task is calibrated on (CVR: clicked rows)."""
-    _, only = TASKS[task]
-    return scored[only] == 1 if only else np.ones(len(scored[TASKS[task][0]]), bool)
 
 
 def refit(

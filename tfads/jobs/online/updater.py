@@ -15,20 +15,19 @@ import tf_keras as keras
 
 from serving.export import export_model, next_version
 from tfads.calibration import AdaCalib, CalibStats
-from tfads.calibration.combined import split_calibrated
+from tfads.calibration.combined import calibrated_tasks, split_calibrated, task_rows
 from tfads.core.manifest import Manifest
+from tfads.core.names import HEAD_LABELS
 from tfads.models import build_model, compile_model
 from tfads.jobs.online.calibration import refresh_stats
 from tfads.jobs.online.config import OnlineConfig
 from tfads.jobs.online.evaluation import Scorer, ctr_metrics, gate, records_dataset, split_holdout
 from tfads.jobs.online.faults import crash_point
 from tfads.jobs.online.recalibration import (
-    TASKS,
     calibrated_scores,
     export_view,
     read_layers,
     refit,
-    task_rows,
     write_layers,
 )
 from tfads.jobs.online.reservoir import Reservoir, read_records
@@ -88,7 +87,7 @@ class OnlineLearner:
         step_dir = self.store.step_dir(state.step)
         self.reservoir = Reservoir.read(step_dir, config.reservoir_size, state.reservoir_seen)
         self.calib = {t: CalibStats.read(calib_path(step_dir, t)) if os.path.exists(calib_path(step_dir, t)) else None
-                      for t in TASKS}
+                      for t in calibrated_tasks(self.model.output_names)}
         self.old_eval = read_records(manifest.split_files("valid"), limit=config.old_eval_examples)
         if config.recalibrate and not self.layers:
             log.info("%s holds no calibrated model: exporting the base model, nothing to recalibrate", model_dir)
@@ -198,7 +197,8 @@ class OnlineLearner:
     def _refresh_calibration(self, scored: dict[str, np.ndarray], *, recalibrate: bool, seed: int) -> None:
         """Merge the shard's rows into the posterior statistics; with ``recalibrate`` rebuild and refit the
         AdaCalib layers from them on the same rows (as ``tfads calibrate`` fits on its statistics' split)."""
-        for task, (label, _) in TASKS.items():
+        for task in calibrated_tasks(self.model.output_names):
+            label, _ = HEAD_LABELS[task]
             rows = task_rows(scored, task)
             if not rows.any():
                 continue

@@ -1,0 +1,54 @@
+"""Generator logs rewritten into another shape (renamed fields, click-only), as a user's own logs would be."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+
+import yaml
+
+from tfads.core.schema import DEFAULT_SCHEMA
+
+# generator field -> the user's name for it
+RENAMED = {"user_id": "uid", "media": "site", "slot": "placement", "ts": "event_time", "trace_id": "request_id"}
+DOMAIN = "surface"  # the user's name for the derived scenario (site|placement)
+CLICK_LABEL = "is_click"
+
+
+def _rename(record: dict) -> dict:
+    return {RENAMED.get(k, k): v for k, v in record.items()}
+
+
+def rewrite_click_only(logs: str, out: str) -> None:
+    """Impressions and clicks of ``logs`` with the RENAMED field names under ``out``; no conversions log."""
+    for log in ("impressions", "clicks"):
+        for path in glob.glob(os.path.join(logs, log, "*", "*.jsonl.gz")):
+            target = os.path.join(out, os.path.relpath(path, logs))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with gzip.open(path, "rt") as src, gzip.open(target, "wt") as dst:
+                for line in src:
+                    try:
+                        dst.write(json.dumps(_rename(json.loads(line))) + "\n")
+                    except json.JSONDecodeError:
+                        dst.write(line)  # corrupted lines stay corrupted: they must still be dead-lettered
+
+
+def click_only_schema(path: str) -> str:
+    """The default schema in the user's names: click-only labels, no conversions or feed section,
+    the domain and user key renamed; written to ``path``."""
+    schema = yaml.safe_load(open(DEFAULT_SCHEMA))
+    schema["key"], schema["timestamp"] = RENAMED["trace_id"], RENAMED["ts"]
+    schema["fields"] = {RENAMED.get(k, k): v for k, v in schema["fields"].items()}
+    scenario = schema["derived"].pop("scenario")
+    scenario["concat"] = [RENAMED[c] for c in scenario["concat"]]
+    schema["derived"][DOMAIN] = scenario
+    schema["clicks"]["fields"] = {RENAMED.get(k, k): v for k, v in schema["clicks"]["fields"].items()}
+    for section in ("conversions", "feed", "cold_start"):
+        schema.pop(section)
+    schema["labels"] = {"click": CLICK_LABEL, "conversion": None}
+    schema["user_key"], schema["domain"] = RENAMED["user_id"], DOMAIN
+    with open(path, "w") as f:
+        yaml.safe_dump(schema, f, sort_keys=False)
+    return path

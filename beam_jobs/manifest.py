@@ -20,7 +20,9 @@ def vocab_path(feature: str) -> str:
     return f"vocab/{feature}.txt"
 
 
-def feature_entries(schema: Schema, tally: Tally, vocab_sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+def feature_entries(
+    schema: Schema, tally: Tally, vocab_sizes: dict[str, int], oov: dict[str, dict[str, int]]
+) -> dict[str, dict[str, Any]]:
     """The manifest's ``features`` block: kind, dtype and the statistics each kind needs."""
     out: dict[str, dict[str, Any]] = {}
     for name, f in schema.features.items():
@@ -28,7 +30,7 @@ def feature_entries(schema: Schema, tally: Tally, vocab_sizes: dict[str, int]) -
         entry: dict[str, Any] = {"kind": f.feature, "dtype": dtype, "domain_aware": f.domain_aware,
                                  "calibration": f.calibration}
         if f.feature == "categorical":
-            entry.update(vocab=vocab_path(name), vocab_size=vocab_sizes[name])
+            entry.update(vocab=vocab_path(name), vocab_size=vocab_sizes[name], out_of_vocab=oov[name])
         elif f.feature == "hashed":
             entry["hash_bins"] = f.hash_bins
         else:
@@ -40,7 +42,7 @@ def feature_entries(schema: Schema, tally: Tally, vocab_sizes: dict[str, int]) -
 
 def build_manifest(
     *, schema: Schema, schema_mapping: dict, tally: Tally, splits: dict[str, list[str]], out: str,
-    vocab_sizes: dict[str, int], priors: dict[str, dict[str, BetaPrior]],
+    vocab_sizes: dict[str, int], oov: dict[str, dict[str, int]], priors: dict[str, dict[str, BetaPrior]],
 ) -> dict[str, Any]:
     """Assemble the manifest; file paths are made relative to ``out``."""
     def rel(path: str) -> str:
@@ -64,7 +66,8 @@ def build_manifest(
     return {
         "version": 1,
         "schema": schema_mapping,
-        "features": feature_entries(schema, tally, vocab_sizes),
+        "features": feature_entries(schema, tally, vocab_sizes, oov),
+        "vocab": {"min_count": schema.vocab.min_count, "top_k": schema.vocab.top_k},
         "key": schema.key,
         "timestamp": schema.timestamp,
         "raw_dtypes": {name: DTYPES[f.type] for name, f in schema.fields.items()},
@@ -100,4 +103,10 @@ def summary_text(manifest: dict[str, Any]) -> str:
                      f"  ctr {s['ctr']:.4f}  cvr {s['cvr']:.4f}")
     vocab = ", ".join(f"{n} {f['vocab_size']}" for n, f in manifest["features"].items() if "vocab_size" in f)
     lines.append(f"vocabulary sizes: {vocab}")
+    rules = manifest.get("vocab", {})
+    dropped = [f"{n} {f['out_of_vocab']['below_min_count']:,}" for n, f in manifest["features"].items()
+               if f.get("out_of_vocab", {}).get("below_min_count")]
+    if dropped:
+        lines.append(f"values seen fewer than vocab.min_count={rules.get('min_count')} times in train (-> OOV): "
+                     + ", ".join(dropped))
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from beam_jobs.options import InputFile, Job
 from beam_jobs.parse import ParseResult, log_columns, parse_bytes
 from beam_jobs.posterior import posterior_table
 from beam_jobs.stats import Tally, posterior_fields, tally_examples
-from beam_jobs.vocab import vocab_text, vocabulary
+from beam_jobs.vocab import left_out, vocab_text, vocabulary
 from tfads.core.schema import DerivedField, Schema
 
 STATS = "stats"
@@ -198,12 +198,13 @@ class MergeTallies(beam.CombineFn):
 def finalize(tally: Tally, job: Job) -> str:
     """Write vocabularies, posterior statistics and manifest.json; return the manifest path."""
     schema, out = job.schema, job.out
-    vocab_sizes = {}
+    vocab_sizes, oov = {}, {}
     for name in schema.vocab_features:
         counts = tally.values[name]["impressions"] if name in tally.values else pd.Series(dtype=np.int64)
         values = vocabulary(counts, min_count=schema.vocab.min_count, top_k=schema.vocab.top_k)
         write_bytes(f"{out}/{vocab_path(name)}", vocab_text(values))
         vocab_sizes[name] = len(values)
+        oov[name] = left_out(counts, values, min_count=schema.vocab.min_count)
     tables, priors = [], {}
     for name in posterior_fields(schema):
         table, priors[name] = posterior_table(name, tally.values[name])
@@ -213,7 +214,7 @@ def finalize(tally: Tally, job: Job) -> str:
                                                    for r in lines))
     manifest = build_manifest(
         schema=schema, schema_mapping=job.schema_mapping, tally=tally, splits=job.splits, out=out,
-        vocab_sizes=vocab_sizes, priors=priors,
+        vocab_sizes=vocab_sizes, oov=oov, priors=priors,
     )
     path = f"{out}/manifest.json"
     write_bytes(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")

@@ -13,6 +13,16 @@ def vocabulary(counts: pd.Series, *, min_count: int, top_k: int) -> list:
     return frame["value"].head(top_k).tolist()
 
 
+def left_out(counts: pd.Series, values: list, *, min_count: int) -> dict[str, int]:
+    """What a vocabulary leaves to the OOV bucket: distinct values seen fewer than ``min_count`` times, other
+    values beyond ``top_k``, and the train impressions all of them carry."""
+    kept = set(values)
+    out = counts[[v not in kept for v in counts.index]]
+    below = int((out < min_count).sum())
+    return {"below_min_count": below, "beyond_top_k": int(len(out) - below),
+            "train_impressions": int(out.sum())}
+
+
 def vocab_text(values: list) -> bytes:
     """A vocabulary file: one value per line (UTF-8)."""
     return "".join(f"{v}\n" for v in values).encode("utf-8")

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['true_probability_floor']:.3f}); AUC change vs uncalibrated {summary['auc_change']:+.4f} "
         "(target >= 0)"
     )
-    publish("calibration", {"rows": rows, **summary}, metrics.metrics_table(rows), args)
+    publish("calibration", {"rows": rows, **summary}, metrics.metrics_table(rows, markdown=True), args)
     return 0
 
 

@@ -59,7 +59,7 @@ def make(
     """
     if compression not in COMPRESSION:
         raise ValueError(f"compression must be one of {sorted(COMPRESSION)}, got {compression!r}")
-    settings = {"rows": rows, "seed": seed, "shards": shards, "compression": compression}
+    settings = {"rows": rows, "seed": seed, "shards": shards, "compression": compression, "labels": "click"}
     rng = np.random.default_rng(seed)
     cats = np.stack([np.minimum(rng.zipf(1.3, rows) - 1, c - 1) for c in CARDINALITIES], axis=1).astype(np.int64)
     nums = rng.lognormal(0.0, 1.5, size=(rows, N_NUM)).astype(np.float32)
@@ -122,7 +122,8 @@ def make(
     manifest = {
         "version": 1,
         "features": features,
-        "labels": ["click", "conversion"],
+        "labels": ["click"],  # click only, as Criteo: a CTR model, like DeepCTR's DCN
+        "label_roles": {"click": "click", "conversion": None},
         "weight": "weight",
         "splits": splits,
         "days": {k: {"files": v["files"], "examples": v["examples"]} for k, v in splits.items()},

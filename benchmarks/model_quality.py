@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         print(metrics_table(sharing))
     for n, message in failed.items():
         print(f"{n}: not measured: {message}")
-    publish("model_quality", report, metrics_table(_display(rows)), args)
+    publish("model_quality", report, metrics_table(_display(rows), markdown=True), args)
     return 0
 
 

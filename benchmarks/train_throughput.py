@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 import tfads  # noqa: F401
+import tensorflow as tf
 import tf_keras as keras
 
 from benchmarks import criteo_like
@@ -60,11 +61,13 @@ FAST = {"numeric_encoding": "dense", "fused_embeddings": True, "embedding_init_s
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """A tfads run: model config overrides, ``train.steps_per_execution`` and make_dataset's shuffle_block."""
+    """A tfads run: model config overrides, ``train.steps_per_execution``, make_dataset's shuffle_block and
+    ``train.deterministic`` (op determinism and a fixed input order)."""
 
     model: dict
     steps_per_execution: int = 1
     shuffle_block: int = 1
+    deterministic: bool = False
 
 
 def default_variant() -> Variant:
@@ -78,6 +81,7 @@ def default_variant() -> Variant:
 
 VARIANTS = {
     "default": default_variant(),
+    "default-deterministic": dataclasses.replace(default_variant(), deterministic=True),
     "baseline": Variant({}),
     "dense-numeric": Variant({"numeric_encoding": "dense"}),
     "fast": Variant(FAST, 8),
@@ -112,12 +116,15 @@ class Throughput(keras.callbacks.Callback):
 
 def run_tfads(data_dir: str, optimizer: str, learning_rate: float, variant: Variant, seed: int) -> dict:
     manifest = load_manifest(os.path.join(data_dir, "manifest.json"))
+    if variant.deterministic:
+        tf.config.experimental.enable_op_determinism()
     cfg = dataclasses.replace(SHAPE, **variant.model)
     model = build_model(manifest, cfg)
     compile_model(model, cfg, learning_rate, optimizer, steps_per_execution=variant.steps_per_execution)
     files = manifest.split_files("train")
     train = make_dataset(
-        files, manifest, BATCH, shuffle=True, shuffle_buffer=20_000, shuffle_block=variant.shuffle_block, seed=seed
+        files, manifest, BATCH, shuffle=True, shuffle_buffer=20_000, shuffle_block=variant.shuffle_block, seed=seed,
+        deterministic=variant.deterministic,
     )
     meter = Throughput()
     steps = math.ceil(manifest.split_count("train") / BATCH)  # steps_per_execution > 1 needs the count
@@ -301,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             f" {r['cpu_work_ratio']:.2f}x less CPU work, AUC delta {r['auc_delta']:+.4f}"
         )
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
-    lines = [metrics_table(table), ""]
+    lines = [metrics_table(table, markdown=True), ""]
     lines += [f"- {name}: {results[name]['speedup']:.2f}x {reference} examples/s, "
               f"{results[name]['cpu_work_ratio']:.2f}x less CPU work, AUC delta {results[name]['auc_delta']:+.4f}"
               for name in ours]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -20,7 +21,12 @@ def installed(tmp_path_factory) -> Path:
     """A fresh venv with only the tfads wheel installed; the dependencies come from this venv's
     site-packages through a path file (plain paths: this venv's editable tfads is not seen there)."""
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(ROOT)],
+    source = work / "source"  # a copy: setuptools writes build/ beside the sources it builds
+    for package in ("tfads", "beam_jobs", "serving"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(source)],
                    check=True, capture_output=True)
     (wheel,) = (work / "dist").glob("tfads-*.whl")
     env_dir = work / "venv"

@@ -77,6 +77,7 @@ def make_dataset(
     with_meta: bool = False,
     for_training: bool = True,
     use_sample_weight: bool = True,
+    deterministic: bool = False,
 ) -> tf.data.Dataset:
     """Dataset of parsed batches from TFRecord ``files``.
 
@@ -94,6 +95,8 @@ def make_dataset(
         these values (fine-tuning on a scene).
       with_meta: also parse the impression key, the timestamp and the sample source (ad / feed).
       for_training: yield ``(features, labels, sample_weights)``; otherwise the parsed dict.
+      deterministic: keep the element order of the parallel stages fixed even when shuffling (with a
+        ``seed``, the same order every run; a little slower).
     """
     if not files:
         raise ValueError("make_dataset: no input files")
@@ -110,15 +113,16 @@ def make_dataset(
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ordered = deterministic or not shuffle
     ds = ds.interleave(
-        read, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle
+        read, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered
     )
     if shuffle:
         ds = ds.shuffle(max(1, shuffle_buffer // block), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = (ds.rebatch(batch_size) if block > 1 else ds.batch(batch_size)).map(
-        lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle
+        lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered
     )
     if scenarios:
         domain = manifest.domain

@@ -80,6 +80,7 @@ def train_valid_datasets(
         repeat=tc.scenarios is None,
         scenarios=tc.scenarios,
         use_sample_weight=tc.use_sample_weight,
+        deterministic=tc.deterministic,
     )
     valid_ds = make_dataset(
         manifest.split_files("valid"),
@@ -144,6 +145,8 @@ def train(
         manifest = load_manifest(manifest)
     tc = config.train
     keras.utils.set_random_seed(tc.seed)
+    if tc.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = make_strategy()
     workers = strategy.num_replicas_in_sync
     train_ds, valid_ds, steps = train_valid_datasets(tc, manifest)

@@ -100,13 +100,21 @@ def _train(labelled: pd.DataFrame, manifest: dict) -> pd.DataFrame:
 
 def test_vocabularies_match_recomputation(built, labelled, manifest):
     train = _train(labelled, manifest)
+    rare_somewhere = False
     for name in SCHEMA.vocab_features:
-        counts = train[name].value_counts()
-        counts = counts[counts >= SCHEMA.vocab.min_count]
+        all_counts = train[name].value_counts()
+        counts = all_counts[all_counts >= SCHEMA.vocab.min_count]
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: SCHEMA.vocab.top_k]
         with open(os.path.join(built, "vocab", f"{name}.txt")) as f:
             assert f.read().splitlines() == [str(v) for v, _ in ordered], name
         assert manifest["features"][name]["vocab_size"] == len(ordered)
+        rare = all_counts[all_counts < SCHEMA.vocab.min_count]
+        assert manifest["features"][name]["out_of_vocab"] == {
+            "below_min_count": len(rare), "beyond_top_k": len(counts) - len(ordered),
+            "train_impressions": int(all_counts.sum() - sum(c for _, c in ordered)),
+        }, name
+        rare_somewhere |= len(rare) > 0
+    assert rare_somewhere  # the schema's min_count 2 leaves some values out: the count is exercised
 
 
 def test_numeric_stats_match_recomputation(labelled, manifest):

@@ -66,3 +66,35 @@ def test_schema_missing_key_and_unknown_field(tmp_path):
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_schema(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.pop("conversions"), "no conversions log: add a conversions section, or set labels.conversion"),
+        (lambda s: s.update(labels=["click", "conversion"]), "labels: expected a mapping"),
+        (lambda s: s.update(domain="city"), "domain 'city' must be a feature marked domain_aware"),
+        (lambda s: s.update(user_key="uid"), "user_key 'uid' must be listed under fields"),
+        (lambda s: s["cold_start"].update(enabled=True) or s.pop("feed"), "cold_start.enabled needs a feed section"),
+        (lambda s: s.update(labels={"click": "hour"}), r"label column\(s\) \['hour'\] are also fields"),
+    ],
+)
+def test_schema_role_mistakes_are_named(tmp_path, edit, message):
+    import yaml
+
+    schema = yaml.safe_load(DEFAULT_SCHEMA.read_text())
+    edit(schema)
+    with pytest.raises(ConfigError, match=message):
+        load_schema(_write(tmp_path, yaml.safe_dump(schema)))
+
+
+def test_click_only_schema_needs_no_conversions_feed_or_derived(tmp_path):
+    import yaml
+
+    schema = yaml.safe_load(DEFAULT_SCHEMA.read_text())
+    for section in ("conversions", "feed", "derived", "cold_start", "domain"):
+        schema.pop(section)
+    schema["labels"] = {"click": "clicked", "conversion": None}
+    loaded = load_schema(_write(tmp_path, yaml.safe_dump(schema)))
+    assert loaded.event_logs == ("clicks",) and loaded.labels.columns == ["clicked"]
+    assert loaded.derived == {} and loaded.feed is None

@@ -192,3 +192,17 @@ def test_steps_per_execution_falls_back_to_one_when_step_counts_are_unknown(mani
     assert execution_steps(TrainConfig(batch_size=64, steps_per_execution=4), manifest, 10) == (4, valid_steps)
     assert execution_steps(TrainConfig(steps_per_execution=4, scenarios=["a|b"]), manifest, None) == (1, None)
     assert execution_steps(TrainConfig(steps_per_execution=4, validation_steps=3), manifest, 10) == (4, 3)
+
+
+def test_deterministic_runs_with_one_seed_give_identical_weights(tmp_path, manifest_path, small_experiment):
+    from tfads.train import load_trained_model
+
+    config = _write_config(tmp_path, small_experiment, epochs=1, steps_per_epoch=12, validation_steps=2)
+    dirs = [str(tmp_path / f"run{i}") for i in range(2)]
+    for model_dir in dirs:
+        subprocess.run(_train_cmd(config, manifest_path, model_dir, "--deterministic", "--seed", "3"),
+                       check=True, capture_output=True)
+    first, second = (load_trained_model(d).get_weights() for d in dirs)
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="override train.steps_per_epoch")
     parser.add_argument("--learning-rate", type=float, default=None, help="override train.learning_rate")
+    parser.add_argument("--seed", type=int, default=None, help="override train.seed (weights, shuffling, dropout)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="override train.early_stopping_patience: epochs without a better validation pCTR AUC "
+                        "before stopping (the best epoch's weights are kept); epochs is the cap")
+    parser.add_argument("--deterministic", action="store_true", default=None,
+                        help="op determinism and a fixed input order: the same seed gives bit-identical weights "
+                        "(slower; see docs/decisions)")
     parser.epilog = (
         "Resumable: a killed run restarted with the same --model-dir continues from the last finished epoch. "
         "Distributed: set TF_CONFIG on each worker to use MultiWorkerMirroredStrategy."
@@ -38,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "steps_per_epoch": args.steps_per_epoch,
         "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "early_stopping_patience": args.patience,
+        "deterministic": args.deterministic,
         "scenarios": args.scenarios.split(",") if args.scenarios else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}

@@ -110,6 +110,7 @@ class TrainConfig:
     scenarios: list[str] | None = None
     steps_per_execution: int = 1
     shuffle_block: int = 1  # shuffle blocks of this many consecutive records (tfads.data.make_dataset)
+    deterministic: bool = False  # op determinism and a fixed tf.data order: the same seed gives the same model
 
     def __post_init__(self) -> None:
         if self.steps_per_execution < 1:

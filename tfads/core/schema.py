@@ -118,9 +118,10 @@ class Splits:
 @dataclass(frozen=True)
 class VocabSpec:
     """Vocabulary building on the train split: values seen at least ``min_count`` times, the
-    ``top_k`` most frequent, in frequency order (ties by value)."""
+    ``top_k`` most frequent, in frequency order (ties by value). The rest share the OOV bucket; the
+    manifest counts them per feature (``out_of_vocab``)."""
 
-    min_count: int = 2
+    min_count: int = 1
     top_k: int = 100_000
 
 
@@ -162,13 +163,13 @@ class Schema:
             missing = [c for c in d.concat if c not in self.fields]
             if missing:
                 raise ValueError(f"derived.{name}.concat names unknown fields {missing}")
+        if self.labels.conversion and self.conversions is None:
+            raise ValueError(f"labels.conversion is {self.labels.conversion!r} but there is no conversions "
+                             "log: add a conversions section, or set labels.conversion: null (click only)")
         for log_name in self.event_logs + (("feed",) if self.feed else ()):
             log = getattr(self, log_name)
             if self.key not in log.fields or self.timestamp not in log.fields:
                 raise ValueError(f"{log_name}.fields must include {self.key!r} and {self.timestamp!r}")
-        if self.labels.conversion and self.conversions is None:
-            raise ValueError(f"labels.conversion is {self.labels.conversion!r} but there is no conversions "
-                             "log: add a conversions section, or set labels.conversion: null (click only)")
         if self.cold_start.enabled and self.feed is None:
             raise ValueError("cold_start.enabled needs a feed section (the organic-feed log)")
         if self.user_key is not None and self.user_key not in self.fields:

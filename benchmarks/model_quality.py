@@ -371,8 +371,8 @@ def mask_sharing_of(
     manifest = load_manifest(manifest_path)
     found: dict[str, dict[str, float]] = {}
     for name, trainings in runs.items():
-        if VARIANTS[name]["adasparse"] in (None, "scaling"):
-            continue
+        if "@" in name or VARIANTS[name]["adasparse"] in (None, "scaling"):
+            continue  # the --against configs' models are compared on AUC only
         for k in range(len(trainings)):
             model_dir = os.path.join(_run_dir(out, name, k), "model")
             report, scenarios = scenario_report(load_trained_model(model_dir), manifest, max_batches=150)  # whole day

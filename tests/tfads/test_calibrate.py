@@ -58,3 +58,19 @@ def test_report_compares_adacalib_with_baselines(calibrated, manifest_path):
     assert rows["AdaCalib"]["LogLoss"] <= 1.02 * rows["uncalibrated"]["LogLoss"]
     assert rows["AdaCalib"]["AUC"] >= rows["uncalibrated"]["AUC"] - 0.035
     assert 0.5 < rows["AdaCalib"]["PCOC"] < 1.5
+
+
+def test_calibrate_without_a_calib_split_says_what_it_needs(logs_dir, trained_model_dir, tmp_path, capsys):
+    import yaml
+
+    from tfads import cli
+    from tfads.core.schema import DEFAULT_SCHEMA
+    from tfads.jobs.dataset import build_dataset
+
+    schema = yaml.safe_load(DEFAULT_SCHEMA.read_text())
+    schema["splits"]["calib_days"] = 0
+    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
+    manifest = build_dataset(logs_dir, str(tmp_path / "data"), schema=str(tmp_path / "schema.yaml"))
+    code = cli.main(["calibrate", "--model-dir", trained_model_dir, "--data", manifest, "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no calib split; set splits.calib_days >= 1" in err and "Traceback" not in err

@@ -66,9 +66,15 @@ class Job:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The job's flags plus Beam's standard, direct-runner, Dataflow, worker and setup flags."""
-    parser.add_argument("--logs", required=True, help="raw log directory written by `tfads datagen` (local or gs://)")
+    parser.add_argument(
+        "--logs", required=True,
+        help="raw log directory, local or gs://: <log>/<YYYY-MM-DD>/*.jsonl.gz for the impressions, clicks and "
+        "(when the schema labels them) conversions logs, e.g. from your ad servers or `tfads datagen` "
+        "(docs/own-logs.md)",
+    )
     parser.add_argument("--out", required=True, help="output directory (local or gs://)")
-    parser.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="feature/schema YAML (default: %(default)s)")
+    parser.add_argument("--schema", default=str(DEFAULT_SCHEMA),
+                        help="schema YAML naming your fields, key, labels, user key and domain (default: %(default)s)")
     parser.add_argument(
         "--cold-start", "--with-feed", dest="cold_start", action=argparse.BooleanOptionalAction, default=None,
         help="add organic-feed samples as extra examples (default: schema cold_start.enabled)",

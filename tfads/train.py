@@ -176,7 +176,7 @@ def train(
         keras.callbacks.EarlyStopping(
             monitor="val_ctr_auc", mode="max", patience=tc.early_stopping_patience, restore_best_weights=True
         ),
-        *adasparse_callbacks(config.model.adasparse, total_steps=steps * tc.epochs if steps else None),
+        *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps),
     ]
     history = model.fit(
         train_ds,
@@ -197,17 +197,19 @@ def train(
     return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=len(history.epoch))
 
 
-def adasparse_callbacks(cfg: AdaSparseConfig, total_steps: int | None) -> list[keras.callbacks.Callback]:
-    """Alpha annealing and lambda growth for the AdaSparse pruners.
+def adasparse_callbacks(cfg: AdaSparseConfig, steps_per_epoch: int | None) -> list[keras.callbacks.Callback]:
+    """Alpha annealing and lambda growth for the AdaSparse pruners, in steps of the run actually made.
 
     None when AdaSparse is off or its form is ``scaling`` (no hard step, nothing to anneal). Alpha
-    reaches its final slope halfway through training (``alpha_anneal_fraction``): measured on the
-    model-quality benchmark, a fused pruner trained most of the run at the final slope validated
-    better than one still annealing at the end (benchmarks/results/model_quality.md).
+    reaches its final slope after ``alpha_anneal_epochs`` epochs' steps (half an epoch by default),
+    whatever the epochs cap, so a run that early stopping ends soon still reaches the sparsity range;
+    lambda grows every ``lambda_growth_steps`` steps. A fused pruner trained most of the run at the
+    final slope validated better than one still annealing at the end (benchmarks/results/model_quality.md).
+    Without a known epoch size (a scenario filter) an epoch counts as 10,000 steps.
     """
     if not cfg.enabled or cfg.form == "scaling":
         return []
-    anneal_steps = max(1, int((total_steps or 10_000) * cfg.alpha_anneal_fraction))
+    anneal_steps = max(1, int((steps_per_epoch or 10_000) * cfg.alpha_anneal_epochs))
     return [
         AlphaAnnealer(cfg.alpha_start, cfg.alpha_end, total_steps=anneal_steps),
         SparsityLambdaScheduler(growth=cfg.lambda_growth, growth_steps=cfg.lambda_growth_steps),

@@ -120,9 +120,9 @@ def test_adasparse_schedules_follow_the_form():
 
     assert adasparse_callbacks(AdaSparseConfig(form="scaling"), 100) == []  # no hard step: nothing to anneal
     assert adasparse_callbacks(AdaSparseConfig(enabled=False), 100) == []
-    callbacks = adasparse_callbacks(AdaSparseConfig(form="fusion", alpha_anneal_fraction=0.5), 100)
+    callbacks = adasparse_callbacks(AdaSparseConfig(form="fusion", alpha_anneal_epochs=0.5), 100)
     annealer = next(c for c in callbacks if isinstance(c, AlphaAnnealer))
-    assert annealer.total_steps == 50
+    assert annealer.total_steps == 50  # half of one epoch of 100 steps, whatever the epochs cap
 
 
 def test_fused_table_holds_every_id_feature_at_its_offset(batch, small_experiment):

@@ -29,7 +29,7 @@ class CrossConfig:
 
 @dataclass(frozen=True)
 class AdaSparseConfig:
-    """AdaSparse domain-aware pruners on the deep layers (see METHODS.md)."""
+    """AdaSparse domain-aware pruners on the deep layers (docs/methods.md "AdaSparse")."""
 
     enabled: bool = True
     form: Literal["fusion", "binarization", "scaling"] = "fusion"
@@ -39,7 +39,7 @@ class AdaSparseConfig:
     beta: float = 2.0
     alpha_start: float = 0.1
     alpha_end: float = 5.0
-    alpha_anneal_fraction: float = 0.5
+    alpha_anneal_epochs: float = 0.5  # alpha reaches alpha_end after this many epochs' steps (not of the cap)
     lambda_start: float = 0.01
     lambda_growth: float = 2.0
     lambda_growth_steps: int = 1000
@@ -50,8 +50,8 @@ class AdaSparseConfig:
     def __post_init__(self) -> None:
         if self.pruner_hidden_units < 0:
             raise ValueError(f"pruner_hidden_units must be >= 0, got {self.pruner_hidden_units}")
-        if not 0.0 < self.alpha_anneal_fraction <= 1.0:
-            raise ValueError(f"alpha_anneal_fraction must be in (0, 1], got {self.alpha_anneal_fraction}")
+        if not self.alpha_anneal_epochs > 0.0:
+            raise ValueError(f"alpha_anneal_epochs must be > 0, got {self.alpha_anneal_epochs}")
         if not 0.0 <= self.r_min <= self.r_max < 1.0:
             raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={self.r_min}, r_max={self.r_max}")
 

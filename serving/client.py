@@ -42,6 +42,9 @@ from tensorflow_serving.apis import (
 from serving.bidding import BID_TYPES, compute_bids
 from serving.experiment import Arm, Experiment, ExperimentWatcher
 from serving.fallback import PosteriorFallback
+from tfads.core.names import CONVERSION
+
+REQUEST_USER = "user_id"  # the bid request field that keys the A/B assignment (protocol, not a data field)
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +210,7 @@ class BidClient:
             if name in features and "concat" in d
         }
         roles = manifest.get("label_roles") or {}
-        with_cvr = "label_roles" not in manifest or roles.get("conversion") is not None
+        with_cvr = "label_roles" not in manifest or roles.get(CONVERSION) is not None
         return cls(target, features, experiment, derived=derived, with_cvr=with_cvr, **kwargs)
 
     @property
@@ -384,12 +387,15 @@ def _model_spec(arm: Arm) -> model_pb2.ModelSpec:
 
 
 def _user_id(request: Mapping[str, Any]) -> Any:
-    if "user_id" in request:
-        return request["user_id"]
+    """The bid request's user (``REQUEST_USER``, at the top or among the shared features): the A/B key."""
+    if REQUEST_USER in request:
+        return request[REQUEST_USER]
     shared = request.get("features") or {}
-    if isinstance(shared, Mapping) and "user_id" in shared:
-        return shared["user_id"]
-    raise BidRequestError(f"bid request {request.get('request_id', '?')!r}: no user_id (needed for the A/B arm)")
+    if isinstance(shared, Mapping) and REQUEST_USER in shared:
+        return shared[REQUEST_USER]
+    raise BidRequestError(
+        f"bid request {request.get('request_id', '?')!r}: no {REQUEST_USER} (needed for the A/B arm)"
+    )
 
 
 def _checked(row: Mapping[str, Any], name: str, dtype: str, rid: Any, i: int) -> Any:

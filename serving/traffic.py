@@ -11,7 +11,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from serving.client import BidClient, BidRequestError, BidResponse
+from serving.client import REQUEST_USER, BidClient, BidRequestError, BidResponse
 from tfads.core.manifest import load_manifest
 
 
@@ -71,7 +71,7 @@ def requests_from_rows(
             chunk = records[start:start + candidates]
             requests.append({
                 "request_id": f"opp-{len(requests)}",
-                "user_id": chunk[0].get(user_key, len(requests)) if user_key else len(requests),
+                REQUEST_USER: chunk[0].get(user_key, len(requests)) if user_key else len(requests),
                 "features": {},
                 "candidates": chunk,
             })

@@ -51,7 +51,7 @@ def test_compiled_tables_equal_the_layer_on_a_dense_sweep(selection):
 def test_calibrated_export_serves_the_tables(trained_model_dir, manifest_path, tmp_path):
     rng = np.random.default_rng(5)
     manifest = load_manifest(manifest_path)
-    base = load_trained_model(trained_model_dir)
+    base = load_trained_model(trained_model_dir, float32_matmuls=True)  # as `tfads export` serves it
     with open(manifest.vocab_path("scenario")) as f:
         scenarios = [line.strip() for line in f if line.strip()][:40]
     stats = compute_calibration_stats(rng.uniform(0.005, 0.2, 30_000), (rng.random(30_000) < 0.05).astype(float),

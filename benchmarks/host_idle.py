@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle_gap_p50_over_fastest_window": {gap: cell["p50_ms"] / fastest for gap, cell in cells.items()},
     }
     print(json.dumps(report))
-    table = "\n".join(f"after {gap:g} ms idle: p50 {cell['p50_ms']:.3f} ms, p99 {cell['p99_ms']:.3f} ms"
+    table = "\n".join(f"after {gap} ms idle: p50 {cell['p50_ms']:.3f} ms, p99 {cell['p99_ms']:.3f} ms"
                       for gap, cell in cells.items())
     publish("host_idle", report, f"ramp p50 ms per 200 ms window: {shown}\n{table}", args)
     if args.json:

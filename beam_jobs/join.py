@@ -60,7 +60,6 @@ def join_impressions(
     imps = imps[~dup]
     imp_ts = pd.Series(imps[ts].to_numpy(), index=imps[key].to_numpy())
     clicks = clicks[clicks[key].isin(imp_ts.index).to_numpy()]
-    convs = empty_events(schema, "clicks").iloc[:0] if convs is None else convs[convs[key].isin(imp_ts.index)]
 
     win = schema.attribution
     kept_clicks, click_dead = _attribute(
@@ -68,19 +67,23 @@ def join_impressions(
         no_anchor=("orphan_click", "no impression with this trace_id"),
         late="late_click", duplicate="duplicate_click", anchor="impression",
     )
-    click_ts = pd.Series(kept_clicks[ts].to_numpy(), index=kept_clicks[key].to_numpy())
-    kept_convs, conv_dead = _attribute(
-        convs, click_ts, key, ts, win.conversion_window_s, files, log="conversions",
-        no_anchor=("conversion_without_click", "the impression has no attributed click"),
-        late="late_conversion", duplicate="duplicate_conversion", anchor="click",
-    )
     ads = imps.drop(columns=[c for c in (RAW,) if c in imps])
     labels = {schema.labels.click: ads[key].isin(kept_clicks[key]).to_numpy().astype(np.int64)}
-    if schema.labels.conversion:
+    dead += click_dead
+    claimed = [event_ids(clicks)]
+    if convs is not None:
+        convs = convs[convs[key].isin(imp_ts.index).to_numpy()]
+        click_ts = pd.Series(kept_clicks[ts].to_numpy(), index=kept_clicks[key].to_numpy())
+        kept_convs, conv_dead = _attribute(
+            convs, click_ts, key, ts, win.conversion_window_s, files, log="conversions",
+            no_anchor=("conversion_without_click", "the impression has no attributed click"),
+            late="late_conversion", duplicate="duplicate_conversion", anchor="click",
+        )
         labels[schema.labels.conversion] = ads[key].isin(kept_convs[key]).to_numpy().astype(np.int64)
+        dead += conv_dead
+        claimed.append(event_ids(convs))
     ads = ads.assign(**labels, **{schema.weight_feature: 1.0, schema.source_feature: "ad"})
-    claimed = np.concatenate([event_ids(clicks), event_ids(convs)])
-    return Joined(ads.reset_index(drop=True), dead + click_dead + conv_dead, claimed)
+    return Joined(ads.reset_index(drop=True), dead, np.concatenate(claimed))
 
 
 def orphans(events: dict[str, pd.DataFrame], claimed: np.ndarray, files: list[str]) -> list[dict]:

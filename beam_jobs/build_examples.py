@@ -40,7 +40,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(args)
     try:
         options = pipeline_options(args, extra)
-        job = resolve_job(args)
+        job = resolve_job(args, options)
     except ConfigError as e:
         print(f"build_examples: error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -25,6 +26,14 @@ from tfads.core.schema import DEFAULT_SCHEMA, Schema, Splits, load_schema
 
 BEAM_OPTIONS = (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions)
 SPLITS = ("train", "valid", "calib", "test")
+GRAPHS = ("auto", "keyed", "per-day")
+MIB = 1 << 20
+# Sizes in compressed input bytes (the generator's logs: ~60 B per impression, ~5x that decompressed).
+SHARD_BYTES = 8 * MIB  # shards_per_day auto: one example file per this much of a day's input
+BUCKET_BYTES = 8 * MIB  # key buckets auto: one join group per this much input
+MIN_BUCKETS = 16  # enough groups to keep several workers busy on a small input
+PER_DAY_MAX_BYTES = 64 * MIB  # graph auto: the per-day graph while a day plus all events stay under this
+CHUNK_BYTES = 32 * MIB  # decompressed bytes a keyed-graph worker parses at a time
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -40,6 +49,7 @@ class InputFile:
     log: str
     path: str
     day: str
+    size: int = 0  # bytes as stored (compressed)
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,17 @@ class Job:
     cold_start: bool
     files: tuple[InputFile, ...]
     splits: dict[str, list[str]]
+    graph: str = "per-day"  # keyed | per-day (resolved, never auto)
+    key_buckets: int = MIN_BUCKETS
+    shards: dict[str, int] | None = None  # day -> example files; None: the schema's shards_per_day for all
+    chunk_bytes: int = CHUNK_BYTES
+
+    def shards_of(self, day: str) -> int:
+        """Example files of ``day``."""
+        if self.shards is not None and day in self.shards:
+            return self.shards[day]
+        n = self.schema.splits.shards_per_day
+        return n if isinstance(n, int) else 2
 
     @property
     def paths(self) -> list[str]:
@@ -79,6 +100,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cold-start", "--with-feed", dest="cold_start", action=argparse.BooleanOptionalAction, default=None,
         help="add organic-feed samples as extra examples (default: schema cold_start.enabled)",
     )
+    parser.add_argument(
+        "--graph", choices=GRAPHS, default="auto",
+        help="keyed: work split by file piece and key, joins through the runner's shuffle, memory per worker "
+        "bounded (for Dataflow and large days); per-day: one worker per day, no shuffle, fastest on small "
+        f"inputs; auto: per-day on the DirectRunner while a day plus all click/conversion logs stay under "
+        f"{PER_DAY_MAX_BYTES // MIB} MiB compressed, keyed otherwise (default: %(default)s; both write the same "
+        "examples and manifest, docs/decisions/0028-keyed-build-graph.md)",
+    )
+    parser.add_argument(
+        "--key-buckets", type=int, default=None,
+        help=f"keyed graph: join groups (default: one per {BUCKET_BYTES // MIB} MiB of compressed input, "
+        f"at least {MIN_BUCKETS})",
+    )
     for cls in BEAM_OPTIONS:
         cls._add_argparse_args(parser.add_argument_group(f"Beam {cls.__name__}"))
 
@@ -97,18 +131,25 @@ def pipeline_options(args: argparse.Namespace, extra: Sequence[str] = ()) -> Pip
     return options
 
 
-def resolve_job(args: argparse.Namespace) -> Job:
-    """The job the parsed flags describe; JobError/ConfigError on a mistake."""
-    return find_inputs(args.logs, args.out, schema_path=args.schema, cold_start=args.cold_start, flag="--logs")
+def resolve_job(args: argparse.Namespace, options: PipelineOptions | None = None) -> Job:
+    """The job the parsed flags describe (``options``: the pipeline's, for ``--graph auto``);
+    JobError/ConfigError on a mistake."""
+    runner = (options.view_as(StandardOptions).runner if options is not None else None) or "DirectRunner"
+    return find_inputs(
+        args.logs, args.out, schema_path=args.schema, cold_start=args.cold_start, flag="--logs",
+        graph=getattr(args, "graph", "auto"), key_buckets=getattr(args, "key_buckets", None), runner=runner,
+    )
 
 
 def find_inputs(
     logs: str, out: str, *, schema_path: str | Path = DEFAULT_SCHEMA, cold_start: bool | None = None,
-    flag: str = "logs",
+    flag: str = "logs", graph: str = "auto", key_buckets: int | None = None, runner: str = "DirectRunner",
 ) -> Job:
-    """Load the schema, find the input files and split the days; JobError/ConfigError on a mistake.
+    """Load the schema, find the input files, split the days and size the graph; JobError/ConfigError on a
+    mistake.
 
-    ``cold_start`` None follows the schema's ``cold_start.enabled``; ``flag`` names ``logs`` in errors.
+    ``cold_start`` None follows the schema's ``cold_start.enabled``; ``flag`` names ``logs`` in errors;
+    ``graph``/``key_buckets``: see ``add_arguments``.
     """
     schema = load_schema(schema_path)
     cold_start = schema.cold_start.enabled if cold_start is None else cold_start
@@ -123,9 +164,29 @@ def find_inputs(
         if not paths and log in ("impressions", "feed"):
             hint = " (drop --cold-start or generate with --with-feed)" if log == "feed" else ""
             raise JobError(f"{flag} {given}: no {log} files matching {log}/<YYYY-MM-DD>/*.jsonl.gz{hint}")
-        files += [InputFile(len(files) + i, log, p, _day_of(p)) for i, p in enumerate(paths)]
+        files += [InputFile(len(files) + i, log, p, _day_of(p), size) for i, (p, size) in enumerate(paths)]
     days = sorted({f.day for f in files if f.log == "impressions"})
-    return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), split_days(days, schema.splits))
+    splits = split_days(days, schema.splits)
+    if graph not in GRAPHS:
+        raise JobError(f"--graph {graph}: expected one of {', '.join(GRAPHS)}")
+    if key_buckets is not None and key_buckets < 1:
+        raise JobError(f"--key-buckets {key_buckets}: expected a number >= 1")
+    day_bytes = {day: sum(f.size for f in files if f.day == day and f.log in ("impressions", "feed")) for day in days}
+    event_bytes = sum(f.size for f in files if f.log in schema.event_logs)
+    if graph == "auto":
+        small = max(day_bytes.values(), default=0) + event_bytes <= PER_DAY_MAX_BYTES
+        graph = "per-day" if small and runner in ("DirectRunner", "direct") else "keyed"
+    total = sum(f.size for f in files)
+    buckets = key_buckets or max(MIN_BUCKETS, math.ceil(total / BUCKET_BYTES))
+    shards = {day: shards_for(schema.splits.shards_per_day, n) for day, n in day_bytes.items()}
+    return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), splits, graph, buckets, shards)
+
+
+def shards_for(shards_per_day: int | str, day_bytes: int) -> int:
+    """Example files of a day with ``day_bytes`` of compressed input."""
+    if isinstance(shards_per_day, int):
+        return shards_per_day
+    return max(2, math.ceil(day_bytes / SHARD_BYTES))
 
 
 def direct_options(workers: int = 1) -> PipelineOptions:

@@ -86,15 +86,25 @@ def split_lines(data: bytes) -> list[bytes]:
     return lines
 
 
-def parse_bytes(data: bytes, columns: list[Column], *, log: str, source: str, keep_raw: bool) -> ParseResult:
-    """Validate a file's content (one JSON object per line) against ``columns``; see the module docstring."""
+def parse_bytes(
+    data: bytes, columns: list[Column], *, log: str, source: str, keep_raw: bool, first_line: int = 1
+) -> ParseResult:
+    """Validate a file's content (one JSON object per line) against ``columns``; see the module docstring.
+
+    ``first_line`` is the line number of ``data``'s first line in ``source`` (a piece of a file)."""
     n = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
     fast = _parse_clean(data, n, columns)
     if fast is not None:
+        fast[LINE] += first_line - 1
         if keep_raw:
             fast[RAW] = split_lines(data)
         return ParseResult(fast, [], n)
-    return _parse_robust(split_lines(data), columns, log=log, source=source, keep_raw=keep_raw)
+    result = _parse_robust(split_lines(data), columns, log=log, source=source, keep_raw=keep_raw)
+    if first_line != 1:
+        result.rows[LINE] += first_line - 1
+        for record in result.dead:
+            record["line"] += first_line - 1
+    return result
 
 
 def parse_lines(lines: list[bytes], columns: list[Column], *, log: str, source: str, keep_raw: bool) -> ParseResult:

@@ -12,10 +12,14 @@ from tfads.datagen import generate
 
 
 def build_dataset(
-    logs: str, out: str, *, workers: int = 1, schema: str | Path = DEFAULT_SCHEMA, cold_start: bool | None = None
+    logs: str, out: str, *, workers: int = 1, schema: str | Path = DEFAULT_SCHEMA, cold_start: bool | None = None,
+    graph: str = "auto", key_buckets: int | None = None,
 ) -> str:
-    """Run the Beam job on ``logs`` with the DirectRunner (``workers`` processes); return ``<out>/manifest.json``."""
-    build(find_inputs(logs, out, schema_path=schema, cold_start=cold_start), direct_options(workers))
+    """Run the Beam job on ``logs`` with the DirectRunner (``workers`` processes); return ``<out>/manifest.json``.
+
+    ``graph``/``key_buckets``: as ``tfads build --graph/--key-buckets``."""
+    job = find_inputs(logs, out, schema_path=schema, cold_start=cold_start, graph=graph, key_buckets=key_buckets)
+    build(job, direct_options(workers))
     return os.path.join(out, "manifest.json")
 
 

@@ -1,0 +1,127 @@
+"""Pieces both build graphs share: the Example layout, counting and dead-letter files, writing one
+(day, shard) file with its statistics, summing the tallies and writing the vocabularies and manifest."""
+
+from __future__ import annotations
+
+import gzip
+
+import apache_beam as beam
+import numpy as np
+import orjson
+import pandas as pd
+from apache_beam.metrics import Metrics
+
+from beam_jobs.examples import encode_examples, write_tfrecord_gz
+from beam_jobs.files import write_bytes
+from beam_jobs.join import DAY, ORDER
+from beam_jobs.manifest import POSTERIOR_PATH, build_manifest, vocab_path
+from beam_jobs.options import Job
+from beam_jobs.posterior import posterior_table
+from beam_jobs.stats import Tally, posterior_fields, tally_examples
+from beam_jobs.vocab import left_out, vocab_text, vocabulary
+from tfads.core.schema import DerivedField, Schema
+
+STATS = "stats"
+_KIND = {"string": "bytes", "int": "int64", "float": "float"}
+
+
+def example_spec(schema: Schema) -> list[tuple[str, str]]:
+    """(column, tf.train.Feature kind) of every Example: raw fields, derived features, labels, weight, source."""
+    spec = [(n, _KIND[f.type]) for n, f in schema.fields.items()]
+    spec += [(n, "bytes") for n, f in schema.features.items() if isinstance(f, DerivedField)]
+    spec += [(label, "int64") for label in schema.labels.columns]
+    return spec + [(schema.weight_feature, "float"), (schema.source_feature, "bytes")]
+
+
+def bucket_of(keys: pd.Series, buckets: int) -> np.ndarray:
+    """Stable (process-independent) bucket of each key."""
+    return (pd.util.hash_array(keys.to_numpy(dtype=object)) % np.uint64(buckets)).astype(np.int64)
+
+
+def count(log: str, read: int, dead: list[dict], tally: Tally) -> None:
+    """Add to ``tally`` and to the Beam counters ``tfads_build:<log>_read`` / ``<log>_<reason>``."""
+    tally.count_input(log, read, dead)
+    if read:
+        Metrics.counter("tfads_build", f"{log}_read").inc(read)
+    for reason, n in pd.Series([d["reason"] for d in dead], dtype=object).value_counts().items():
+        Metrics.counter("tfads_build", f"{log}_{reason}").inc(int(n))
+
+
+def count_by_log(records: list[dict], tally: Tally) -> None:
+    """Count dead letters made after parsing (by the join), each under its own log."""
+    for log in sorted({r["log"] for r in records}):
+        count(log, 0, [r for r in records if r["log"] == log], tally)
+
+
+def write_dead_letters(out: str, name: str, records: list[dict], tally: Tally) -> None:
+    """Write ``records`` as ``deadletter/<name>.jsonl.gz`` (nothing when empty) and note the file."""
+    if records:
+        path = f"{out}/deadletter/{name}.jsonl.gz"
+        write_bytes(path, gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records), 3, mtime=0))
+        tally.dead_files.append(path)
+
+
+def shard_path(out: str, day: str, shard: int, shards: int) -> str:
+    """The example file of (day, shard)."""
+    return f"{out}/examples/{day}/part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
+
+
+def write_shard(job: Job, day: str, shard: int, examples: pd.DataFrame | None) -> Tally:
+    """Sort one (day, shard)'s examples by time (ties by source file and line), write them and return
+    their counts and train statistics. The statistics' unit is the shard, so sums do not depend on which
+    worker joined which rows."""
+    path = shard_path(job.out, day, shard, job.shards_of(day))
+    tally = Tally(files={day: [path]})
+    if examples is None or not len(examples):
+        write_tfrecord_gz(path, [])
+        return tally
+    examples = examples.sort_values([job.schema.timestamp, *ORDER], kind="stable")
+    write_tfrecord_gz(path, encode_examples(examples, example_spec(job.schema)))
+    return tally.merge(tally_examples(examples, job.schema, DAY, set(job.splits["train"]), unit=f"{day}/{shard:05d}"))
+
+
+class MergeTallies(beam.CombineFn):
+    """Sum Tally objects."""
+
+    def create_accumulator(self) -> Tally:
+        return Tally()
+
+    def add_input(self, acc: Tally, tally: Tally) -> Tally:
+        return acc.merge(tally)
+
+    def merge_accumulators(self, accs) -> Tally:
+        out = Tally()
+        for acc in accs:
+            out.merge(acc)
+        return out
+
+    def extract_output(self, acc: Tally) -> Tally:
+        return acc
+
+
+def finalize(tally: Tally, job: Job) -> str:
+    """Write vocabularies, posterior statistics and manifest.json; return the manifest path."""
+    schema, out = job.schema, job.out
+    vocab_sizes, oov = {}, {}
+    for name in schema.vocab_features:
+        counts = tally.values[name]["impressions"] if name in tally.values else pd.Series(dtype=np.int64)
+        values = vocabulary(counts, min_count=schema.vocab.min_count, top_k=schema.vocab.top_k)
+        write_bytes(f"{out}/{vocab_path(name)}", vocab_text(values))
+        vocab_sizes[name] = len(values)
+        oov[name] = left_out(counts, values, min_count=schema.vocab.min_count)
+    tables, priors = [], {}
+    for name in posterior_fields(schema):
+        table, priors[name] = posterior_table(name, tally.values[name])
+        tables.append(table)
+    lines = pd.concat(tables, ignore_index=True).to_dict("records") if tables else []
+    write_bytes(f"{out}/{POSTERIOR_PATH}", b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+                                                   for r in lines))
+    manifest = build_manifest(
+        schema=schema, schema_mapping=job.schema_mapping, tally=tally, splits=job.splits, out=out,
+        vocab_sizes=vocab_sizes, oov=oov, priors=priors,
+    )
+    path = f"{out}/manifest.json"
+    write_bytes(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+

@@ -1,18 +1,19 @@
 """The bidding client: one gRPC channel to TF Serving (or the embedded server), one Predict per bid request.
 
-Only TF Serving's official API is used (``PredictionService.Predict``, ``ModelService.GetModelStatus``
-from tensorflow-serving-api), so the same client talks to the tensorflow/serving image. A bid request
-is a mapping::
+Only TF Serving's official API is used (``PredictionService.Predict`` and ``GetModelMetadata``,
+``ModelService.GetModelStatus`` from tensorflow-serving-api), so the same client talks to the
+tensorflow/serving image. A bid request is a mapping::
 
     {"request_id": "r1", "user_id": 42,
      "features": {...user and context features shared by the candidates...},
      "candidates": [{...ad features, incl. bid_type and price...}, ...]}
 
-A candidate's own value of a feature wins over the shared one; derived features (``scenario`` =
-``media|slot``) are built when missing. The arm comes from the experiment (hash of the user id);
-its model answers all candidates in one batched Predict within the deadline, retried on UNAVAILABLE
-by gRPC's retry policy inside that deadline. When the server is down or the deadline passes, the
-fallback (posterior statistics) or no bid answers, and client metrics count it.
+A candidate's own value of a feature wins over the shared one. Predict requests carry raw fields only:
+the served model computes derived features (``scenario`` = ``media|slot``) itself (decision 0027), so
+the client never sends them; it builds them only for its posterior fallback. The arm comes from the
+experiment (hash of the user id); its model answers all candidates in one batched Predict within the
+deadline, retried on UNAVAILABLE by gRPC's retry policy inside that deadline. When the server is down or
+the deadline passes, the fallback (posterior statistics) or no bid answers, and client metrics count it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import grpc
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
     get_model_status_pb2,
     model_pb2,
     model_service_pb2_grpc,
@@ -42,6 +44,7 @@ from tensorflow_serving.apis import (
 from serving.bidding import BID_TYPES, compute_bids
 from serving.experiment import Arm, Experiment, ExperimentWatcher
 from serving.fallback import PosteriorFallback
+from tfads.core.manifest import Manifest
 from tfads.core.names import CONVERSION
 
 REQUEST_USER = "user_id"  # the bid request field that keys the A/B assignment (protocol, not a data field)
@@ -57,6 +60,11 @@ AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 class BidRequestError(ValueError):
     """A bid request is malformed: the message names the request, the candidate and the feature."""
+
+
+class ModelInputsError(RuntimeError):
+    """A served signature takes inputs the client does not send (e.g. a model exported before derived
+    features moved into the model, which still asks for ``scenario``: re-export it)."""
 
 
 @dataclass(frozen=True)
@@ -137,11 +145,13 @@ class BidClient:
 
     Args:
       target: ``host:port`` of the model server's gRPC port.
-      features: feature name -> dtype (``string``, ``int64``, ``float32``), as in the manifest.
+      features: the model's raw inputs, name -> dtype (``string``, ``int64``, ``float32``), as
+        ``Manifest.input_dtypes``: what every Predict carries.
       experiment: an Experiment, or an ExperimentWatcher whose current experiment is used per request.
       deadline_ms: deadline of each Predict call, retries included.
       fallback: posterior-statistics predictions when the model does not answer (None: no bid).
-      derived: feature -> (parts, separator) built when a request lacks it.
+      derived: derived feature -> (parts, separator), built for the fallback's lookups when a request
+        lacks it (never sent: the model computes its own).
       with_cvr: the served model has a pCVR head (ESMM); a click-only (CTR) model has none, and its
         oCPC / oCPA candidates get no bid (they need pCVR) while CPC and CPM ones bid as usual.
       credentials: TLS channel credentials (None: plaintext, for loopback and sidecars).
@@ -202,13 +212,10 @@ class BidClient:
     @classmethod
     def from_manifest(cls, target: str, manifest: Mapping[str, Any], experiment: Experiment | ExperimentWatcher,
                       **kwargs: Any) -> BidClient:
-        """A client whose features (and derived features) come from a manifest's data mapping."""
-        features = {name: f["dtype"] for name, f in manifest["features"].items()}
-        derived = {
-            name: (d["concat"], d.get("separator", "|"))
-            for name, d in (manifest.get("schema") or {}).get("derived", {}).items()
-            if name in features and "concat" in d
-        }
+        """A client whose raw inputs and derived features come from a manifest's data mapping."""
+        loaded = Manifest(path="manifest.json", data=dict(manifest))
+        features = loaded.input_dtypes
+        derived = {name: (d.concat, d.separator) for name, d in loaded.derived.items()}
         roles = manifest.get("label_roles") or {}
         with_cvr = "label_roles" not in manifest or roles.get(CONVERSION) is not None
         return cls(target, features, experiment, derived=derived, with_cvr=with_cvr, **kwargs)
@@ -222,7 +229,8 @@ class BidClient:
     # ------------------------------------------------------------------ requests
 
     def build_request(self, arm: Arm, request: Mapping[str, Any]) -> tuple[predict_pb2.PredictRequest, list[dict]]:
-        """Validate ``request`` and build the arm's batched PredictRequest (and the merged candidates).
+        """Validate ``request`` and build the arm's batched PredictRequest of the raw inputs (and the merged
+        candidates, with the derived features added for the fallback).
 
         Raises:
           BidRequestError: no candidates, a missing feature or a wrong-typed value (names them).
@@ -239,7 +247,7 @@ class BidClient:
             if not isinstance(cand, Mapping):
                 raise BidRequestError(f"bid request {rid!r}: candidate {i} must be a mapping")
             row = {**shared, **cand}
-            for name, (parts, sep) in self.derived.items():
+            for name, (parts, sep) in self.derived.items():  # for the fallback only; the model derives its own
                 if name not in row and all(p in row for p in parts):
                     row[name] = sep.join(str(row[p]) for p in parts)
             merged.append(row)
@@ -313,13 +321,44 @@ class BidClient:
     # ------------------------------------------------------------------ status
 
     def wait_until_available(self, timeout_s: float = 30.0) -> dict[str, list[int]]:
-        """Block until every arm's model has an AVAILABLE version; return the versions per model.
+        """Block until every arm's model has an AVAILABLE version, check its inputs (:meth:`check_inputs`)
+        and return the versions per model.
 
         Raises:
           TimeoutError: a model is not available within ``timeout_s``.
+          ModelInputsError: a served signature needs an input requests do not carry.
         """
         models = {(a.model_name, a.version) for a in self.experiment.arms}
-        return wait_for_models(self.channel, sorted(models, key=str), timeout_s=timeout_s)
+        found = wait_for_models(self.channel, sorted(models, key=str), timeout_s=timeout_s)
+        self.check_inputs(timeout_s=timeout_s)
+        return found
+
+    def check_inputs(self, timeout_s: float = 10.0) -> None:
+        """Check that every arm's served signature takes only inputs this client sends (GetModelMetadata).
+
+        Raises:
+          ModelInputsError: a signature needs an input the client does not send, e.g. ``scenario`` of a
+            model exported before the model computed derived features (re-export it with `tfads export`).
+          grpc.RpcError: the server did not answer.
+        """
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        for arm in self.experiment.arms:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=_model_spec(arm), metadata_field=["signature_def"]
+            )
+            response = stub.GetModelMetadata(request, timeout=timeout_s)
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata["signature_def"].Unpack(signatures)
+            signature = signatures.signature_def[arm.signature_name]
+            missing = sorted(set(signature.inputs) - set(self.features))
+            if missing:
+                version = response.model_spec.version.value
+                raise ModelInputsError(
+                    f"arm {arm.name!r}: model {arm.model_name!r} version {version} signature {arm.signature_name!r} "
+                    f"takes {missing}, which requests do not carry (they send raw fields only: "
+                    f"{sorted(self.features)}); a model exported before derived features moved into the model "
+                    "(decision 0027) needs re-exporting with `tfads export`"
+                )
 
     def close(self) -> None:
         """Close the channel."""

@@ -6,11 +6,12 @@ a hidden temporary directory beside it and renamed into place, so a half-written
 visible to a polling server. A calibrated model (``tfads calibrate``) serves its AdaCalib layers as
 precomputed per-value tables (``tfads.calibration.compiled``): same outputs, a fraction of the ops.
 
-Signatures:
-  serving_default          raw feature tensors by name (batch dimension) -> ctr, cvr, ctcvr (calibrated)
-                           and ctr_raw, cvr_raw, ctcvr_raw (uncalibrated); ctr and ctr_raw only for a
-                           click-only model
-  predict_examples         ``examples``: serialized tf.Example -> the same outputs
+Signatures (every one takes raw fields only: derived features such as scenario = media|slot are
+computed inside the SavedModel, decision 0027):
+  serving_default          raw field tensors by name (batch dimension; ``manifest.input_dtypes``) -> ctr,
+                           cvr, ctcvr (calibrated) and ctr_raw, cvr_raw, ctcvr_raw (uncalibrated); ctr and
+                           ctr_raw only for a click-only model
+  predict_examples         ``examples``: serialized tf.Example of the raw fields -> the same outputs
   regress                  method tensorflow/serving/regress: ``inputs`` (tf.Example) -> ``outputs`` (pCTR)
   classify                 method tensorflow/serving/classify: ``inputs`` -> ``scores`` [1-p, p], ``classes``
 """
@@ -33,10 +34,11 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from tfads.calibration.compiled import compile_calibration
-from tfads.data import DTYPES, feature_spec
+from tfads.data import DTYPES, derived_parts, feature_spec
 from tfads.calibration.combined import calibrated_tasks
 from tfads.core.manifest import Manifest
 from tfads.core.names import CTCVR, CTR, CVR, RAW_SUFFIX
+from tfads.layers.derived import add_derived
 
 log = logging.getLogger(__name__)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -44,18 +46,19 @@ MODEL_CARD = "model_card.json"
 
 
 class ServingModule(tf.Module):
-    """Wraps a Keras model with TF Serving signatures; the model's own preprocessing layers do the
-    vocabulary lookups, so serving takes raw values exactly as logged."""
+    """Wraps a Keras model with TF Serving signatures; the model's own preprocessing layers compute the
+    derived features and do the vocabulary lookups, so serving takes raw values exactly as logged."""
 
     def __init__(self, model: keras.Model, manifest: Manifest) -> None:
         super().__init__()
         self.model = model
         # a calibrated model serves its AdaCalib layers as precomputed per-value tables (same outputs)
         self.calibrated = compile_calibration(model)
-        self.feature_names = list(manifest.features)
+        self.feature_names = list(manifest.input_dtypes)  # raw fields only
+        self.derived = derived_parts(manifest)  # a calibration field may be derived (scenario)
         self.heads = manifest.heads  # ctr, and cvr / ctcvr when the data has a conversion label
         self.example_spec = feature_spec(manifest, with_labels=False)
-        specs = {name: tf.TensorSpec([None], DTYPES[f["dtype"]], name=name) for name, f in manifest.features.items()}
+        specs = {name: tf.TensorSpec([None], DTYPES[dtype], name=name) for name, dtype in manifest.input_dtypes.items()}
         self.serving_default = tf.function(self._serve_features).get_concrete_function(**specs)
         examples = tf.TensorSpec([None], tf.string, name="examples")
         inputs = tf.TensorSpec([None], tf.string, name="inputs")
@@ -76,10 +79,11 @@ class ServingModule(tf.Module):
     def _calibrated_outputs(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         base, compiled = self.calibrated
         raw = base(features, training=False)
+        values = add_derived(features, self.derived)  # the base model's own function (tfads.layers.derived)
         out = {k + RAW_SUFFIX: raw[k] for k in self.heads}
         for task in calibrated_tasks(self.heads):
             calibrate = compiled.get(task)
-            out[task] = calibrate(raw[task], {f: features[f] for f in calibrate.fields}) if calibrate else raw[task]
+            out[task] = calibrate(raw[task], {f: values[f] for f in calibrate.fields}) if calibrate else raw[task]
         if CTCVR in self.heads:
             out[CTCVR] = out[CTR] * out[CVR]
         return out
@@ -182,7 +186,7 @@ def _write_warmup(path: str, manifest: Manifest, model_name: str, count: int) ->
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
             )
-            for name in manifest.features:
+            for name in manifest.input_dtypes:
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(batch[name][:size].numpy()))
             writer.write(
                 prediction_log_pb2.PredictionLog(

@@ -8,16 +8,20 @@ import tensorflow as tf
 
 from tfads.core.manifest import Manifest
 from tfads.core.names import CLICK, CONVERSION, CTCVR, CTR, CVR
+from tfads.layers.derived import add_derived
 
 DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 DEFAULTS = {"string": "", "int64": 0, "float32": 0.0}
 
 
 def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: bool = False) -> dict[str, Any]:
-    """``tf.io.parse_example`` spec for the model's raw features (and labels / metadata)."""
+    """``tf.io.parse_example`` spec for the model's inputs, the raw fields (and labels / metadata).
+
+    Derived features are not read from the examples: :func:`with_derived` computes them from the raw fields
+    with the model's own function."""
     spec = {
-        name: tf.io.FixedLenFeature([], DTYPES[f["dtype"]], default_value=DEFAULTS[f["dtype"]])
-        for name, f in manifest.features.items()
+        name: tf.io.FixedLenFeature([], DTYPES[dtype], default_value=DEFAULTS[dtype])
+        for name, dtype in manifest.input_dtypes.items()
     }
     if with_labels:
         for label in manifest.labels:
@@ -29,6 +33,16 @@ def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: boo
             spec[name] = tf.io.FixedLenFeature([], DTYPES[dtype], default_value=DEFAULTS[dtype])
         spec[manifest.source_feature] = tf.io.FixedLenFeature([], tf.string, default_value="ad")
     return spec
+
+
+def derived_parts(manifest: Manifest) -> dict[str, tuple[list[str], str]]:
+    """Derived feature -> (raw fields joined, separator), as ``tfads.layers.derived.add_derived`` takes them."""
+    return {name: (list(d.concat), d.separator) for name, d in manifest.derived.items()}
+
+
+def with_derived(batch: dict[str, tf.Tensor], manifest: Manifest) -> dict[str, tf.Tensor]:
+    """``batch`` (parsed raw fields) with the derived features added, computed exactly as the model does."""
+    return add_derived(batch, derived_parts(manifest))
 
 
 def to_targets(parsed: dict[str, tf.Tensor], manifest: Manifest, *, use_sample_weight: bool = True):
@@ -94,7 +108,8 @@ def make_dataset(
       scenarios: keep only examples whose primary domain feature (``manifest.domain``) has one of
         these values (fine-tuning on a scene).
       with_meta: also parse the impression key, the timestamp and the sample source (ad / feed).
-      for_training: yield ``(features, labels, sample_weights)``; otherwise the parsed dict.
+      for_training: yield ``(features, labels, sample_weights)`` with the model's raw inputs as features;
+        otherwise the parsed dict, with the derived features added (:func:`with_derived`).
       deterministic: keep the element order of the parallel stages fixed even when shuffling (with a
         ``seed``, the same order every run; a little slower).
     """
@@ -121,8 +136,14 @@ def make_dataset(
         ds = ds.shuffle(max(1, shuffle_buffer // block), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    derive = scenarios or not for_training  # training itself needs no derived column: the model computes them
+
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = tf.io.parse_example(serialized, spec)
+        return with_derived(parsed, manifest) if derive else parsed
+
     ds = (ds.rebatch(batch_size) if block > 1 else ds.batch(batch_size)).map(
-        lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered
     )
     if scenarios:
         domain = manifest.domain
@@ -137,5 +158,7 @@ def make_dataset(
 
         ds = ds.map(_filter).filter(lambda b: tf.size(b[domain]) > 0)
     if for_training:
-        ds = ds.map(lambda b: to_targets(b, manifest, use_sample_weight=use_sample_weight))
+        derived = set(manifest.derived)  # the model computes these itself
+        ds = ds.map(lambda b: to_targets({k: v for k, v in b.items() if k not in derived}, manifest,
+                                         use_sample_weight=use_sample_weight))
     return ds.prefetch(tf.data.AUTOTUNE)

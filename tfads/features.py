@@ -1,5 +1,8 @@
 """The feature layer: raw feature tensors in, the stacked input ``x0`` (and the domain embedding) out.
 
+Derived features (e.g. scenario = media|slot) are computed from the raw inputs by ``JoinFields`` layers,
+so the model's inputs, and a SavedModel's serving signatures, are raw fields only.
+
 Built from the manifest (feature kinds, vocabulary files, hash sizes, numeric statistics), out of
 standard Keras preprocessing layers, so the same lookups run in training and inside the SavedModel
 (vocabulary files travel as SavedModel assets).
@@ -14,6 +17,7 @@ import tf_keras as keras
 
 from tfads.data import DTYPES
 from tfads.core.manifest import Manifest
+from tfads.layers.derived import JoinFields
 
 FUSED_EMBEDDING = "fused_embedding"
 
@@ -41,8 +45,19 @@ class EmbeddedFeatures:
 
 
 def feature_inputs(manifest: Manifest) -> dict[str, keras.Input]:
-    """One scalar-per-example Keras input per raw feature, named as in the manifest."""
-    return {name: keras.Input(shape=(), dtype=DTYPES[f["dtype"]], name=name) for name, f in manifest.features.items()}
+    """One scalar-per-example Keras input per raw field the model takes (``manifest.input_dtypes``): the
+    features that are not derived and the fields derived features join."""
+    return {
+        name: keras.Input(shape=(), dtype=DTYPES[dtype], name=name) for name, dtype in manifest.input_dtypes.items()
+    }
+
+
+def derive_features(inputs: dict[str, tf.Tensor], manifest: Manifest) -> dict[str, tf.Tensor]:
+    """``inputs`` with each derived feature added, computed in the model by a ``JoinFields`` layer named after it."""
+    out = dict(inputs)
+    for name, spec in manifest.derived.items():
+        out[name] = JoinFields(spec.concat, spec.separator, name=name)({p: inputs[p] for p in spec.concat})
+    return out
 
 
 def embed_features(
@@ -54,7 +69,7 @@ def embed_features(
     fused: bool = False,
     init_std: float | None = None,
 ) -> EmbeddedFeatures:
-    """Embed every raw feature.
+    """Embed every feature (``inputs`` holds the derived ones too, see :func:`derive_features`).
 
     categorical: StringLookup over the vocabulary file (ints are looked up as decimal strings), one
     OOV bucket. hashed: Hashing into ``hash_bins``. Each id then gets an embedding: one table per

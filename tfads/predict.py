@@ -13,13 +13,13 @@ from tfads.data import DTYPES, make_dataset
 from tfads.core.manifest import Manifest
 
 def predict_files(model: keras.Model, manifest: Manifest, files: list[str], *, batch_size: int = 4096) -> pd.DataFrame:
-    """Run ``model`` over ``files``; columns: every raw feature, the labels by role (``click``, and
+    """Run ``model`` over ``files``; columns: every raw field and derived feature, the labels by role (``click``, and
     ``conversion`` for ESMM data, whatever the schema calls them), metadata and each model output
     (``ctr``; ``cvr``, ``ctcvr`` for ESMM; for calibrated models also ``*_raw``)."""
     ds = make_dataset(files, manifest, batch_size, with_meta=True, for_training=False)
-    feature_names = list(manifest.features)
+    feature_names = list(manifest.input_dtypes)  # the model's raw inputs; the batches also hold the derived features
 
-    signature = {k: tf.TensorSpec([None], DTYPES[f["dtype"]]) for k, f in manifest.features.items()}
+    signature = {k: tf.TensorSpec([None], DTYPES[dtype]) for k, dtype in manifest.input_dtypes.items()}
 
     @tf.function(input_signature=[signature])
     def score(features):

@@ -13,7 +13,8 @@ import pytest
 
 import tfads  # noqa: F401  (before TensorFlow)
 import grpc
-from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, predict_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc as psg
 from tensorflow_serving.config import model_server_config_pb2
 from google.protobuf import text_format
@@ -21,13 +22,12 @@ from google.protobuf import text_format
 from serving.local_server import free_port
 from serving.traffic import opportunities
 from serving.bidding import BiddingParams, compute_bids, ecpm
-from serving.client import BidClient, BidRequestError
+from serving.client import BidClient, BidRequestError, ModelInputsError
 from serving.experiment import Arm, Experiment
 from serving.fallback import PosteriorFallback
 
-FEATURES = {"user_id": "int64", "media": "string", "slot": "string", "scenario": "string",
-            "bid_type": "string", "price": "float32"}
-DERIVED = {"scenario": (["media", "slot"], "|")}
+FEATURES = {"user_id": "int64", "media": "string", "slot": "string", "bid_type": "string", "price": "float32"}
+DERIVED = {"scenario": (["media", "slot"], "|")}  # the model computes it; the client only for its fallback
 EXPERIMENT = Experiment("t", "salt", [
     Arm("control", 0.5, version_label="stable", bidding=BiddingParams(outputs="raw")),
     Arm("treatment", 0.5, version_label="canary"),
@@ -81,6 +81,7 @@ class Predictor(psg.PredictionServiceServicer):
         self.hold = threading.Event()
         self.release = threading.Event()
         self.seen: list[predict_pb2.PredictRequest] = []
+        self.signature_inputs = list(FEATURES)
 
     def Predict(self, request, context):  # noqa: N802
         self.seen.append(request)
@@ -94,6 +95,18 @@ class Predictor(psg.PredictionServiceServicer):
             response.outputs[name].dtype = 1  # DT_FLOAT
             response.outputs[name].tensor_shape.dim.add().size = n
             response.outputs[name].float_val.extend([OUTPUT_VALUES[name]] * n)
+        return response
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+        for name in self.signature_inputs:
+            signature.inputs[name].name = f"serving_default_{name}:0"
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        signatures.signature_def["serving_default"].CopyFrom(signature)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = 7
+        response.metadata["signature_def"].Pack(signatures)
         return response
 
 
@@ -120,7 +133,8 @@ def test_batched_request_records_arm_and_version(fake_server):
         treatment = client.bid(request(), arm="treatment")
     sent = predictor.seen[0]
     assert sent.model_spec.version_label == "stable" and list(sent.output_filter) == ["ctr_raw", "cvr_raw"]
-    assert sent.inputs["scenario"].string_val == [b"app|feed", b"app|feed"]  # derived, one batch of 2
+    assert set(sent.inputs) == set(FEATURES)  # raw fields only: the model derives scenario itself
+    assert sent.inputs["media"].string_val == [b"app", b"app"]  # shared, one batch of 2
     assert predictor.seen[1].model_spec.version_label == "canary"
     assert (control.arm, control.model_version, control.source) == ("control", 7, "model")
     np.testing.assert_allclose(control.bids, [1000 * 0.05 * 2.0, 1000 * 0.05 * 0.1 * 10.0])
@@ -182,6 +196,16 @@ def test_fallback_when_server_is_down(tmp_path):
         unknown = client.bid(request(features={"user_id": 1, "media": "web", "slot": "x"}), arm="treatment")
         np.testing.assert_array_equal(unknown.bids, 0.0)  # no statistics: no bid
         assert unknown.winner is None
+
+
+def test_a_model_asking_for_a_derived_input_is_refused_at_startup(fake_server):
+    predictor, target = fake_server
+    with client_for(target) as client:
+        client.check_inputs()  # the signature takes exactly the raw fields the client sends
+        predictor.signature_inputs = [*FEATURES, "scenario"]  # exported before decision 0027
+        with pytest.raises(ModelInputsError, match=r"version 7 signature 'serving_default' takes \['scenario'\].*"
+                                                   r"re-export"):
+            client.check_inputs()
 
 
 def test_fallback_when_deadline_passes(fake_server):

@@ -65,7 +65,9 @@ def test_calibrated_export_serves_the_tables(trained_model_dir, manifest_path, t
     assert compile_calibration(base) is None
 
     path = export_model(model, manifest, str(tmp_path / "models"))
-    assert check_export(model, manifest, path, atol=1e-5) <= 1e-5
+    assert check_export(model, manifest, path, atol=1e-5) <= 1e-5  # fed raw fields only
+    inputs = tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]
+    assert set(inputs) == set(manifest.input_dtypes) and "scenario" not in inputs  # computed inside (decision 0027)
     ops = {n.op for f in tf.saved_model.load(path).signatures["serving_default"].graph.as_graph_def().library.function
            for n in f.node_def}
     assert "Softplus" not in ops and "Cumsum" not in ops  # the keypoint networks are not in the serving graph

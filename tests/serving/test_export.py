@@ -43,7 +43,8 @@ def test_signatures_names_and_dtypes(exported):
     assert set(loaded.signatures) == {"serving_default", "predict_examples", "regress", "classify"}
     inputs = loaded.signatures["serving_default"].structured_input_signature[1]
     expected = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
-    assert {k: v.dtype for k, v in inputs.items()} == {k: expected[f["dtype"]] for k, f in manifest.features.items()}
+    assert {k: v.dtype for k, v in inputs.items()} == {k: expected[d] for k, d in manifest.input_dtypes.items()}
+    assert "scenario" not in inputs and {"media", "slot"} <= set(inputs)  # raw fields only (decision 0027)
     outputs = loaded.signatures["serving_default"].structured_outputs
     assert set(outputs) == {"ctr", "cvr", "ctcvr", "ctr_raw", "cvr_raw", "ctcvr_raw"}
     assert set(loaded.signatures["regress"].structured_outputs) == {"outputs"}
@@ -72,7 +73,7 @@ def test_warmup_requests_and_model_card(exported):
     assert len(records) == 2
     log = prediction_log_pb2.PredictionLog.FromString(records[1].numpy())
     request = log.predict_log.request
-    assert set(request.inputs) == set(manifest.features)
+    assert set(request.inputs) == set(manifest.input_dtypes)
     loaded = tf.saved_model.load(first)
     feed = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
     out = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in feed.items()})

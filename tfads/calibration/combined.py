@@ -12,6 +12,7 @@ import tf_keras as keras
 
 from tfads.calibration.adacalib import AdaCalib
 from tfads.core.names import CTCVR, CTR, CVR, HEAD_LABELS, RAW_SUFFIX
+from tfads.layers.derived import JoinFields, derived_layers
 
 
 def calibrated_tasks(heads: tuple[str, ...] | list[str]) -> list[str]:
@@ -31,9 +32,21 @@ def task_rows(labels: Mapping[str, ArrayLike], task: str) -> np.ndarray:
 
 def combined_model(base: keras.Model, layers: dict[str, AdaCalib]) -> keras.Model:
     """Frozen base model + AdaCalib: each head calibrated (``ctr``; ``cvr`` and their product ``ctcvr`` for
-    ESMM) beside its uncalibrated output ``<head>_raw``."""
+    ESMM) beside its uncalibrated output ``<head>_raw``. The inputs are the base model's raw fields; a
+    calibration field that is a derived feature (the default, scenario) is computed from them by a copy
+    of the base model's own ``JoinFields`` layer."""
     base.trainable = False
     inputs = {name: keras.Input(shape=(), dtype=t.dtype, name=name) for name, t in base.input.items()}
+    values = dict(inputs)
+    wanted = {f for layer in layers.values() for f in layer.fields if f not in inputs}
+    for name, join in derived_layers(base).items():
+        if name in wanted:
+            copy = JoinFields.from_config(join.get_config())
+            values[name] = copy({f: inputs[f] for f in copy.fields})
+    unknown = sorted(wanted - set(values))
+    if unknown:
+        raise ValueError(f"combined_model: calibration field(s) {unknown} are neither inputs of the base model nor "
+                         f"derived in it (inputs: {sorted(inputs)})")
     raw = base(inputs, training=False)
     outputs = {k + RAW_SUFFIX: keras.layers.Identity(name=k + RAW_SUFFIX)(raw[k]) for k in raw}
     for task in calibrated_tasks(list(raw)):
@@ -41,7 +54,7 @@ def combined_model(base: keras.Model, layers: dict[str, AdaCalib]) -> keras.Mode
         if layer is None:
             outputs[task] = keras.layers.Identity(name=task)(raw[task])
             continue
-        calibrated = layer({"prediction": raw[task], **{f: inputs[f] for f in layer.fields}})
+        calibrated = layer({"prediction": raw[task], **{f: values[f] for f in layer.fields}})
         outputs[task] = keras.layers.Reshape((1,), name=task)(calibrated)
     if CTCVR in raw:
         outputs[CTCVR] = keras.layers.Multiply(name=CTCVR)([outputs[CTR], outputs[CVR]])

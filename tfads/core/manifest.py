@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tfads.core.configtools import ConfigError
 from tfads.core.names import CLICK, CONVERSION, heads
+from tfads.core.schema import DerivedField
 
 SPLITS = ("train", "valid", "calib", "test")
 
@@ -35,6 +36,41 @@ class Manifest:
     @property
     def features(self) -> dict[str, dict[str, Any]]:
         return self.data["features"]
+
+    @property
+    def derived(self) -> dict[str, DerivedField]:
+        """Derived features (e.g. scenario = media|slot) by name, as the schema defines them. The model
+        computes them from their raw fields (``tfads.layers.derived``); their parts are string or int.
+
+        Raises:
+          ConfigError: a derived feature joins a float field (its text cannot match the Beam job's).
+        """
+        out = {}
+        for name, spec in ((self.data.get("schema") or {}).get("derived") or {}).items():
+            if name not in self.features:
+                continue
+            derived = DerivedField(**spec)
+            floats = [p for p in derived.concat if self.raw_dtype(p, "string") == "float32"]
+            if floats:
+                raise ConfigError(
+                    f"{self.path}: derived.{name}.concat joins float field(s) {floats}: the model cannot rebuild "
+                    "the Beam job's text of a float (pandas str() of a float64; the examples keep float32); "
+                    "join string or int fields only"
+                )
+            out[name] = derived
+        return out
+
+    @property
+    def input_dtypes(self) -> dict[str, str]:
+        """The model's inputs, name -> dtype: the raw fields the serving signatures take. Every feature
+        that is not derived, then the fields derived features join that are not features themselves;
+        derived features are never inputs (the model computes them)."""
+        derived = self.derived
+        out = {name: f["dtype"] for name, f in self.features.items() if name not in derived}
+        for spec in derived.values():
+            for part in spec.concat:
+                out.setdefault(part, self.raw_dtype(part, "string"))
+        return out
 
     @property
     def labels(self) -> list[str]:

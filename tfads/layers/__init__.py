@@ -1,8 +1,10 @@
-"""Custom Keras layers of tfads: AdaSparse pruning, DCN-Mix and bfloat16-matmul crosses and STAR multi-domain layers."""
+"""Custom Keras layers of tfads: AdaSparse pruning, DCN-Mix and bfloat16-matmul crosses, STAR multi-domain layers
+and derived features computed from raw fields."""
 
 from tfads.layers.adasparse import AdaSparseMLP, AdaSparsePruner, SparsityReport, find_pruners, sparsity_report
 from tfads.layers.callbacks import AlphaAnnealer, SparsityLambdaScheduler
 from tfads.layers.dcn_mix import CrossMix
+from tfads.layers.derived import JoinFields, add_derived, derived_layers, join_fields
 from tfads.layers.low_precision_cross import LowPrecisionCross, matmul_policy
 from tfads.layers.star import PartitionedNormalization, StarDense, StarTower
 
@@ -11,13 +13,17 @@ __all__ = [
     "AdaSparsePruner",
     "AlphaAnnealer",
     "CrossMix",
+    "JoinFields",
     "PartitionedNormalization",
     "SparsityLambdaScheduler",
     "SparsityReport",
     "StarDense",
     "StarTower",
     "LowPrecisionCross",
+    "add_derived",
+    "derived_layers",
     "find_pruners",
+    "join_fields",
     "matmul_policy",
     "sparsity_report",
 ]

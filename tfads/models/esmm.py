@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.core.experiment import ModelConfig
-from tfads.features import embed_features, feature_inputs
+from tfads.features import derive_features, embed_features, feature_inputs
 from tfads.layers.low_precision_cross import resolve_matmul_dtype
 from tfads.core.manifest import Manifest
 from tfads.core.names import CTCVR, CTR, CVR
@@ -25,8 +25,9 @@ def _tower(h: tf.Tensor, units: list[int], name: str, base_rate: float) -> tf.Te
 
 
 def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
-    """Build the model: raw features in, probabilities (batch, 1) out for the heads the labels train:
-    ``{"ctr", "cvr", "ctcvr"}`` (ESMM) with a conversion label, ``{"ctr"}`` for click-only data.
+    """Build the model: raw fields in (derived features are computed inside), probabilities (batch, 1) out
+    for the heads the labels train: ``{"ctr", "cvr", "ctcvr"}`` (ESMM) with a conversion label, ``{"ctr"}``
+    for click-only data.
 
     STAR and shared-bottom add a per-domain logit (STAR's auxiliary network; shared-bottom's
     domain-specific head) to every tower.
@@ -34,7 +35,7 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     cfg = dataclasses.replace(cfg, matmul_dtype=resolve_matmul_dtype(cfg.matmul_dtype))
     inputs = feature_inputs(manifest)
     feats = embed_features(
-        inputs,
+        derive_features(inputs, manifest),
         manifest,
         cfg.embedding_dim,
         numeric_encoding=cfg.numeric_encoding,

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads import metrics
-from tfads.data import feature_spec, to_targets
+from tfads.data import feature_spec, to_targets, with_derived
 from tfads.core.manifest import Manifest
 from tfads.core.names import CLICK, CTR, CVR
 
@@ -27,7 +27,8 @@ def records_dataset(
     records: list[bytes], manifest: Manifest, batch_size: int, *, shuffle_seed: int | None = None,
     for_training: bool = True,
 ) -> tf.data.Dataset:
-    """Batches parsed from in-memory serialized tf.Examples (``(x, y, w)`` when ``for_training``)."""
+    """Batches parsed from in-memory serialized tf.Examples: ``(x, y, w)`` of the model's raw inputs when
+    ``for_training``, else the parsed dict with the derived features added."""
     spec = feature_spec(manifest)
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(records, dtype=tf.string))
     if shuffle_seed is not None:
@@ -35,6 +36,8 @@ def records_dataset(
     ds = ds.batch(batch_size).map(lambda s: tf.io.parse_example(s, spec))
     if for_training:
         ds = ds.map(lambda b: to_targets(b, manifest))
+    else:
+        ds = ds.map(lambda b: with_derived(b, manifest))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -47,7 +50,7 @@ class Scorer:
         self.fields = fields
         self.batch_size = batch_size
         self.model = model
-        self.names = list(manifest.features)
+        self.names = list(manifest.input_dtypes)
 
     def __call__(self, records: list[bytes]) -> dict[str, np.ndarray]:
         parts: dict[str, list[np.ndarray]] = {}

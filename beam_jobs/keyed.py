@@ -22,6 +22,7 @@ import pandas as pd
 from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs.files import read_line_chunks
+from beam_jobs.frames import pack, unpack
 from beam_jobs.join import FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans
 from beam_jobs.options import InputFile, Job
 from beam_jobs.parse import log_columns, parse_bytes
@@ -52,7 +53,7 @@ class ReadPieces(beam.DoFn):
             rows[FILE] = f.index
             buckets = bucket_of(rows[job.schema.key], job.key_buckets)
             for bucket, index in pd.Series(buckets).groupby(buckets).indices.items():
-                yield int(bucket), (f.log, f.day, rows.iloc[index].reset_index(drop=True))
+                yield int(bucket), (f.log, f.day, pack(rows.iloc[index].reset_index(drop=True)))
         if not pieces:  # an empty file is still read (0 lines)
             tally = Tally()
             count(f.log, 0, [], tally)
@@ -66,13 +67,13 @@ class JoinBucket(beam.DoFn):
     def __init__(self, job: Job) -> None:
         self._job = job
 
-    def process(self, element: tuple[int, list[tuple[str, str, pd.DataFrame]]]):
+    def process(self, element: tuple[int, list[tuple[str, str, bytes]]]):
         bucket, pieces = element
         job, schema = self._job, self._job.schema
         by_log: dict[str, list[pd.DataFrame]] = defaultdict(list)
         by_day: dict[tuple[str, str], list[pd.DataFrame]] = defaultdict(list)
         for log, day, rows in pieces:
-            (by_day[log, day] if log in AD_LOGS else by_log[log]).append(rows)
+            (by_day[log, day] if log in AD_LOGS else by_log[log]).append(unpack(rows))
         # Pieces arrive in any order: sort events by source so dead letters come out in one order.
         events = {log: pd.concat([empty_events(schema, log), *by_log[log]], ignore_index=True)
                   .sort_values(ORDER, kind="stable", ignore_index=True) for log in schema.event_logs}
@@ -93,7 +94,7 @@ class JoinBucket(beam.DoFn):
             examples = add_derived(pd.concat(parts, ignore_index=True), schema, day)
             shard_of = bucket_of(examples[schema.key], job.shards_of(day))
             for shard, index in pd.Series(shard_of).groupby(shard_of).indices.items():
-                yield (day, int(shard)), examples.iloc[index]
+                yield (day, int(shard)), pack(examples.iloc[index].reset_index(drop=True))
         dead += orphans(events, np.concatenate(claimed), job.paths)
         tally = Tally()
         count_by_log(dead, tally)
@@ -107,9 +108,9 @@ class WriteShards(beam.DoFn):
     def __init__(self, job: Job) -> None:
         self._job = job
 
-    def process(self, element: tuple[tuple[str, int], list[pd.DataFrame | None]]):
+    def process(self, element: tuple[tuple[str, int], list[bytes | None]]):
         (day, shard), pieces = element
-        pieces = [p for p in pieces if p is not None]
+        pieces = [unpack(p) for p in pieces if p is not None]
         yield write_shard(self._job, day, shard, pd.concat(pieces, ignore_index=True) if pieces else None)
 
 

@@ -33,7 +33,7 @@ SHARD_BYTES = 8 * MIB  # shards_per_day auto: one example file per this much of 
 BUCKET_BYTES = 8 * MIB  # key buckets auto: one join group per this much input
 MIN_BUCKETS = 16  # enough groups to keep several workers busy on a small input
 PER_DAY_MAX_BYTES = 64 * MIB  # graph auto: the per-day graph while a day plus all events stay under this
-CHUNK_BYTES = 32 * MIB  # decompressed bytes a keyed-graph worker parses at a time
+CHUNK_BYTES = 16 * MIB  # decompressed bytes a keyed-graph worker parses at a time
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 

@@ -1,9 +1,14 @@
-"""Benchmark: the Beam job (DirectRunner, 2 worker processes) vs the plain single-process script a user
-would write for the same conversion (json.loads, dict joins, tf.train.Example, TFRecordWriter).
+"""Benchmark: the Beam job's two graphs (DirectRunner, 2 worker processes) against the plain single-process
+script a user would write for the same conversion (json.loads, dict joins, tf.train.Example, TFRecordWriter),
+with the wall time, the CPU seconds and the peak memory of every process.
 
-    python -m benchmarks.beam_build [--impressions 1000000] [--workers 2]
+    python -m benchmarks.beam_build                      # speed: 1M impressions (7 days), plain vs per-day vs keyed
+    python -m benchmarks.beam_build --study memory       # 250k, 1M, 4M impressions per day x 4 days
+    python -m benchmarks.beam_build --study one-day      # one day of data: is every worker busy?
 
-Prints a table and one JSON line: impressions/s of both and their ratio.
+Each study writes benchmarks/results/beam_build[_memory|_one_day].{json,md}. Every run is a subprocess
+watched through /proc (Linux): "runner" is the job's main process, which on the DirectRunner also holds
+the shuffle between steps (Dataflow keeps it in its Shuffle service); "worker" is each SDK worker process.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
+
+import yaml
 
 import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS=1 before TensorFlow)
 from tfads.core.schema import Schema, load_schema
+from benchmarks.process_tree import TreeRun, run_watched
 from benchmarks.results import add_results_argument, publish
 
 DAY_S = 86400
@@ -89,52 +96,137 @@ def plain_build(logs: str, out: str, schema: Schema) -> int:
     return len(imps)
 
 
-def beam_build(logs: str, out: str, workers: int) -> int:
-    """The Beam job with ``workers`` DirectRunner worker processes; returns the number of examples."""
-    from tfads.jobs.dataset import build_dataset
 
-    with open(build_dataset(logs, out, workers=workers)) as f:
-        return sum(s["examples"] for s in json.load(f)["splits"].values())
+WORKER = "sdk_worker_main"
+
+
+def _logs(work: str, days: int, per_day: int) -> str:
+    """Generator logs for ``days`` x ``per_day`` impressions under ``work`` (made once, then reused)."""
+    from tfads.datagen import generate
+
+    logs = os.path.join(work, f"logs_{days}x{per_day}")
+    if not os.path.isfile(os.path.join(logs, "datagen.json")):
+        generate(logs, days=days, impressions_per_day=per_day, progress=False)
+    return logs
+
+
+def _impressions(logs: str) -> int:
+    with open(os.path.join(logs, "datagen.json")) as f:
+        return json.load(f)["counts"]["impressions"]
+
+
+def _row(name: str, run: TreeRun, impressions: int) -> dict:
+    workers = [p for p in run.processes if WORKER in p.cmdline and p.cpu_s > 0]
+    runner = run.processes[0]
+    return {
+        "run": name, "impressions": impressions, "seconds": round(run.seconds, 2),
+        "impressions_per_s": round(impressions / run.seconds),
+        "runner_peak_mib": round(runner.peak_mib), "runner_cpu_s": round(runner.cpu_s, 1),
+        "worker_peak_mib": round(max((p.peak_mib for p in workers), default=0)),
+        "worker_cpu_s": sorted((round(p.cpu_s, 1) for p in workers), reverse=True),
+    }
+
+
+def run_beam(logs: str, out: str, *, graph: str, workers: int, schema: str | None = None) -> TreeRun:
+    """``python -m beam_jobs.build_examples`` with one graph and ``workers`` DirectRunner processes, watched."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "beam_jobs.build_examples", "--logs", logs, "--out", out, "--graph", graph,
+           "--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
+    return run_watched(cmd + (["--schema", schema] if schema else []))
+
+
+def run_plain(logs: str, out: str) -> TreeRun:
+    """The plain script in its own process, watched."""
+    shutil.rmtree(out, ignore_errors=True)
+    return run_watched([sys.executable, "-m", "benchmarks.beam_build", "--plain-only", logs, out])
+
+
+def _table(rows: list[dict], baseline: str | None) -> str:
+    base = next((r for r in rows if r["run"] == baseline), None)
+    lines = [f"{'run':<34}{'seconds':>9}{'imps/s':>10}{'vs plain':>9}{'runner MiB':>11}{'worker MiB':>11}"
+             f"  worker CPU s"]
+    for r in rows:
+        ratio = f"{base['seconds'] / r['seconds']:.2f}" if base else "-"
+        worker = f"{r['worker_peak_mib']:,}" if r["worker_cpu_s"] else "-"
+        lines.append(f"{r['run']:<34}{r['seconds']:>9.1f}{r['impressions_per_s']:>10,}{ratio:>9}"
+                     f"{r['runner_peak_mib']:>11,}{worker:>11}  {', '.join(map(str, r['worker_cpu_s'])) or '-'}")
+    return "\n".join(lines)
+
+
+def speed_study(work: str, args: argparse.Namespace) -> tuple[dict, str]:
+    """1M impressions: the plain script, the per-day graph and the keyed graph side by side."""
+    logs = _logs(work, args.days, args.impressions // args.days)
+    n = _impressions(logs)
+    rows = [] if args.skip_plain else [_row("plain single-process script", run_plain(logs, f"{work}/out"), n)]
+    for graph in ("per-day", "keyed"):
+        run = run_beam(logs, f"{work}/out", graph=graph, workers=args.workers)
+        rows.append(_row(f"Beam {graph}, {args.workers} workers", run, n))
+    return {"impressions": n, "days": args.days, "workers": args.workers, "rows": rows}, _table(
+        rows, None if args.skip_plain else "plain single-process script")
+
+
+def memory_study(work: str, args: argparse.Namespace) -> tuple[dict, str]:
+    """Peak memory as a day grows (4 days each): the keyed graph, and the per-day graph up to 1M a day."""
+    rows = []
+    for per_day in args.per_day:
+        logs = _logs(work, 4, per_day)
+        n = _impressions(logs)
+        for graph in ("keyed", "per-day"):
+            if graph == "per-day" and per_day > args.per_day_max:
+                continue
+            run = run_beam(logs, f"{work}/out", graph=graph, workers=args.workers)
+            rows.append({**_row(f"{graph}, {per_day:,} a day", run, n), "graph": graph, "per_day": per_day})
+    keyed = [r for r in rows if r["graph"] == "keyed"]
+    spread = max(r["worker_peak_mib"] for r in keyed) / min(r["worker_peak_mib"] for r in keyed)
+    table = _table(rows, None) + f"\nkeyed graph: largest / smallest worker peak = {spread:.2f}"
+    return {"days": 4, "workers": args.workers, "rows": rows, "keyed_worker_peak_spread": round(spread, 2)}, table
+
+
+def one_day_study(work: str, args: argparse.Namespace) -> tuple[dict, str]:
+    """One day of logs (train only) through each graph: CPU seconds of each worker."""
+    from tfads.core.schema import DEFAULT_SCHEMA
+
+    logs = _logs(work, 1, args.impressions)
+    schema = yaml.safe_load(DEFAULT_SCHEMA.read_text())
+    schema["splits"].update(valid_days=0, calib_days=0, test_days=0)
+    path = os.path.join(work, "one_day_schema.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(schema, f)
+    n = _impressions(logs)
+    rows = [_row(f"{graph}, one day", run_beam(logs, f"{work}/out", graph=graph, workers=args.workers, schema=path), n)
+            for graph in ("per-day", "keyed")]
+    return {"impressions": n, "workers": args.workers, "rows": rows}, _table(rows, None)
+
+
+STUDIES = {"speed": ("beam_build", speed_study), "memory": ("beam_build_memory", memory_study),
+           "one-day": ("beam_build_one_day", one_day_study)}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--plain-only"]:  # run_plain's subprocess
+        plain_build(argv[1], argv[2], load_schema())
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impressions", type=int, default=1_000_000, help="total impressions (default 1M)")
-    parser.add_argument("--days", type=int, default=7, help="days of logs (generator default 7)")
+    parser.add_argument("--study", choices=sorted(STUDIES), default="speed", help="what to measure (default: speed)")
+    parser.add_argument("--impressions", type=int, default=1_000_000,
+                        help="speed: total impressions; one-day: the day's impressions (default 1M)")
+    parser.add_argument("--days", type=int, default=7, help="speed: days of logs (generator default 7)")
+    parser.add_argument("--per-day", type=int, nargs="+", default=[250_000, 1_000_000, 4_000_000],
+                        help="memory: impressions per day of each run (default: 250k 1M 4M)")
+    parser.add_argument("--per-day-max", type=int, default=1_000_000,
+                        help="memory: largest day the per-day graph is run on (it holds a whole day per worker)")
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes (default 2)")
-    parser.add_argument("--work-dir", help="where logs and outputs go (default: a temporary directory)")
-    parser.add_argument("--skip-plain", action="store_true", help="only time the Beam job")
+    parser.add_argument("--work-dir", help="where logs and outputs go (default: a temporary directory; logs are "
+                        "reused from here on the next run)")
+    parser.add_argument("--skip-plain", action="store_true", help="speed: only time the Beam job")
     add_results_argument(parser)
     args = parser.parse_args(argv)
-    from tfads.datagen import generate
-
     work = args.work_dir or tempfile.mkdtemp(prefix="tfads_beam_bench_")
-    logs = os.path.join(work, "logs")
-    if not os.path.isfile(os.path.join(logs, "datagen.json")):
-        generate(logs, days=args.days, impressions_per_day=args.impressions // args.days, progress=False)
-    n_imps = json.load(open(os.path.join(logs, "datagen.json")))["counts"]["impressions"]
-    result: dict[str, float | int] = {"impressions": n_imps, "workers": args.workers}
-    for name, fn in (("beam", lambda o: beam_build(logs, o, args.workers)),
-                     ("plain", lambda o: plain_build(logs, o, load_schema()))):
-        if name == "plain" and args.skip_plain:
-            continue
-        out = os.path.join(work, f"out_{name}")
-        shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
-        examples = fn(out)
-        seconds = time.perf_counter() - start
-        result.update({f"{name}_seconds": round(seconds, 2), f"{name}_examples": examples,
-                       f"{name}_impressions_per_s": round(n_imps / seconds)})
-    if "plain_seconds" in result:
-        result["speedup_beam_vs_plain"] = round(result["plain_seconds"] / result["beam_seconds"], 2)
-    lines = [f"{'':<28}{'seconds':>10}{'impressions/s':>16}"]
-    for name, label in (("beam", f"Beam, {args.workers} workers"), ("plain", "plain single-process script")):
-        if f"{name}_seconds" in result:
-            lines.append(f"{label:<28}{result[f'{name}_seconds']:>10}{result[f'{name}_impressions_per_s']:>16,}")
-    if "speedup_beam_vs_plain" in result:
-        lines.append(f"{'ratio (Beam / plain speed)':<28}{result['speedup_beam_vs_plain']:>10}")
-    print("\n" + "\n".join(lines))
-    publish("beam_build", result, "\n".join(lines), args)
+    name, study = STUDIES[args.study]
+    data, table = study(work, args)
+    print("\n" + table)
+    publish(name, data, table, args)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -99,3 +99,36 @@ def test_session_data_derived_in_graph_equals_the_beam_column(manifest_path):
     assert batch["scenario"].dtype == tf.string  # the input pipeline adds the derived columns
     features, _, _ = next(iter(make_dataset(manifest.split_files("test"), manifest, 64)))
     assert set(features) == set(manifest.input_dtypes)  # training batches carry the model's inputs only
+
+
+def test_weights_of_a_model_built_before_derived_inputs_load_into_the_raw_input_model(manifest_path, tmp_path,
+                                                                                       monkeypatch):
+    """A model dir trained when scenario was an input re-exports without retraining: its checkpoint loads
+    into the rebuilt model (weightless JoinFields in place of the Input) with the same scores."""
+    import dataclasses
+
+    import tfads.models.esmm as esmm
+    from tfads.core.experiment import load_experiment
+    from tfads.data import DTYPES
+
+    manifest = load_manifest(manifest_path)
+    cfg = dataclasses.replace(load_experiment().model, embedding_dim=4, deep_units=[8], tower_units=[4])
+    with monkeypatch.context() as patch:  # the feature layer as it was: every manifest feature an input
+        patch.setattr(esmm, "feature_inputs", lambda m: {
+            n: keras.Input(shape=(), dtype=DTYPES[f["dtype"]], name=n) for n, f in m.features.items()})
+        patch.setattr(esmm, "derive_features", lambda inputs, m: inputs)
+        old = esmm.build_model(manifest, cfg)
+    assert "scenario" in old.input
+    rng = np.random.default_rng(0)
+    for w in old.weights:
+        if w.dtype.is_floating:
+            w.assign(w + rng.normal(0, 0.1, w.shape).astype(w.dtype.as_numpy_dtype))
+    old.save_weights(str(tmp_path / "final"))
+    new = esmm.build_model(manifest, cfg)
+    assert "scenario" not in new.input
+    new.load_weights(str(tmp_path / "final")).expect_partial()
+    batch = next(iter(make_dataset(manifest.split_files("test"), manifest, 256, for_training=False)))
+    want = old({k: batch[k] for k in manifest.features}, training=False)
+    got = new({k: batch[k] for k in manifest.input_dtypes}, training=False)
+    for head in manifest.heads:
+        np.testing.assert_array_equal(got[head].numpy(), want[head].numpy())

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.calibration import PlattScaling
-from tfads.data import make_dataset
+from tfads.data import make_dataset, with_derived
 from tfads.layers.adasparse import AdaSparsePruner
 from tfads.core.manifest import load_manifest
 from tfads.metrics import auc, logloss
@@ -133,14 +133,15 @@ def test_fused_table_holds_every_id_feature_at_its_offset(batch, small_experimen
     tables = [x.name for x in model.layers if isinstance(x, keras.layers.Embedding) and "bucket" not in x.name]
     assert tables == ["fused_embedding"]
     blocks, offset = [], 0
+    values = with_derived(features, manifest)  # the model computes scenario from media and slot
     for name, spec in manifest.features.items():
         if spec["kind"] == "numeric":
             continue
         layer = model.get_layer(f"{name}_hash" if spec["kind"] == "hashed" else f"{name}_lookup")
         x = (
-            features[name]
+            values[name]
             if spec["kind"] == "hashed" or spec["dtype"] == "string"
-            else tf.strings.as_string(features[name])
+            else tf.strings.as_string(values[name])
         )
         blocks.append(table[offset + layer(x).numpy()])
         offset += layer.num_bins if spec["kind"] == "hashed" else layer.vocabulary_size()

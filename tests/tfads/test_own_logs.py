@@ -113,8 +113,8 @@ def test_calibrated_click_only_export_serves_pctr_for_the_users_fields(click_onl
     rows = predict_split(model, manifest, "test").head(8)  # the float32 rebuild that export serves
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "ctr"
-    for name, spec in manifest.features.items():
-        dtype = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}[spec["dtype"]]
+    for name, dtype_name in manifest.input_dtypes.items():  # raw fields only: the model derives DOMAIN
+        dtype = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}[dtype_name]
         values = rows[name].to_numpy()
         request.inputs[name].CopyFrom(tf.make_tensor_proto(values.astype(str) if dtype == tf.string else values,
                                                            dtype=dtype))

@@ -200,6 +200,7 @@ def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str,
         "key": key,
         "config": config.to_dict(),
         "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
         "train_seconds": train_s,
         "best_val_ctr_auc": max(result.history.get("val_ctr_auc", [float("nan")])),
         "pruned_share_per_layer": pruned,
@@ -481,7 +482,8 @@ def evaluate(
         if name in runs:
             row.update(
                 {
-                    "epochs": runs[name][0]["epochs_run"],
+                    "epochs": round(float(np.mean([r["epochs_run"] for r in runs[name]])), 2),
+                    "best epoch": round(float(np.mean([r.get("best_epoch", r["epochs_run"]) for r in runs[name]])), 2),
                     "train s": round(float(np.mean([r["train_seconds"] for r in runs[name]]))),
                 }
             )

@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -151,9 +152,11 @@ def _import_deepctr(deps_dir: str):
         return importlib.import_module("deepctr.models"), importlib.import_module("deepctr.feature_column")
 
 
-def run_deepctr(arrays: dict, deps_dir: str) -> dict:
+def deepctr_dcn(arrays: dict, deps_dir: str) -> tuple[keras.Model, Any]:
+    """DeepCTR's DCN of the Criteo shape, compiled (Adam, Keras' default 1e-3), and ``inputs(a, b)``: its input
+    dict of rows ``a:b`` (standardised log1p numerics, as tfads' manifest statistics)."""
     models, fc = _import_deepctr(deps_dir)
-    cats, nums, click = arrays["cats"], np.log1p(arrays["nums"]), arrays["click"]
+    cats, nums = arrays["cats"], np.log1p(arrays["nums"])
     lo, hi = arrays["bounds"]["train"]
     mean, std = nums[lo:hi].mean(0), nums[lo:hi].std(0)
     nums = (nums - mean) / std
@@ -176,6 +179,13 @@ def run_deepctr(arrays: dict, deps_dir: str) -> dict:
         x.update({f"I{j + 1}": nums[a:b, j] for j in range(criteo_like.N_NUM)})
         return x
 
+    return model, inputs
+
+
+def run_deepctr(arrays: dict, deps_dir: str) -> dict:
+    model, inputs = deepctr_dcn(arrays, deps_dir)
+    click = arrays["click"]
+    lo, hi = arrays["bounds"]["train"]
     meter = Throughput()
     model.fit(inputs(lo, hi), click[lo:hi], batch_size=BATCH, epochs=1, callbacks=[meter], verbose=0)
     result = meter.result()

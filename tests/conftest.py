@@ -36,12 +36,15 @@ def manifest_path(logs_dir, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def small_experiment():
-    """The default experiment shrunk for tests: small embeddings and layers, 2 short epochs."""
+    """The default experiment shrunk for tests: small embeddings and layers, at most 2 short epochs validated
+    once each (tests that need *a* trained model; tests/tfads/test_train.py runs the default protocol)."""
     from tfads.core.experiment import load_experiment
 
     config = load_experiment()
     model = dataclasses.replace(config.model, embedding_dim=8, deep_units=[32, 16], tower_units=[16])
-    train = dataclasses.replace(config.train, epochs=2, batch_size=256, learning_rate=1e-3, shuffle_buffer=5000)
+    train = dataclasses.replace(
+        config.train, epochs=2, validations_per_epoch=1, batch_size=256, learning_rate=1e-3, shuffle_buffer=5000
+    )
     return dataclasses.replace(config, model=model, train=train)
 
 

@@ -1,5 +1,6 @@
-"""Training: Keras fit over the manifest's TFRecords with checkpoints, resume, early stopping and
-optional multi-worker distribution (``TF_CONFIG``)."""
+"""Training: Keras fit over the manifest's TFRecords with checkpoints, resume, early stopping on the
+validation pCTR AUC (the best validation's weights are kept; ``epochs`` is a cap) and optional
+multi-worker distribution (``TF_CONFIG``)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ class TrainResult:
     model: keras.Model
     history: dict[str, list[float]]
     model_path: str
-    epochs_run: int
+    epochs_run: float  # epochs trained (a fraction with several validations per epoch)
+    best_epoch: float  # where the kept weights were validated, in epochs
 
 
 def make_strategy() -> tf.distribute.Strategy:
@@ -118,6 +120,26 @@ def execution_steps(tc: TrainConfig, manifest: Manifest, steps: int | None) -> t
     return tc.steps_per_execution, validation
 
 
+def validation_periods(tc: TrainConfig, steps: int | None) -> tuple[int, int | None]:
+    """``(epochs, steps_per_epoch)`` for ``fit``: the epochs cap cut into ``validations_per_epoch``
+    periods, each ending with a validation (early stopping and checkpoints act per period).
+
+    The training dataset repeats, so a period continues the stream where the last one stopped. Without
+    a known epoch size (a scenario filter) training validates once per epoch.
+    """
+    per_epoch = tc.validations_per_epoch
+    if per_epoch == 1:
+        return tc.epochs, steps
+    if steps is None:
+        log.warning(
+            "train.validations_per_epoch=%d needs a known epoch size, which the scenario filter leaves unknown: "
+            "validating once per epoch",
+            per_epoch,
+        )
+        return tc.epochs, None
+    return tc.epochs * per_epoch, max(1, math.ceil(steps / per_epoch))
+
+
 def _weights_of(checkpoint: str, manifest: Manifest, config: ExperimentConfig) -> list:
     """Model weights of a checkpoint, read through a throw-away model: loading straight into the model
     to train would also restore the checkpoint's optimizer (learning rate, moments, step) as soon as
@@ -135,10 +157,13 @@ def train(
     init_from: str | None = None,
     verbose: int | str = "auto",
 ) -> TrainResult:
-    """Train ``config`` on ``manifest``'s train split, validating on the valid split.
+    """Train ``config`` on ``manifest``'s train split, validating on the valid split
+    ``train.validations_per_epoch`` times per epoch; stops after ``train.early_stopping_patience``
+    validations without a better pCTR AUC or at the ``train.epochs`` cap, and keeps the best
+    validation's weights either way.
 
     Writes under ``model_dir``: ``model/`` (Keras SavedModel), ``checkpoints/`` (weights per
-    epoch and ``final``, the kept weights), ``backup/`` (resume state while running), ``logs/``
+    validation and ``final``, the kept weights), ``backup/`` (resume state while running), ``logs/``
     (TensorBoard), ``experiment.yaml``, ``model.json`` and ``history.json``.
     """
     if isinstance(manifest, str):
@@ -150,6 +175,8 @@ def train(
     strategy = make_strategy()
     workers = strategy.num_replicas_in_sync
     train_ds, valid_ds, steps = train_valid_datasets(tc, manifest)
+    fit_epochs, fit_steps = validation_periods(tc, steps)
+    periods_per_epoch = fit_epochs // tc.epochs
     if workers > 1 or os.environ.get("TF_CONFIG"):
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -161,7 +188,7 @@ def train(
             checkpoint = resolve_checkpoint(init_from)
             model.set_weights(_weights_of(checkpoint, manifest, config))
             log.info("initialised weights from %s", checkpoint)
-        steps_per_execution, validation_steps = execution_steps(tc, manifest, steps)
+        steps_per_execution, validation_steps = execution_steps(tc, manifest, fit_steps)
         compile_model(model, config.model, tc.learning_rate, tc.optimizer, steps_per_execution=steps_per_execution)
 
     chief = is_chief(strategy)
@@ -173,46 +200,62 @@ def train(
             os.path.join(out_dir, CHECKPOINT_SUBDIR, "ckpt-{epoch:02d}"), save_weights_only=True
         ),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq=100, profile_batch=0),
+        # restores the best validation's weights also when the run reaches the epochs cap
         keras.callbacks.EarlyStopping(
             monitor="val_ctr_auc", mode="max", patience=tc.early_stopping_patience, restore_best_weights=True
         ),
-        *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps),
+        *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps),  # the epoch's steps, not a period's
     ]
     history = model.fit(
         train_ds,
         validation_data=valid_ds,
-        epochs=tc.epochs,
-        steps_per_epoch=steps,
+        epochs=fit_epochs,
+        steps_per_epoch=fit_steps,
         validation_steps=validation_steps,
         callbacks=callbacks,
         verbose=verbose,
     )
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     model_path = save_trained_model(model, out_dir, manifest.path, config)
+    # history.epoch holds period indices (from the resumed one on, after a restart)
+    periods = history.epoch or [fit_epochs - 1]
+    scores = hist.get("val_ctr_auc") or []
+    best = periods[max(range(len(scores)), key=scores.__getitem__)] if scores else periods[-1]
+    epochs_run, best_epoch = (periods[-1] + 1) / periods_per_epoch, (best + 1) / periods_per_epoch
     if chief:
         with tf.io.gfile.GFile(os.path.join(model_dir, "history.json"), "w") as f:
-            json.dump(
-                {"history": hist, "epochs": history.epoch, "manifest": manifest.path, "workers": workers}, f, indent=2
-            )
-    return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=len(history.epoch))
+            record = {
+                "history": hist,
+                "epochs": history.epoch,  # validation periods (validations_per_epoch per epoch)
+                "validations_per_epoch": periods_per_epoch,
+                "epochs_run": epochs_run,
+                "best_epoch": best_epoch,
+                "manifest": manifest.path,
+                "workers": workers,
+            }
+            json.dump(record, f, indent=2)
+    return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=epochs_run, best_epoch=best_epoch)
 
 
 def adasparse_callbacks(cfg: AdaSparseConfig, steps_per_epoch: int | None) -> list[keras.callbacks.Callback]:
-    """Alpha annealing and lambda growth for the AdaSparse pruners, in steps of the run actually made.
+    """Alpha annealing and lambda growth for the AdaSparse pruners, in steps of an epoch of the run.
 
     None when AdaSparse is off or its form is ``scaling`` (no hard step, nothing to anneal). Alpha
-    reaches its final slope after ``alpha_anneal_epochs`` epochs' steps (half an epoch by default),
-    whatever the epochs cap, so a run that early stopping ends soon still reaches the sparsity range;
-    lambda grows every ``lambda_growth_steps`` steps. A fused pruner trained most of the run at the
-    final slope validated better than one still annealing at the end (benchmarks/results/model_quality.md).
+    reaches its final slope after ``alpha_anneal_epochs`` epochs' steps (half an epoch by default) and
+    lambda multiplies by ``lambda_growth`` every ``lambda_growth_epochs`` epochs' steps, whatever the
+    epochs cap and the size of the data, so a run that early stopping ends after an epoch or two still
+    reaches the sparsity range. A fused pruner trained most of the run at the final slope validated
+    better than one still annealing at the end (benchmarks/results/model_quality.md).
     Without a known epoch size (a scenario filter) an epoch counts as 10,000 steps.
     """
     if not cfg.enabled or cfg.form == "scaling":
         return []
-    anneal_steps = max(1, int((steps_per_epoch or 10_000) * cfg.alpha_anneal_epochs))
+    epoch = steps_per_epoch or 10_000
+    anneal_steps = max(1, int(epoch * cfg.alpha_anneal_epochs))
+    growth_steps = max(1, int(epoch * cfg.lambda_growth_epochs))
     return [
         AlphaAnnealer(cfg.alpha_start, cfg.alpha_end, total_steps=anneal_steps),
-        SparsityLambdaScheduler(growth=cfg.lambda_growth, growth_steps=cfg.lambda_growth_steps),
+        SparsityLambdaScheduler(growth=cfg.lambda_growth, growth_steps=growth_steps),
     ]
 
 

@@ -115,14 +115,17 @@ def test_feature_layer_maps_unseen_values_to_oov(batch, small_experiment):
 
 def test_adasparse_schedules_follow_the_form():
     from tfads.core.experiment import AdaSparseConfig
-    from tfads.layers import AlphaAnnealer
+    from tfads.layers import AlphaAnnealer, SparsityLambdaScheduler
     from tfads.train import adasparse_callbacks
 
     assert adasparse_callbacks(AdaSparseConfig(form="scaling"), 100) == []  # no hard step: nothing to anneal
     assert adasparse_callbacks(AdaSparseConfig(enabled=False), 100) == []
-    callbacks = adasparse_callbacks(AdaSparseConfig(form="fusion", alpha_anneal_epochs=0.5), 100)
+    config = AdaSparseConfig(form="fusion", alpha_anneal_epochs=0.5, lambda_growth_epochs=0.25)
+    callbacks = adasparse_callbacks(config, 100)
     annealer = next(c for c in callbacks if isinstance(c, AlphaAnnealer))
     assert annealer.total_steps == 50  # half of one epoch of 100 steps, whatever the epochs cap
+    growth = next(c for c in callbacks if isinstance(c, SparsityLambdaScheduler))
+    assert growth.growth_steps == 25  # a quarter of an epoch, whatever the size of the data
 
 
 def test_fused_table_holds_every_id_feature_at_its_offset(batch, small_experiment):

@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import yaml
 
 import tfads  # noqa: F401
@@ -200,9 +201,80 @@ def test_deterministic_runs_with_one_seed_give_identical_weights(tmp_path, manif
     config = _write_config(tmp_path, small_experiment, epochs=1, steps_per_epoch=12, validation_steps=2)
     dirs = [str(tmp_path / f"run{i}") for i in range(2)]
     for model_dir in dirs:
-        subprocess.run(_train_cmd(config, manifest_path, model_dir, "--deterministic", "--seed", "3"),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _train_cmd(config, manifest_path, model_dir, "--deterministic", "--seed", "3"),
+            check=True,
+            capture_output=True,
+        )
     first, second = (load_trained_model(d).get_weights() for d in dirs)
     assert len(first) == len(second)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_validation_periods_cut_the_epochs_cap():
+    from tfads.core.experiment import TrainConfig
+    from tfads.train import validation_periods
+
+    assert validation_periods(TrainConfig(epochs=20), 100) == (20, 100)
+    assert validation_periods(TrainConfig(epochs=20, validations_per_epoch=4), 100) == (80, 25)
+    # 4 x 26 steps: never short of an epoch
+    assert validation_periods(TrainConfig(epochs=3, validations_per_epoch=4), 101) == (12, 26)
+    assert validation_periods(TrainConfig(epochs=3, validations_per_epoch=4), None) == (3, None)  # scenario filter
+
+
+def test_early_stopped_run_keeps_the_best_validation_and_reaches_the_sparsity_range(
+    tmp_path, manifest_path, small_experiment
+):
+    """A run of the default protocol (early stopping, the cap far away) ends with the best validation's weights
+    and its AdaSparse layers inside [r_min, r_max]: the schedules are sized in epochs' steps, not by the cap."""
+    import dataclasses
+
+    from tfads.core.experiment import load_experiment
+    from tfads.core.manifest import load_manifest
+    from tfads.sparsity import scenario_sparsity
+    from tfads.train import execution_steps, train, train_valid_datasets
+
+    protocol = load_experiment().train
+    assert protocol.epochs >= 10, "the default's epochs is a cap, not a planned length"
+    config = dataclasses.replace(
+        small_experiment,
+        train=dataclasses.replace(
+            small_experiment.train,
+            epochs=protocol.epochs,
+            validations_per_epoch=protocol.validations_per_epoch,
+            early_stopping_patience=protocol.early_stopping_patience,
+        ),
+    )
+    result = train(config, manifest_path, str(tmp_path / "es"), verbose=0)
+    scores = result.history["val_ctr_auc"]
+    assert result.epochs_run < protocol.epochs, f"early stopping never stopped: {scores}"
+    # stopped `patience` validations past the best
+    patience_epochs = protocol.early_stopping_patience / protocol.validations_per_epoch
+    assert result.best_epoch == pytest.approx(result.epochs_run - patience_epochs)
+    manifest = load_manifest(manifest_path)
+    _, valid_ds, _ = train_valid_datasets(config.train, manifest)
+    valid_steps = execution_steps(config.train, manifest, 1)[1]
+    kept = result.model.evaluate(valid_ds, steps=valid_steps, verbose=0, return_dict=True)["ctr_auc"]
+    assert kept == pytest.approx(max(scores), abs=1e-4), "the kept weights are not the best validation's"
+    # 0.18-0.20 in two runs; with lambda growing per 1,000 steps (2x the whole run here) layer 0 ended at 0.14
+    matrix, layers, _ = scenario_sparsity(result.model, manifest, "valid", max_batches=100)
+    pruned = dict(zip(layers, matrix.mean(axis=1).tolist(), strict=True))
+    ada = small_experiment.model.adasparse
+    assert all(ada.r_min <= share <= ada.r_max for share in pruned.values()), pruned
+
+
+def test_click_only_model_early_stops_on_its_validation_auc(tmp_path, small_experiment):
+    """A model with the pCTR head alone logs ``val_ctr_auc`` like an ESMM model (Keras would call it ``val_auc``
+    and early stopping would never see its metric)."""
+    import dataclasses
+
+    from benchmarks import criteo_like
+    from tfads.train import summary_line, train
+
+    data = str(tmp_path / "data")
+    criteo_like.make(data, 4000, shards=1, compression="none")
+    config = dataclasses.replace(small_experiment, train=dataclasses.replace(small_experiment.train, epochs=2))
+    result = train(config, os.path.join(data, "manifest.json"), str(tmp_path / "model"), verbose=0)
+    assert set(result.history) == {"loss", "ctr_auc", "val_loss", "val_ctr_auc"}
+    assert "val_ctr_auc=" in summary_line(result.history)

@@ -42,7 +42,7 @@ class AdaSparseConfig:
     alpha_anneal_epochs: float = 0.5  # alpha reaches alpha_end after this many epochs' steps (not of the cap)
     lambda_start: float = 0.01
     lambda_growth: float = 2.0
-    lambda_growth_steps: int = 1000
+    lambda_growth_epochs: float = 0.5  # lambda multiplies by lambda_growth every this many epochs' steps
     on_embedding: bool = False
     pruner_hidden_units: int = 0  # > 0: the pruner is a shallow MLP with this hidden width (paper's form)
     pruner_input: Literal["domain_hidden", "domain"] = "domain_hidden"  # what the pruner reads: [e_d; h] or e_d
@@ -52,6 +52,8 @@ class AdaSparseConfig:
             raise ValueError(f"pruner_hidden_units must be >= 0, got {self.pruner_hidden_units}")
         if not self.alpha_anneal_epochs > 0.0:
             raise ValueError(f"alpha_anneal_epochs must be > 0, got {self.alpha_anneal_epochs}")
+        if not self.lambda_growth_epochs > 0.0:
+            raise ValueError(f"lambda_growth_epochs must be > 0, got {self.lambda_growth_epochs}")
         if not 0.0 <= self.r_min <= self.r_max < 1.0:
             raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={self.r_min}, r_max={self.r_max}")
 
@@ -104,7 +106,8 @@ class TrainConfig:
     shuffle_buffer: int = 50_000
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
-    early_stopping_patience: int = 2
+    validations_per_epoch: int = 1  # validate (and checkpoint, and maybe stop) this many times per epoch
+    early_stopping_patience: int = 2  # validations without a better val pCTR AUC before stopping
     seed: int = 0
     use_sample_weight: bool = True
     scenarios: list[str] | None = None
@@ -117,6 +120,12 @@ class TrainConfig:
             raise ValueError(f"steps_per_execution must be >= 1, got {self.steps_per_execution}")
         if self.shuffle_block < 1:
             raise ValueError(f"shuffle_block must be >= 1, got {self.shuffle_block}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.validations_per_epoch < 1:
+            raise ValueError(f"validations_per_epoch must be >= 1, got {self.validations_per_epoch}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
 
 
 @dataclass(frozen=True)

@@ -105,10 +105,13 @@ def compile_model(
     bce = keras.losses.BinaryCrossentropy()
     weights = {CTR: 1.0, CTCVR: 1.0, CVR: cfg.cvr_loss_weight if cfg.direct_cvr_loss else 0.0}
     heads = [name for name in (CTR, CVR, CTCVR) if name in model.output_names]
+    # Keras prefixes a metric with its head's name only when the model has several outputs: a click-only
+    # model names its AUC ``ctr_auc`` itself, so early stopping and the history read ``val_ctr_auc`` always.
+    auc_name = "auc" if len(heads) > 1 else f"{CTR}_auc"
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),
         loss={head: bce for head in heads},
         loss_weights={head: weights[head] for head in heads},
-        weighted_metrics={head: [LogitAUC()] for head in heads if head != CVR},
+        weighted_metrics={head: [LogitAUC(name=auc_name)] for head in heads if head != CVR},
         steps_per_execution=steps_per_execution,
     )

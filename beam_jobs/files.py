@@ -16,13 +16,13 @@ def read_bytes(path: str) -> bytes:
     return gzip.decompress(data) if path.endswith(".gz") else data
 
 
-def read_line_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(first line number, whole lines) of ``path`` in pieces of about ``chunk_bytes`` decompressed bytes,
+def read_line_pieces(path: str, piece_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(first line number, whole lines) of ``path`` in pieces of about ``piece_bytes`` decompressed bytes,
     streamed: memory holds one piece, not the file. Line numbers count from 1."""
     compression = CompressionTypes.GZIP if path.endswith(".gz") else CompressionTypes.UNCOMPRESSED
     first, rest = 1, b""
     with FileSystems.open(path, compression_type=compression) as f:
-        while block := f.read(chunk_bytes):
+        while block := f.read(piece_bytes):
             data = rest + block
             cut = data.rfind(b"\n") + 1
             if not cut:

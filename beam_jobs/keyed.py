@@ -2,7 +2,7 @@
 so a worker holds one piece of a file, one key bucket or one output shard, never a day
 (docs/decisions/0028-keyed-build-graph.md).
 
-1. ``ReadPieces``: every input file is streamed in pieces of about ``chunk_bytes``; each piece is parsed
+1. ``ReadPieces``: every input file is streamed in pieces of about ``piece_bytes``; each piece is parsed
    (its bad lines dead-lettered) and its rows are split by a stable hash bucket of the key;
 2. ``JoinBucket`` (a GroupByKey on the bucket): one bucket's impressions, clicks, conversions (and feed)
    of every day are joined and labelled day by day, exactly as one day of the per-day graph would; the
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from apache_beam.pvalue import TaggedOutput
 
-from beam_jobs.files import read_line_chunks
+from beam_jobs.files import read_line_pieces
 from beam_jobs.frames import pack, unpack
 from beam_jobs.join import FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans
 from beam_jobs.options import InputFile, Job
@@ -43,7 +43,7 @@ class ReadPieces(beam.DoFn):
         columns = log_columns(job.schema, f.log)
         keep_raw = f.log not in AD_LOGS  # event lines keep their text for the join's dead letters
         pieces = 0
-        for pieces, (first, data) in enumerate(read_line_chunks(f.path, job.chunk_bytes), start=1):
+        for pieces, (first, data) in enumerate(read_line_pieces(f.path, job.piece_bytes), start=1):
             result = parse_bytes(data, columns, log=f.log, source=f.path, keep_raw=keep_raw, first_line=first)
             tally = Tally()
             count(f.log, result.read, result.dead, tally)

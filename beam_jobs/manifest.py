@@ -43,6 +43,7 @@ def feature_entries(
 def build_manifest(
     *, schema: Schema, schema_mapping: dict, tally: Tally, splits: dict[str, list[str]], out: str,
     vocab_sizes: dict[str, int], oov: dict[str, dict[str, int]], priors: dict[str, dict[str, BetaPrior]],
+    build: dict[str, Any],
 ) -> dict[str, Any]:
     """Assemble the manifest; file paths are made relative to ``out``."""
     def rel(path: str) -> str:
@@ -86,6 +87,7 @@ def build_manifest(
                       "priors": {f: {r: {"alpha": p.alpha, "beta": p.beta} for r, p in rates.items()}
                                  for f, rates in priors.items()}},
         "date_range": [all_days[0], all_days[-1]] if all_days else [],
+        "build": build,
     }
 
 

@@ -33,7 +33,7 @@ SHARD_BYTES = 8 * MIB  # shards_per_day auto: one example file per this much of 
 BUCKET_BYTES = 8 * MIB  # key buckets auto: one join group per this much input
 MIN_BUCKETS = 16  # enough groups to keep several workers busy on a small input
 PER_DAY_MAX_BYTES = 64 * MIB  # graph auto: the per-day graph while a day plus all events stay under this
-CHUNK_BYTES = 16 * MIB  # decompressed bytes a keyed-graph worker parses at a time
+PIECE_BYTES = 16 * MIB  # decompressed bytes a keyed-graph worker parses at a time
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -66,7 +66,7 @@ class Job:
     graph: str = "per-day"  # keyed | per-day (resolved, never auto)
     key_buckets: int = MIN_BUCKETS
     shards: dict[str, int] | None = None  # day -> example files; None: the schema's shards_per_day for all
-    chunk_bytes: int = CHUNK_BYTES
+    piece_bytes: int = PIECE_BYTES
 
     def shards_of(self, day: str) -> int:
         """Example files of ``day``."""
@@ -113,6 +113,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"keyed graph: join groups (default: one per {BUCKET_BYTES // MIB} MiB of compressed input, "
         f"at least {MIN_BUCKETS})",
     )
+    parser.add_argument(
+        "--piece-mib", type=float, default=PIECE_BYTES / MIB,
+        help="keyed graph: decompressed MiB of a file a worker parses at a time (default: %(default)s)",
+    )
     for cls in BEAM_OPTIONS:
         cls._add_argparse_args(parser.add_argument_group(f"Beam {cls.__name__}"))
 
@@ -137,13 +141,14 @@ def resolve_job(args: argparse.Namespace, options: PipelineOptions | None = None
     runner = (options.view_as(StandardOptions).runner if options is not None else None) or "DirectRunner"
     return find_inputs(
         args.logs, args.out, schema_path=args.schema, cold_start=args.cold_start, flag="--logs",
-        graph=getattr(args, "graph", "auto"), key_buckets=getattr(args, "key_buckets", None), runner=runner,
+        graph=args.graph, key_buckets=args.key_buckets, piece_bytes=round(args.piece_mib * MIB), runner=runner,
     )
 
 
 def find_inputs(
     logs: str, out: str, *, schema_path: str | Path = DEFAULT_SCHEMA, cold_start: bool | None = None,
-    flag: str = "logs", graph: str = "auto", key_buckets: int | None = None, runner: str = "DirectRunner",
+    flag: str = "logs", graph: str = "auto", key_buckets: int | None = None, piece_bytes: int = PIECE_BYTES,
+    runner: str = "DirectRunner",
 ) -> Job:
     """Load the schema, find the input files, split the days and size the graph; JobError/ConfigError on a
     mistake.
@@ -171,6 +176,8 @@ def find_inputs(
         raise JobError(f"--graph {graph}: expected one of {', '.join(GRAPHS)}")
     if key_buckets is not None and key_buckets < 1:
         raise JobError(f"--key-buckets {key_buckets}: expected a number >= 1")
+    if piece_bytes < 1024:
+        raise JobError(f"--piece-mib {piece_bytes / MIB:g}: expected at least 0.001 (1 KiB)")
     day_bytes = {day: sum(f.size for f in files if f.day == day and f.log in ("impressions", "feed")) for day in days}
     event_bytes = sum(f.size for f in files if f.log in schema.event_logs)
     if graph == "auto":
@@ -179,7 +186,8 @@ def find_inputs(
     total = sum(f.size for f in files)
     buckets = key_buckets or max(MIN_BUCKETS, math.ceil(total / BUCKET_BYTES))
     shards = {day: shards_for(schema.splits.shards_per_day, n) for day, n in day_bytes.items()}
-    return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), splits, graph, buckets, shards)
+    return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), splits, graph, buckets, shards,
+               piece_bytes)
 
 
 def shards_for(shards_per_day: int | str, day_bytes: int) -> int:

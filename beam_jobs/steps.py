@@ -99,6 +99,13 @@ class MergeTallies(beam.CombineFn):
         return acc
 
 
+def build_block(job: Job) -> dict:
+    """How the job ran (the manifest's ``build``): the graph and, for the keyed graph, its sizing."""
+    if job.graph != "keyed":
+        return {"graph": job.graph}
+    return {"graph": job.graph, "key_buckets": job.key_buckets, "piece_bytes": job.piece_bytes}
+
+
 def finalize(tally: Tally, job: Job) -> str:
     """Write vocabularies, posterior statistics and manifest.json; return the manifest path."""
     schema, out = job.schema, job.out
@@ -118,7 +125,7 @@ def finalize(tally: Tally, job: Job) -> str:
                                                    for r in lines))
     manifest = build_manifest(
         schema=schema, schema_mapping=job.schema_mapping, tally=tally, splits=job.splits, out=out,
-        vocab_sizes=vocab_sizes, oov=oov, priors=priors,
+        vocab_sizes=vocab_sizes, oov=oov, priors=priors, build=build_block(job),
     )
     path = f"{out}/manifest.json"
     write_bytes(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")

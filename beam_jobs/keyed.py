@@ -27,7 +27,9 @@ from beam_jobs.join import FILE, ORDER, add_derived, empty_events, feed_examples
 from beam_jobs.options import InputFile, Job
 from beam_jobs.parse import log_columns, parse_bytes
 from beam_jobs.stats import Tally
-from beam_jobs.steps import STATS, MergeTallies, bucket_of, count, count_by_log, finalize, write_dead_letters, write_shard
+from beam_jobs.steps import (
+    STATS, MergeTallies, bucket_of, count, count_by_log, finalize, write_dead_letters, write_shard,
+)
 
 AD_LOGS = ("impressions", "feed")  # logs whose rows become examples of their file's day
 
@@ -88,7 +90,8 @@ class JoinBucket(beam.DoFn):
                 dead += joined.dead
                 claimed.append(joined.claimed)
             if by_day["feed", day]:
-                examples, feed_dead = feed_examples(pd.concat(by_day["feed", day], ignore_index=True), schema, job.paths)
+                feed = pd.concat(by_day["feed", day], ignore_index=True)
+                examples, feed_dead = feed_examples(feed, schema, job.paths)
                 parts.append(examples)
                 dead += feed_dead
             examples = add_derived(pd.concat(parts, ignore_index=True), schema, day)
@@ -135,7 +138,8 @@ class BuildKeyed(beam.PTransform):
             | "ByBucket" >> beam.GroupByKey()
             | "JoinBucket" >> beam.ParDo(JoinBucket(job)).with_outputs(STATS, main="examples")
         )
-        every_shard = root | "EveryShard" >> beam.Create([((day, s), None) for day in days for s in range(job.shards_of(day))])
+        shard_keys = [((day, s), None) for day in days for s in range(job.shards_of(day))]
+        every_shard = root | "EveryShard" >> beam.Create(shard_keys)
         written = (
             (joined.examples, every_shard)
             | "WithEmptyShards" >> beam.Flatten()

@@ -20,7 +20,9 @@ from beam_jobs.join import FILE, add_derived, empty_events, feed_examples, join_
 from beam_jobs.options import InputFile, Job
 from beam_jobs.parse import ParseResult, log_columns, parse_bytes
 from beam_jobs.stats import Tally
-from beam_jobs.steps import STATS, MergeTallies, bucket_of, count, count_by_log, finalize, write_dead_letters, write_shard
+from beam_jobs.steps import (
+    STATS, MergeTallies, bucket_of, count, count_by_log, finalize, write_dead_letters, write_shard,
+)
 from tfads.core.schema import Schema
 
 

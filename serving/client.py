@@ -246,11 +246,7 @@ class BidClient:
         for i, cand in enumerate(candidates):
             if not isinstance(cand, Mapping):
                 raise BidRequestError(f"bid request {rid!r}: candidate {i} must be a mapping")
-            row = {**shared, **cand}
-            for name, (parts, sep) in self.derived.items():  # for the fallback only; the model derives its own
-                if name not in row and all(p in row for p in parts):
-                    row[name] = sep.join(str(row[p]) for p in parts)
-            merged.append(row)
+            merged.append(with_derived({**shared, **cand}, self.derived))  # for the fallback only
         predict = predict_pb2.PredictRequest(model_spec=_model_spec(arm))
         predict.output_filter.extend(self._outputs(arm))
         shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(merged))])
@@ -369,6 +365,17 @@ class BidClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def with_derived(row: Mapping[str, Any], derived: Mapping[str, tuple[Sequence[str], str]]) -> dict[str, Any]:
+    """``row`` with each derived feature it lacks (and has the parts of) joined as the Beam job joins it:
+    ``str()`` of each part (ints as decimal text), separated by the separator. Used for posterior
+    lookups and reports only; a served model computes its own (decision 0027)."""
+    out = dict(row)
+    for name, (parts, sep) in derived.items():
+        if name not in out and all(p in out for p in parts):
+            out[name] = sep.join(str(out[p]) for p in parts)
+    return out
 
 
 def wait_for_models(

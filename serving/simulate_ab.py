@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from serving.bidding import ecpm
-from serving.client import BidClient
+from serving.client import BidClient, with_derived
 from serving.traffic import opportunities
 from tfads.core.manifest import load_manifest
 from tfads.metrics import bootstrap_ci
@@ -100,10 +100,12 @@ class Environment:
 
 def make_environment(
     requests: Sequence[Mapping[str, Any]], truth: pd.DataFrame, params: AuctionParams, rng: np.random.Generator,
-    *, key: str, domain: str | None,
+    *, key: str, domain: str | None, derived: Mapping[str, tuple[Sequence[str], str]] | None = None,
 ) -> Environment:
     """Look up each candidate's truth (the generator's ``trace_id``, the candidates' ``key``) and draw
-    competitor bids and click/conversion uniforms; an opportunity's scenario is its ``domain`` value.
+    competitor bids and click/conversion uniforms; an opportunity's scenario is its first candidate's
+    ``domain`` value, joined from its parts when ``domain`` is a derived feature (``derived``: name ->
+    (parts, separator)) the candidates do not carry.
 
     Raises:
       ValueError: a candidate without truth (names its key).
@@ -126,7 +128,8 @@ def make_environment(
     return Environment(
         true_ctr=true_ctr, true_cvr=true_cvr, bid_type=bid_type, price=price, competitor_bids=competitors,
         reserve=base * params.reserve_ratio, u_click=rng.random(shape), u_conversion=rng.random(shape),
-        scenario=np.array([str(r["candidates"][0].get(domain, "all")) for r in requests], dtype=object),
+        scenario=np.array([str(with_derived(r["candidates"][0], derived or {}).get(domain, "all")) for r in requests],
+                          dtype=object),
     )
 
 
@@ -385,7 +388,9 @@ def simulate_ab(
         raise ValueError(
             f"{manifest_path}: no opportunities of {settings.candidates} candidates in split {settings.split!r}"
         )
-    env = make_environment(requests, truth, settings.auction, rng, key=manifest.key, domain=manifest.domain)
+    derived = {name: (d.concat, d.separator) for name, d in manifest.derived.items()}
+    env = make_environment(requests, truth, settings.auction, rng, key=manifest.key, domain=manifest.domain,
+                           derived=derived)
     with connect() as client:
         client.wait_until_available(timeout_s=60)
         outcomes, versions = replay(client, requests, env, paired=settings.assignment == "paired")

@@ -40,23 +40,27 @@ def opportunities(
     manifest_path: str, candidates: int, *, split: str = "test", limit: int | None = None, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Bid requests of ``candidates`` logged impressions of ``split`` sharing the primary domain (scenario)
-    and the hour of day; at most ``limit`` requests (read from the first ``4 x limit x candidates`` rows)."""
+    and the hour of day; at most ``limit`` requests (read from the first ``4 x limit x candidates`` rows).
+    Candidates carry the logged raw fields, key and labels but no derived feature, as an ad server's
+    requests would (the model computes those, decision 0027)."""
     manifest = load_manifest(manifest_path)
     rows = split_rows(manifest_path, split, limit=None if limit is None else 4 * limit * candidates)
     rows = rows.assign(_hour=(rows[manifest.timestamp] // 3600) % 24)
     groups = [c for c in (manifest.domain, "_hour") if c]
-    requests = requests_from_rows(rows, candidates, seed=seed, group_by=groups, user_key=manifest.user_key)
+    requests = requests_from_rows(rows, candidates, seed=seed, group_by=groups, user_key=manifest.user_key,
+                                  drop=list(manifest.derived))
     return requests if limit is None else requests[:limit]
 
 
 def requests_from_rows(
     rows: pd.DataFrame, candidates: int, *, seed: int = 0, group_by: Sequence[str] = (),
-    user_key: str | None = None,
+    user_key: str | None = None, drop: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Impression opportunities of ``candidates`` logged impressions each, from the same group (values of
     ``group_by``, e.g. :func:`auction_groups`). Every candidate keeps its whole logged row (its own user,
     context, ad and key), so the model's prediction and the generator's truth refer to the same
     impression; the opportunity's user (for the A/B arm) is its first candidate's ``user_key`` value.
+    Columns in ``drop`` (e.g. derived features, grouped by but never sent) are left out of the candidates.
     Leftovers of a group are dropped."""
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -66,7 +70,7 @@ def requests_from_rows(
     requests = []
     for _, group in groups:
         order = rng.permutation(len(group))
-        records = group.iloc[order].to_dict("records")
+        records = group.iloc[order].drop(columns=[c for c in drop if c in group.columns]).to_dict("records")
         for start in range(0, len(records) - candidates + 1, candidates):
             chunk = records[start:start + candidates]
             requests.append({

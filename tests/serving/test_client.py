@@ -229,7 +229,9 @@ def test_fallback_when_deadline_passes(fake_server):
 def test_bids_through_embedded_server_and_label_move(ab_server, ab_models, manifest_path):
     manifest = json.loads(open(manifest_path).read())
     requests = opportunities(manifest_path, 4, limit=6)
+    assert all("scenario" not in c and "media" in c for r in requests for c in r["candidates"])  # raw fields only
     with BidClient.from_manifest(ab_server, manifest, EXPERIMENT, deadline_ms=2000) as client:
+        assert "scenario" not in client.features and client.derived == {"scenario": (["media", "slot"], "|")}
         assert client.wait_until_available(timeout_s=30) == {"ctr": [1, 2]}
         for r in requests:
             control, treatment = client.bid(r, arm="control"), client.bid(r, arm="treatment")

@@ -88,6 +88,8 @@ def test_small_replay_report_adds_up(tmp_path, ab_server, manifest_path, logs_di
         assert summary["uplift"]["ctr"]["estimate"] in (0.0, None) or np.isnan(summary["uplift"]["ctr"]["estimate"])
     upr = summary["upr"]
     assert upr["positive"] <= upr["scenarios"] <= len(summary["scenarios"])
+    # candidates carry no scenario (the model derives it); the replay joins it from media and slot
+    assert len(summary["scenarios"]) > 1 and all("|" in s["scenario"] for s in summary["scenarios"])
     for ci in summary["arms"]["treatment"].values():
         if np.isfinite(ci["estimate"]):
             assert ci["low"] <= ci["high"]

@@ -50,12 +50,14 @@ class ReadPieces(beam.DoFn):
             tally = Tally()
             count(f.log, result.read, result.dead, tally)
             write_dead_letters(job.out, f"read-{f.index:05d}-{pieces:05d}", result.dead, tally)
-            yield TaggedOutput(STATS, tally)
             rows = result.rows
             rows[FILE] = f.index
             buckets = bucket_of(rows[job.schema.key], job.key_buckets)
             for bucket, index in pd.Series(buckets).groupby(buckets).indices.items():
-                yield int(bucket), (f.log, f.day, pack(rows.iloc[index].reset_index(drop=True)))
+                packed = pack(rows.iloc[index].reset_index(drop=True))
+                tally.shuffle_bytes += len(packed)
+                yield int(bucket), (f.log, f.day, packed)
+            yield TaggedOutput(STATS, tally)
         if not pieces:  # an empty file is still read (0 lines)
             tally = Tally()
             count(f.log, 0, [], tally)
@@ -81,6 +83,7 @@ class JoinBucket(beam.DoFn):
                   .sort_values(ORDER, kind="stable", ignore_index=True) for log in schema.event_logs}
         dead: list[dict] = []
         claimed = [np.zeros(0, np.int64)]
+        tally = Tally()
         for day in sorted({day for _, day in by_day}):
             parts = []
             if by_day["impressions", day]:
@@ -97,9 +100,10 @@ class JoinBucket(beam.DoFn):
             examples = add_derived(pd.concat(parts, ignore_index=True), schema, day)
             shard_of = bucket_of(examples[schema.key], job.shards_of(day))
             for shard, index in pd.Series(shard_of).groupby(shard_of).indices.items():
-                yield (day, int(shard)), pack(examples.iloc[index].reset_index(drop=True))
+                packed = pack(examples.iloc[index].reset_index(drop=True))
+                tally.shuffle_bytes += len(packed)
+                yield (day, int(shard)), packed
         dead += orphans(events, np.concatenate(claimed), job.paths)
-        tally = Tally()
         count_by_log(dead, tally)
         write_dead_letters(job.out, f"join-{bucket:05d}", dead, tally)
         yield TaggedOutput(STATS, tally)

@@ -29,6 +29,7 @@ class Tally:
     values: dict[str, pd.DataFrame] = field(default_factory=dict)  # field -> value x VALUE_COLUMNS (train ads)
     # feature -> {unit: [n, sum, sum of squares]}; kept per unit so the final sum has a fixed order
     numeric: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    shuffle_bytes: int = 0  # keyed graph: bytes of the pieces sent through the runner's shuffle
 
     def count_input(self, log: str, read: int, dead: list[dict]) -> None:
         """Record ``read`` lines of ``log`` and the dead letters produced from them."""
@@ -50,6 +51,7 @@ class Tally:
             self.values[name] = frame if mine is None else mine.add(frame, fill_value=0).astype(np.int64)
         for name, per_unit in other.numeric.items():
             self.numeric.setdefault(name, {}).update(per_unit)
+        self.shuffle_bytes += other.shuffle_bytes
         return self
 
 

@@ -99,11 +99,13 @@ class MergeTallies(beam.CombineFn):
         return acc
 
 
-def build_block(job: Job) -> dict:
-    """How the job ran (the manifest's ``build``): the graph and, for the keyed graph, its sizing."""
+def build_block(job: Job, tally: Tally) -> dict:
+    """How the job ran (the manifest's ``build``): the graph and, for the keyed graph, its sizing and the
+    bytes it shuffled."""
     if job.graph != "keyed":
         return {"graph": job.graph}
-    return {"graph": job.graph, "key_buckets": job.key_buckets, "piece_bytes": job.piece_bytes}
+    return {"graph": job.graph, "key_buckets": job.key_buckets, "piece_bytes": job.piece_bytes,
+            "shuffle_bytes": tally.shuffle_bytes}
 
 
 def finalize(tally: Tally, job: Job) -> str:
@@ -125,7 +127,7 @@ def finalize(tally: Tally, job: Job) -> str:
                                                    for r in lines))
     manifest = build_manifest(
         schema=schema, schema_mapping=job.schema_mapping, tally=tally, splits=job.splits, out=out,
-        vocab_sizes=vocab_sizes, oov=oov, priors=priors, build=build_block(job),
+        vocab_sizes=vocab_sizes, oov=oov, priors=priors, build=build_block(job, tally),
     )
     path = f"{out}/manifest.json"
     write_bytes(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")

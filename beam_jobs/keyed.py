@@ -2,8 +2,9 @@
 so a worker holds one piece of a file, one key bucket or one output shard, never a day
 (docs/decisions/0028-keyed-build-graph.md).
 
-1. ``ReadPieces``: every input file is streamed in pieces of about ``piece_bytes``; each piece is parsed
-   (its bad lines dead-lettered) and its rows are split by a stable hash bucket of the key;
+1. ``SplitFile``: every input file is streamed in pieces of about ``piece_bytes`` (compressed for the shuffle);
+   ``ParsePiece``, wherever the runner sends a piece: parsed (its bad lines dead-lettered) and its rows split
+   by a stable hash bucket of the key;
 2. ``JoinBucket`` (a GroupByKey on the bucket): one bucket's impressions, clicks, conversions (and feed)
    of every day are joined and labelled day by day, exactly as one day of the per-day graph would; the
    bucket's click and conversion lines no impression claimed are its orphans; the examples leave keyed by
@@ -22,7 +23,7 @@ import pandas as pd
 from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs.files import read_line_pieces
-from beam_jobs.frames import pack, unpack
+from beam_jobs.frames import compress, decompress, pack, unpack
 from beam_jobs.join import FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans
 from beam_jobs.options import InputFile, Job
 from beam_jobs.parse import log_columns, parse_bytes
@@ -34,34 +35,45 @@ from beam_jobs.steps import (
 AD_LOGS = ("impressions", "feed")  # logs whose rows become examples of their file's day
 
 
-class ReadPieces(beam.DoFn):
-    """An input file -> (bucket, (log, day, rows)) pieces; the file's dead letters written; Tallies."""
+class SplitFile(beam.DoFn):
+    """An input file -> (file, piece number, first line, compressed lines) pieces of about ``piece_bytes``
+    (an empty file is one empty piece). Reading is sequential; the pieces are parsed wherever the runner
+    sends them."""
 
     def __init__(self, job: Job) -> None:
         self._job = job
 
     def process(self, f: InputFile):
+        number = 0
+        for number, (first, data) in enumerate(read_line_pieces(f.path, self._job.piece_bytes), start=1):
+            yield f, number, first, compress(data)
+        if not number:
+            yield f, 1, 1, compress(b"")
+
+
+class ParsePiece(beam.DoFn):
+    """A piece of a file -> (bucket, (log, day, rows)) pieces; its dead letters written; a Tally."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    def process(self, element: tuple[InputFile, int, int, bytes]):
+        f, number, first, blob = element
         job = self._job
-        columns = log_columns(job.schema, f.log)
         keep_raw = f.log not in AD_LOGS  # event lines keep their text for the join's dead letters
-        pieces = 0
-        for pieces, (first, data) in enumerate(read_line_pieces(f.path, job.piece_bytes), start=1):
-            result = parse_bytes(data, columns, log=f.log, source=f.path, keep_raw=keep_raw, first_line=first)
-            tally = Tally()
-            count(f.log, result.read, result.dead, tally)
-            write_dead_letters(job.out, f"read-{f.index:05d}-{pieces:05d}", result.dead, tally)
-            rows = result.rows
-            rows[FILE] = f.index
-            buckets = bucket_of(rows[job.schema.key], job.key_buckets)
-            for bucket, index in pd.Series(buckets).groupby(buckets).indices.items():
-                packed = pack(rows.iloc[index].reset_index(drop=True))
-                tally.shuffle_bytes += len(packed)
-                yield int(bucket), (f.log, f.day, packed)
-            yield TaggedOutput(STATS, tally)
-        if not pieces:  # an empty file is still read (0 lines)
-            tally = Tally()
-            count(f.log, 0, [], tally)
-            yield TaggedOutput(STATS, tally)
+        result = parse_bytes(decompress(blob), log_columns(job.schema, f.log), log=f.log, source=f.path,
+                             keep_raw=keep_raw, first_line=first)
+        tally = Tally(shuffle_bytes=len(blob))
+        count(f.log, result.read, result.dead, tally)
+        write_dead_letters(job.out, f"read-{f.index:05d}-{number:05d}", result.dead, tally)
+        rows = result.rows
+        rows[FILE] = f.index
+        buckets = bucket_of(rows[job.schema.key], job.key_buckets)
+        for bucket, index in pd.Series(buckets).groupby(buckets).indices.items():
+            packed = pack(rows.iloc[index].reset_index(drop=True))
+            tally.shuffle_bytes += len(packed)
+            yield int(bucket), (f.log, f.day, packed)
+        yield TaggedOutput(STATS, tally)
 
 
 class JoinBucket(beam.DoFn):
@@ -135,7 +147,9 @@ class BuildKeyed(beam.PTransform):
             root
             | "Files" >> beam.Create(list(job.files))
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadPieces" >> beam.ParDo(ReadPieces(job)).with_outputs(STATS, main="pieces")
+            | "SplitFiles" >> beam.ParDo(SplitFile(job))
+            | "SpreadPieces" >> beam.Reshuffle()
+            | "ParsePieces" >> beam.ParDo(ParsePiece(job)).with_outputs(STATS, main="pieces")
         )
         joined = (
             read.pieces

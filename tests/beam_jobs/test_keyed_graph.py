@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from beam_jobs.files import read_line_pieces
-from beam_jobs.frames import pack, unpack
+from beam_jobs.frames import compress, decompress, pack, unpack
 from beam_jobs.options import MIB, find_inputs, shards_for
 from tests.beam_jobs.conftest import TWO_WORKERS, run_job
 from tests.beam_jobs.helpers import corruptions, dead_letters, read_examples, read_lines, valid_events
@@ -40,6 +40,9 @@ def test_packed_pieces_keep_columns_dtypes_and_values():
     back = unpack(pack(frame))
     pd.testing.assert_frame_equal(back, frame)
     assert len(unpack(pack(frame.iloc[:0]))) == 0
+    lines = b"".join(b'{"a": %d}\n' % i for i in range(1000))
+    assert decompress(compress(lines)) == lines and len(compress(lines)) < len(lines) / 3
+    assert decompress(compress(b"")) == b""
 
 
 def test_auto_sizes_follow_the_input_bytes():

@@ -254,6 +254,24 @@ def summarize(runs: dict[str, list[dict]], references: list[str]) -> tuple[dict[
     return results, reference
 
 
+def determinism_cost(runs: dict[str, list[dict]]) -> list[str]:
+    """One line per ``<variant>-deterministic`` run beside ``<variant>``: the median over rounds of the
+    examples/s and CPU-per-example ratios (same round, same seed) and the rounds' ratios."""
+    lines = []
+    for name, theirs in runs.items():
+        base = name.removesuffix("-deterministic")
+        if name == base or base not in runs:
+            continue
+        speed = [d["examples_per_s"] / b["examples_per_s"] for d, b in zip(theirs, runs[base], strict=True)]
+        cpu = [d["cpu_ms_per_1k"] / b["cpu_ms_per_1k"] for d, b in zip(theirs, runs[base], strict=True)]
+        lines.append(
+            f"- cost of --deterministic ({name} / {base}, per round): examples/s x{statistics.median(speed):.3f} "
+            f"(rounds {', '.join(f'{x:.3f}' for x in speed)}), CPU per example x{statistics.median(cpu):.3f} "
+            f"(rounds {', '.join(f'{x:.3f}' for x in cpu)})"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=600_000, help="examples in all (80%% train)")
@@ -322,6 +340,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     lines += [f"- {name}: {results[name]['speedup']:.2f}x {reference} examples/s, "
               f"{results[name]['cpu_work_ratio']:.2f}x less CPU work, AUC delta {results[name]['auc_delta']:+.4f}"
               for name in ours]
+    lines += determinism_cost(runs)
     publish("train_throughput", summary, "\n".join(lines), args)
     return summary
 

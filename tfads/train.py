@@ -260,6 +260,9 @@ def adasparse_callbacks(cfg: AdaSparseConfig, steps_per_epoch: int | None) -> li
 
 
 def summary_line(history: dict[str, Any]) -> str:
-    """One readable line of the last epoch's losses and AUCs."""
+    """One readable line of the losses and AUCs of the validation whose weights were kept (the best
+    ``val_ctr_auc``; the last one without it)."""
     keys = ("loss", "ctr_auc", "ctcvr_auc", "val_loss", "val_ctr_auc", "val_ctcvr_auc")
-    return "  ".join(f"{k}={history[k][-1]:.4f}" for k in keys if k in history)
+    scores = history.get("val_ctr_auc") or []
+    kept = max(range(len(scores)), key=scores.__getitem__) if scores else -1
+    return "  ".join(f"{k}={history[k][kept]:.4f}" for k in keys if k in history)

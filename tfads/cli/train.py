@@ -20,18 +20,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated scenario values to train on only (fine-tune on a target scene)",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override train.epochs: the cap on epochs (default 20); early stopping usually ends "
+                        "the run long before it")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="override train.steps_per_epoch")
-    parser.add_argument("--learning-rate", type=float, default=None, help="override train.learning_rate")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="override train.learning_rate (LazyAdam, constant; default 2e-3)")
     parser.add_argument("--seed", type=int, default=None, help="override train.seed (weights, shuffling, dropout)")
     parser.add_argument("--patience", type=int, default=None,
-                        help="override train.early_stopping_patience: epochs without a better validation pCTR AUC "
-                        "before stopping (the best epoch's weights are kept); epochs is the cap")
+                        help="override train.early_stopping_patience: validations without a better validation pCTR "
+                        "AUC before stopping (default 2; train.validations_per_epoch, default 4, validations per "
+                        "epoch). The best validation's weights are kept, also when the run reaches --epochs")
     parser.add_argument("--deterministic", action="store_true", default=None,
                         help="op determinism and a fixed input order: the same seed gives bit-identical weights "
-                        "(slower; see docs/decisions)")
+                        "(measured cost: within noise of the default's examples/s, "
+                        "benchmarks/results/train_throughput.md)")
     parser.epilog = (
-        "Resumable: a killed run restarted with the same --model-dir continues from the last finished epoch. "
+        "Resumable: a killed run restarted with the same --model-dir continues from the last validation. "
         "Distributed: set TF_CONFIG on each worker to use MultiWorkerMirroredStrategy."
     )
 
@@ -53,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, **overrides))
     result = train(config, args.data, args.model_dir, init_from=args.init_from)
-    print(f"trained {result.epochs_run} epoch(s): {summary_line(result.history)}")
+    print(f"trained {result.epochs_run:g} epoch(s), kept the weights of epoch {result.best_epoch:g}: "
+          f"{summary_line(result.history)}")
     print(f"model written to {result.model_path}")
     return 0

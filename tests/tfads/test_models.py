@@ -107,10 +107,12 @@ def test_feature_layer_maps_unseen_values_to_oov(batch, small_experiment):
     manifest, features = batch
     model = build_model(manifest, small_experiment.model)
     unseen = dict(features)
-    unseen["scenario"] = tf.fill(tf.shape(features["scenario"]), "never-seen|scenario")
+    unseen["media"] = tf.fill(tf.shape(features["media"]), "never-seen")  # so is the derived scenario
     unseen["city"] = tf.fill(tf.shape(features["city"]), "atlantis")
     out = model(unseen, training=False)
     assert np.all(np.isfinite(out["ctr"].numpy()))
+    scenario_ids = keras.Model(model.inputs, model.get_layer("scenario_lookup").output)(unseen).numpy()
+    assert np.all(scenario_ids == 0)  # the OOV id
 
 
 def test_adasparse_schedules_follow_the_form():

@@ -17,6 +17,7 @@ from tfads.core.configtools import ConfigError
 # name -> (module, one-line help)
 COMMANDS: dict[str, str] = {
     "datagen": "write synthetic ad logs (impressions, clicks, conversions) with ground truth",
+    "schema": "schema tools: `tfads schema infer` writes a starter schema from a sample of a table",
     "build": "Beam job: logs -> TFRecords, vocabularies, posterior stats, manifest",
     "train": "train a CTR/CVR model from a manifest",
     "evaluate": "evaluate a trained model: metrics JSON and plots",

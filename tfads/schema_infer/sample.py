@@ -171,15 +171,20 @@ def _read_jsonl(path: str, limit: int) -> pa.Table:
     return pajson.read_json(io.BytesIO(data), read_options=options)
 
 
+_ZERO_PADDED = r"^\s*[-+]?0\d"
 _READERS = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}
 
 
 def _narrow_text(table: pa.Table) -> pa.Table:
-    """CSV text columns as int64 when every value is an integer, float64 when every value is a number."""
+    """CSV text as int64 when every value is an integer, float64 when every value is a number (no zero padding)."""
     columns = []
     for column in table.columns:
         values = column.drop_null()
-        if len(values) and pa.types.is_string(column.type):
+        if not len(values) or not pa.types.is_string(column.type):
+            columns.append(column)
+            continue
+        # Codes with leading zeros (zip codes, "007") stay text: as numbers they would lose the zeros.
+        if not pc.any(pc.match_substring_regex(values, _ZERO_PADDED)).as_py():
             for target in (pa.int64(), pa.float64()):
                 try:
                     column = pc.cast(column, target)

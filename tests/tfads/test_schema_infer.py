@@ -45,12 +45,13 @@ def table(tmp_path_factory) -> pd.DataFrame:
     converted = set(_read_log(logs, "conversions")["trace_id"])
     impressions[CLICK_LABEL] = impressions["trace_id"].isin(clicked).astype(int)
     impressions[CONVERSION_LABEL] = (impressions["trace_id"].isin(converted) & impressions[CLICK_LABEL].astype(bool))
+    impressions[CONVERSION_LABEL] = impressions[CONVERSION_LABEL].astype(int)
     return impressions.rename(columns=RENAMED)
 
 
 @pytest.fixture(scope="module")
 def files(table, tmp_path_factory) -> dict[str, str]:
-    """The table as gzipped CSV (click label only) and as Parquet (click, and conversion as booleans)."""
+    """The table as gzipped CSV (click label only) and as Parquet (click and conversion labels)."""
     out = tmp_path_factory.mktemp("infer_table")
     paths = {"csv": str(out / "table.csv.gz"), "parquet": str(out / "table.parquet")}
     table.drop(columns=[CONVERSION_LABEL]).to_csv(paths["csv"], index=False)
@@ -127,20 +128,23 @@ def test_csv_types_come_from_every_sampled_value(tmp_path):
 
 def test_iso_times_bool_labels_and_unusable_columns(tmp_path):
     records = [{"when": f"2026-01-0{1 + i % 3}T10:{i % 60:02d}:00Z", "clicked": i % 7 == 0, "site": f"s{i % 4}",
-                "constant": "x", "empty": None, "tags": ["a", "b"], "score": i * 0.01} for i in range(300)]
+                "constant": "x", "empty": None, "tags": ["a", "b"], "score": i * 0.01,
+                "flag": i % 2 == 0, "bid": None if i % 10 == 0 else i % 13} for i in range(300)]
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     sample = read_sample([str(path)])
     guess = infer_schema(sample.table)
     assert guess.labels == {"click": "clicked", "conversion": None} and guess.key is None
     assert guess.timestamp == "when" and "convert" in guess.timestamp_todo
-    assert {c.name for c in guess.skipped} == {"constant", "empty", "tags"}
+    assert {c.name for c in guess.skipped} == {"constant", "empty", "tags", "flag"}
     text = render_schema(guess, sample)
     assert "# key: none" in text and "TODO: convert this column to int seconds" in text
-    for name in ("constant", "empty", "tags"):
+    assert "TODO: clicked is true/false: write it as 0/1" in text
+    assert "TODO: 30 of 300 sampled values are null" in text  # bid: the job dead-letters missing numbers
+    for name in ("constant", "empty", "tags", "flag"):
         assert f"  # {name}:" in text
     fields = yaml.safe_load(text)["fields"]
-    assert set(fields) == {"when", "site", "score"} and fields["when"] == {"type": "int", "min": 0}
+    assert set(fields) == {"when", "site", "score", "bid"} and fields["when"] == {"type": "int", "min": 0}
     assert fields["score"] == {"type": "float", "feature": "numeric", "min": 0}
 
 

@@ -206,11 +206,14 @@ def infer_schema(table: pa.Table) -> Guess:
     _guess_user(guess, rest)
     for name, p in rest.items():
         if name == guess.timestamp:
-            guess.columns.append(Column(name, {"type": "int", "min": 0}, _timestamp_note(guess, p)))
+            note = _timestamp_note(guess, p) + (f"; TODO: {_missing_numbers(p)}" if p.nulls else "")
+            guess.columns.append(Column(name, {"type": "int", "min": 0}, note))
         elif name == guess.key:
             guess.columns.append(Column(name, {"type": "int" if p.kind == "int" else "string"}, "key"))
         else:
             spec, reason = _feature(p, is_user=name == guess.user_key)
+            if spec and p.nulls and p.kind in ("int", "float"):
+                reason += f"; TODO: {_missing_numbers(p)}"
             guess.columns.append(Column(name, spec, reason))
     _guess_domain(guess)
     return guess
@@ -232,6 +235,15 @@ def _guess_labels(guess: Guess, profiles: dict[str, Profile]) -> None:
         guess.label_reason = f"0/1 column(s) with label-like names: {', '.join(found)}"
         rates = ", ".join(f"{c} {profiles[c].mean:.4f}" for c in found)
         guess.label_reason += f" (positive rates in the sample: {rates})"
+        todo = [f"{c} is true/false: write it as 0/1 (the job reads label columns as ints 0/1)"
+                for c in found if profiles[c].kind == "bool"]
+        todo += [f"{c}: {_missing_numbers(profiles[c])}" for c in found if profiles[c].nulls]
+        if todo:
+            guess.label_reason += "; TODO: " + "; ".join(todo)
+
+
+def _missing_numbers(p: Profile) -> str:
+    return f"{p.nulls} of {p.rows} sampled values are null; the job dead-letters rows missing a number: fill them"
 
 
 def _guess_timestamp(guess: Guess, profiles: dict[str, Profile]) -> None:
@@ -329,7 +341,7 @@ def _feature(p: Profile, *, is_user: bool = False) -> tuple[dict | None, str]:
     if p.distinct == 1:
         return None, f"constant in the sample ({p.example!r}): no signal"
     if p.kind == "bool":
-        return {"type": "int", "feature": "categorical"}, f"{counts}; true/false in the file, read as 1/0"
+        return None, f"true/false values ({counts}): the job reads ints; write them as 0/1 to use it (type: int)"
     id_like = is_user or p.kind == "string" or bool(set(words(p.name)) & ID_WORDS)
     if p.kind in ("int", "string") and id_like:
         if p.distinct <= MAX_CATEGORICAL and p.distinct * MIN_MEAN_COUNT <= p.filled:

@@ -129,20 +129,24 @@ def test_csv_types_come_from_every_sampled_value(tmp_path):
 def test_iso_times_bool_labels_and_unusable_columns(tmp_path):
     records = [{"when": f"2026-01-0{1 + i % 3}T10:{i % 60:02d}:00Z", "clicked": i % 7 == 0, "site": f"s{i % 4}",
                 "constant": "x", "empty": None, "tags": ["a", "b"], "score": i * 0.01,
-                "flag": i % 2 == 0, "bid": None if i % 10 == 0 else i % 13} for i in range(300)]
+                "flag": i % 2 == 0, "bid": None if i % 10 == 0 else i % 13, "click_time": 1767261600 + i}
+               for i in range(300)]
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     sample = read_sample([str(path)])
     guess = infer_schema(sample.table)
     assert guess.labels == {"click": "clicked", "conversion": None} and guess.key is None
     assert guess.timestamp == "when" and "convert" in guess.timestamp_todo
-    assert {c.name for c in guess.skipped} == {"constant", "empty", "tags", "flag"}
+    assert {c.name for c in guess.skipped} == {"constant", "empty", "tags", "flag", "click_time"}
     text = render_schema(guess, sample)
     assert "# key: none" in text and "TODO: convert this column to int seconds" in text
     assert "TODO: clicked is true/false: write it as 0/1" in text
+    assert "left out: every sampled value is null" in text  # empty
     assert "TODO: 30 of 300 sampled values are null" in text  # bid: the job dead-letters missing numbers
-    for name in ("constant", "empty", "tags", "flag"):
+    for name in ("constant", "empty", "tags", "flag", "click_time"):
         assert f"  # {name}:" in text
+    assert "  # flag:       {type: int, feature: categorical}" in text  # what it would be, written as 0/1
+    assert "click_time" in text.split("left out: named like an outcome")[0].splitlines()[-1]
     fields = yaml.safe_load(text)["fields"]
     assert set(fields) == {"when", "site", "score", "bid"} and fields["when"] == {"type": "int", "min": 0}
     assert fields["score"] == {"type": "float", "feature": "numeric", "min": 0}

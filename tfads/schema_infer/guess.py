@@ -149,11 +149,13 @@ def profile_table(table: pa.Table) -> list[Profile]:
 
 @dataclass
 class Column:
-    """The guess for one column: its field spec (``None``: left out, commented) and why."""
+    """The guess for one column: its field spec and why; a left-out column is written commented out, with
+    the spec it would have when there is one."""
 
     name: str
     spec: dict | None
     reason: str
+    left_out: bool = False
 
 
 @dataclass
@@ -162,7 +164,7 @@ class Guess:
 
     Attributes:
       rows: sampled rows.
-      columns: every column but the labels, in table order (``spec`` None: left out).
+      columns: every column but the labels, in table order.
       labels: role -> column (``click`` may be None when no label column was recognised).
       key, timestamp, user_key: the chosen columns or None; ``*_reason`` says why (or why none).
       timestamp_todo: what must be done to the time column before the job can read it (None: nothing).
@@ -187,12 +189,12 @@ class Guess:
 
     def features(self, kind: str) -> list[str]:
         """Columns guessed as features of ``kind``."""
-        return [c.name for c in self.columns if c.spec and c.spec.get("feature") == kind]
+        return [c.name for c in self.columns if not c.left_out and c.spec and c.spec.get("feature") == kind]
 
     @property
     def skipped(self) -> list[Column]:
         """Columns left out of ``fields``."""
-        return [c for c in self.columns if c.spec is None]
+        return [c for c in self.columns if c.left_out]
 
 
 def infer_schema(table: pa.Table) -> Guess:
@@ -201,11 +203,20 @@ def infer_schema(table: pa.Table) -> Guess:
     guess = Guess(rows=table.num_rows)
     _guess_labels(guess, profiles)
     rest = {n: p for n, p in profiles.items() if n not in guess.labels.values()}
-    _guess_timestamp(guess, rest)
-    _guess_key(guess, rest)
-    _guess_user(guess, rest)
+    # Other columns named like an outcome (click_time, conversion_value, clicks) are usually recorded after the
+    # impression: as features they would leak the label, and none of them is the impression's time or key.
+    outcomes = {n for n in rest if (CLICK_WORDS | CONVERSION_WORDS) & set(words(n))}
+    candidates = {n: p for n, p in rest.items() if n not in outcomes}
+    _guess_timestamp(guess, candidates)
+    _guess_key(guess, candidates)
+    _guess_user(guess, candidates)
     for name, p in rest.items():
-        if name == guess.timestamp:
+        if name in outcomes:
+            spec, reason = _feature(p)
+            why = ("named like an outcome: if it is recorded after the impression it leaks the label; add it only if "
+                   "it is known when the ad is served")
+            guess.columns.append(Column(name, spec, f"{why} ({p.counts()})", left_out=True))
+        elif name == guess.timestamp:
             note = _timestamp_note(guess, p) + (f"; TODO: {_missing_numbers(p)}" if p.nulls else "")
             guess.columns.append(Column(name, {"type": "int", "min": 0}, note))
         elif name == guess.key:
@@ -214,7 +225,7 @@ def infer_schema(table: pa.Table) -> Guess:
             spec, reason = _feature(p, is_user=name == guess.user_key)
             if spec and p.nulls and p.kind in ("int", "float"):
                 reason += f"; TODO: {_missing_numbers(p)}"
-            guess.columns.append(Column(name, spec, reason))
+            guess.columns.append(Column(name, spec, reason, left_out=spec is None or p.kind == "bool"))
     _guess_domain(guess)
     return guess
 
@@ -274,7 +285,7 @@ def _guess_timestamp(guess: Guess, profiles: dict[str, Profile]) -> None:
         p = sorted(texts, key=lambda q: not named(q))[0]
         guess.timestamp = p.name
         what = "date/time values" if p.kind == "datetime" else f"ISO date-time text (e.g. {p.example!r})"
-        guess.timestamp_reason = f"{what}"
+        guess.timestamp_reason = what
         guess.timestamp_todo = "convert this column to int seconds since the epoch (UTC) before running the job"
     elif named_ints:
         p = named_ints[0]
@@ -327,21 +338,22 @@ def _guess_user(guess: Guess, profiles: dict[str, Profile]) -> None:
 
 
 def _feature(p: Profile, *, is_user: bool = False) -> tuple[dict | None, str]:
-    """The field spec of a feature column and the reason; ``(None, reason)`` to leave it out."""
+    """The field spec of a feature column and the reason; ``(None, reason)`` when it cannot be one (booleans get
+    the spec they would have once written as 0/1)."""
     counts = p.counts()
     if p.name.startswith("__index_level_"):
         return None, "the pandas index, written along with the data"
-    if p.kind == "other":
-        return None, f"type {p.arrow_type} is not supported (string, int or float)"
     if not p.filled:
         return None, "every sampled value is null"
+    if p.kind == "other":
+        return None, f"type {p.arrow_type} is not supported (string, int or float)"
     if p.kind == "datetime" or p.iso_datetime:
         return None, (f"a date/time ({p.example!r}): convert it to int epoch seconds, or derive features "
                       "(hour, weekday) from it first")
     if p.distinct == 1:
         return None, f"constant in the sample ({p.example!r}): no signal"
     if p.kind == "bool":
-        return None, f"true/false values ({counts}): the job reads ints; write them as 0/1 to use it (type: int)"
+        return {"type": "int", "feature": "categorical"}, f"true/false ({counts}): the job reads ints; write 0/1"
     id_like = is_user or p.kind == "string" or bool(set(words(p.name)) & ID_WORDS)
     if p.kind in ("int", "string") and id_like:
         if p.distinct <= MAX_CATEGORICAL and p.distinct * MIN_MEAN_COUNT <= p.filled:
@@ -366,10 +378,9 @@ def _feature(p: Profile, *, is_user: bool = False) -> tuple[dict | None, str]:
 
 
 def _guess_domain(guess: Guess) -> None:
-    categorical = [c for c in guess.columns if c.spec and c.spec.get("feature") == "categorical"]
-    for c in categorical:
-        if DOMAIN_WORDS & set(words(c.name)):
-            guess.domain = c.name
+    for name in guess.features("categorical"):
+        if DOMAIN_WORDS & set(words(name)):
+            guess.domain = name
             guess.domain_reason = "a categorical column named like a site / placement / surface"
             return
     guess.domain_reason = "no categorical column named like a site, placement or surface"

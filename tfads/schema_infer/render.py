@@ -74,14 +74,14 @@ def render_schema(guess: Guess, sample: Sample, *, fmt: str = "auto") -> str:
     else:
         lines.append(f"# domain: none guessed ({guess.domain_reason}); optional")
     lines.append("fields:")
-    entries = [(f"{_flow(c.name)}:", _flow(c.spec) if c.spec else None, c) for c in guess.columns]
+    entries = [(f"{_flow(c.name)}:", _flow(c.spec) if c.spec else "", c) for c in guess.columns]
     name_width = max((len(n) for n, _, _ in entries), default=0)
-    spec_width = max((len(s) for _, s, _ in entries if s), default=0)
+    width = name_width + max((len(s) for _, s, _ in entries), default=0) + 3
     for name, spec, column in entries:
-        if spec:
-            lines.append(_line(f"  {name.ljust(name_width)} {spec}", column.reason, name_width + spec_width + 3))
+        if column.left_out:
+            lines.append(_line(f"  # {name.ljust(name_width)} {spec}", f"left out: {column.reason}", width))
         else:
-            lines.append(f"  # {name.ljust(name_width)} left out: {column.reason}")
+            lines.append(_line(f"  {name.ljust(name_width)} {spec}", column.reason, width))
     labels = _flow(guess.labels)
     lines.append(_line(f"labels: {labels}", guess.label_reason if guess.labels["click"] else
                        f"TODO: {guess.label_reason}"))

@@ -21,7 +21,7 @@ from beam_jobs.files import read_bytes
 from beam_jobs.manifest import summary_text
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.options import Job, add_arguments, pipeline_options, resolve_job
+from beam_jobs.options import PLAN_ERROR, Job, add_arguments, pipeline_options, resolve_job
 from beam_jobs.pipeline import BuildExamples
 from tfads.core.configtools import ConfigError
 
@@ -44,7 +44,13 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"build_examples: error: {e}", file=sys.stderr)
         return 2
-    manifest, elapsed = build(job, options)
+    try:
+        manifest, elapsed = build(job, options)
+    except Exception as e:  # a user mistake found inside the pipeline (a table's days) arrives wrapped by the runner
+        if PLAN_ERROR not in str(e):
+            raise
+        print(f"build_examples: error: {str(e).split(PLAN_ERROR, 1)[1].splitlines()[0]}", file=sys.stderr)
+        return 2
     print(summary_text(manifest))
     print(f"wrote {job.out}/manifest.json in {elapsed:.1f} s")
     return 0

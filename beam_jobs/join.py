@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from beam_jobs.parse import DTYPES, LINE, RAW, dead_letter, empty_rows, log_columns
+from beam_jobs.parse import DTYPES, LINE, RAW, TABLE, dead_letter, empty_rows, log_columns
 from tfads.core.schema import Schema
 
 FILE = "_file"  # index of the event's source file in the job's input list
@@ -107,6 +107,18 @@ def add_derived(examples: pd.DataFrame, schema: Schema, day: str) -> pd.DataFram
         examples[name] = joined.to_numpy(dtype=object)
     examples[DAY] = day
     return examples
+
+
+def table_examples(rows: pd.DataFrame, schema: Schema, files: list[str]) -> tuple[pd.DataFrame, list[dict]]:
+    """Rows of an ``input: table`` as examples (their labels are columns already): ad weight and source; with a
+    ``key``, repeated keys after the first (file order) are dead-lettered as ``duplicate_row``."""
+    rows = rows.sort_values(ORDER, kind="stable")
+    dead: list[dict] = []
+    if schema.key is not None:
+        dup = rows.duplicated(schema.key, keep="first").to_numpy()
+        dead = _dead_reserialised(rows[dup], "duplicate_row", TABLE, files, f"repeated {schema.key}")
+        rows = rows[~dup]
+    return rows.assign(**{schema.weight_feature: 1.0, schema.source_feature: "ad"}).reset_index(drop=True), dead
 
 
 def feed_examples(feed: pd.DataFrame, schema: Schema, files: list[str]) -> tuple[pd.DataFrame, list[dict]]:

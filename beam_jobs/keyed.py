@@ -24,55 +24,92 @@ from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs.files import read_line_pieces
 from beam_jobs.frames import compress, decompress, pack, unpack
-from beam_jobs.join import FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans
-from beam_jobs.options import InputFile, Job
-from beam_jobs.parse import log_columns, parse_bytes
+from beam_jobs.join import (
+    FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans, table_examples,
+)
+from beam_jobs.options import PLAN_ERROR, InputFile, Job, JobError, Plan, make_plan
+from beam_jobs.parse import TABLE, ParseResult, log_columns, parse_bytes
+from beam_jobs.tables import csv_pieces, parquet_pieces, parse_csv, parse_parquet, table_format
 from beam_jobs.stats import Tally
 from beam_jobs.steps import (
-    STATS, MergeTallies, bucket_of, count, count_by_log, finalize, write_dead_letters, write_shard,
+    STATS, MergeTallies, bucket_of, count, count_by_log, finalize, shard_keys, write_dead_letters, write_shard,
 )
 
-AD_LOGS = ("impressions", "feed")  # logs whose rows become examples of their file's day
+AD_LOGS = ("impressions", "feed", TABLE)  # logs whose rows become examples (of their file's day / timestamp's day)
+
+
+DAYS = "days"  # ParsePiece's output of a table's compressed input bytes per day (for the plan)
+Piece = tuple[InputFile, int, int, bytes, int]  # file, piece number, first line/row, compressed lines, bytes in
 
 
 class SplitFile(beam.DoFn):
-    """An input file -> (file, piece number, first line, compressed lines) pieces of about ``piece_bytes``
-    (an empty file is one empty piece). Reading is sequential; the pieces are parsed wherever the runner
-    sends them."""
+    """An input file -> pieces: lines of about ``piece_bytes`` (zstd-compressed; a CSV piece starts with the
+    header) or, for Parquet, a row group (read where it is parsed). An empty file is one empty piece.
+    Reading is sequential; pieces are parsed wherever the runner sends them."""
 
     def __init__(self, job: Job) -> None:
         self._job = job
 
     def process(self, f: InputFile):
+        fmt = table_format(f.path, self._job.schema.format) if f.log == TABLE else "jsonl"
+        if fmt == "parquet":
+            for group, first, size in parquet_pieces(f.path):
+                yield f, group + 1, first, b"", size
+            return
+        pieces = csv_pieces(f.path, self._job.piece_bytes) if fmt == "csv" else read_line_pieces(
+            f.path, self._job.piece_bytes)
         number = 0
-        for number, (first, data) in enumerate(read_line_pieces(f.path, self._job.piece_bytes), start=1):
-            yield f, number, first, compress(data)
+        for number, (first, data) in enumerate(pieces, start=1):
+            blob = compress(data)
+            yield f, number, first, blob, len(blob)
         if not number:
-            yield f, 1, 1, compress(b"")
+            yield f, 1, 1, compress(b""), 0
+
+
+def _parse(job: Job, piece: Piece) -> ParseResult:
+    f, number, first, blob, _ = piece
+    columns = log_columns(job.schema, f.log)
+    fmt = table_format(f.path, job.schema.format) if f.log == TABLE else "jsonl"
+    if fmt == "parquet":
+        return parse_parquet(f.path, number - 1, columns, log=f.log, first_row=first)
+    if fmt == "csv":
+        return parse_csv(decompress(blob), columns, log=f.log, source=f.path, first_line=first)
+    keep_raw = f.log not in AD_LOGS  # event lines keep their text for the join's dead letters
+    return parse_bytes(decompress(blob), columns, log=f.log, source=f.path, keep_raw=keep_raw, first_line=first)
+
+
+def utc_days(ts: np.ndarray) -> np.ndarray:
+    """YYYY-MM-DD (UTC) of int seconds since the epoch."""
+    days, index = np.unique(np.asarray(ts, dtype=np.int64) // 86400, return_inverse=True)
+    return np.datetime_as_string(days.astype("datetime64[D]")).astype(object)[index.reshape(-1)]
 
 
 class ParsePiece(beam.DoFn):
-    """A piece of a file -> (bucket, (log, day, rows)) pieces; its dead letters written; a Tally."""
+    """A piece of a file -> (bucket, (log, day, rows)) pieces; its dead letters written; a Tally; for a table
+    the piece's input bytes per day."""
 
     def __init__(self, job: Job) -> None:
         self._job = job
 
-    def process(self, element: tuple[InputFile, int, int, bytes]):
-        f, number, first, blob = element
+    def process(self, piece: Piece):
+        f, number, _, blob, size = piece
         job = self._job
-        keep_raw = f.log not in AD_LOGS  # event lines keep their text for the join's dead letters
-        result = parse_bytes(decompress(blob), log_columns(job.schema, f.log), log=f.log, source=f.path,
-                             keep_raw=keep_raw, first_line=first)
+        result = _parse(job, piece)
         tally = Tally(shuffle_bytes=len(blob))
         count(f.log, result.read, result.dead, tally)
         write_dead_letters(job.out, f"read-{f.index:05d}-{number:05d}", result.dead, tally)
         rows = result.rows
         rows[FILE] = f.index
-        buckets = bucket_of(rows[job.schema.key], job.key_buckets)
-        for bucket, index in pd.Series(buckets).groupby(buckets).indices.items():
+        days = utc_days(rows[job.schema.timestamp].to_numpy()) if f.log == TABLE else np.full(len(rows), f.day)
+        if f.log == TABLE and len(rows):
+            share = pd.Series(days).value_counts() * (size / len(rows))
+            yield TaggedOutput(DAYS, {day: float(n) for day, n in share.items()})
+        buckets = bucket_of(shard_keys(rows, job.schema), job.key_buckets)
+        groups = pd.DataFrame({"bucket": buckets, "day": days}).groupby(["bucket", "day"]).indices
+        for (bucket, day), index in groups.items():
             packed = pack(rows.iloc[index].reset_index(drop=True))
             tally.shuffle_bytes += len(packed)
-            yield int(bucket), (f.log, f.day, packed)
+            yield int(bucket), (f.log, day, packed)
         yield TaggedOutput(STATS, tally)
 
 
@@ -83,7 +120,7 @@ class JoinBucket(beam.DoFn):
     def __init__(self, job: Job) -> None:
         self._job = job
 
-    def process(self, element: tuple[int, list[tuple[str, str, bytes]]]):
+    def process(self, element: tuple[int, list[tuple[str, str, bytes]]], plan: Plan):
         bucket, pieces = element
         job, schema = self._job, self._job.schema
         by_log: dict[str, list[pd.DataFrame]] = defaultdict(list)
@@ -104,18 +141,19 @@ class JoinBucket(beam.DoFn):
                 parts.append(joined.examples)
                 dead += joined.dead
                 claimed.append(joined.claimed)
-            if by_day["feed", day]:
-                feed = pd.concat(by_day["feed", day], ignore_index=True)
-                examples, feed_dead = feed_examples(feed, schema, job.paths)
-                parts.append(examples)
-                dead += feed_dead
+            for log, make in (("feed", feed_examples), (TABLE, table_examples)):
+                if by_day[log, day]:
+                    examples, more_dead = make(pd.concat(by_day[log, day], ignore_index=True), schema, job.paths)
+                    parts.append(examples)
+                    dead += more_dead
             examples = add_derived(pd.concat(parts, ignore_index=True), schema, day)
-            shard_of = bucket_of(examples[schema.key], job.shards_of(day))
+            shard_of = bucket_of(shard_keys(examples, schema), plan.shards[day])
             for shard, index in pd.Series(shard_of).groupby(shard_of).indices.items():
                 packed = pack(examples.iloc[index].reset_index(drop=True))
                 tally.shuffle_bytes += len(packed)
                 yield (day, int(shard)), packed
-        dead += orphans(events, np.concatenate(claimed), job.paths)
+        if schema.event_logs:
+            dead += orphans(events, np.concatenate(claimed), job.paths)
         count_by_log(dead, tally)
         write_dead_letters(job.out, f"join-{bucket:05d}", dead, tally)
         yield TaggedOutput(STATS, tally)
@@ -127,10 +165,25 @@ class WriteShards(beam.DoFn):
     def __init__(self, job: Job) -> None:
         self._job = job
 
-    def process(self, element: tuple[tuple[str, int], list[bytes | None]]):
+    def process(self, element: tuple[tuple[str, int], list[bytes]], plan: Plan):
         (day, shard), pieces = element
-        pieces = [unpack(p) for p in pieces if p is not None]
-        yield write_shard(self._job, day, shard, pd.concat(pieces, ignore_index=True) if pieces else None)
+        yield write_shard(self._job, plan, day, shard, pd.concat([unpack(p) for p in pieces], ignore_index=True))
+
+
+def _sum_days(pieces) -> dict[str, float]:
+    total: dict[str, float] = defaultdict(float)
+    for piece in pieces:
+        for day, n in piece.items():
+            total[day] += n
+    return dict(total)
+
+
+def plan_from_days(day_bytes: dict[str, float], schema) -> Plan:
+    """A table's plan from its input bytes per day; a JobError (marked for the launcher) when it cannot split."""
+    try:
+        return make_plan({day: round(n) for day, n in day_bytes.items()}, schema)
+    except JobError as e:
+        raise JobError(f"{PLAN_ERROR}{e}") from None
 
 
 class BuildKeyed(beam.PTransform):
@@ -142,31 +195,36 @@ class BuildKeyed(beam.PTransform):
 
     def expand(self, root):
         job = self._job
-        days = sorted(day for days in job.splits.values() for day in days)
         read = (
             root
             | "Files" >> beam.Create(list(job.files))
             | "SpreadFiles" >> beam.Reshuffle()
             | "SplitFiles" >> beam.ParDo(SplitFile(job))
             | "SpreadPieces" >> beam.Reshuffle()
-            | "ParsePieces" >> beam.ParDo(ParsePiece(job)).with_outputs(STATS, main="pieces")
+            | "ParsePieces" >> beam.ParDo(ParsePiece(job)).with_outputs(STATS, DAYS, main="pieces")
         )
+        if job.plan is not None:
+            plan = root | "Plan" >> beam.Create([job.plan])
+        else:
+            plan = (
+                read[DAYS]
+                | "DayBytes" >> beam.CombineGlobally(_sum_days)
+                | "PlanFromTimestamps" >> beam.Map(plan_from_days, job.schema)
+            )
+        plan = beam.pvalue.AsSingleton(plan)
         joined = (
             read.pieces
             | "ByBucket" >> beam.GroupByKey()
-            | "JoinBucket" >> beam.ParDo(JoinBucket(job)).with_outputs(STATS, main="examples")
+            | "JoinBucket" >> beam.ParDo(JoinBucket(job), plan).with_outputs(STATS, main="examples")
         )
-        shard_keys = [((day, s), None) for day in days for s in range(job.shards_of(day))]
-        every_shard = root | "EveryShard" >> beam.Create(shard_keys)
         written = (
-            (joined.examples, every_shard)
-            | "WithEmptyShards" >> beam.Flatten()
+            joined.examples
             | "ByShard" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(WriteShards(job))
+            | "WriteShards" >> beam.ParDo(WriteShards(job), plan)
         )
         return (
             (read[STATS], joined[STATS], written)
             | "AllTallies" >> beam.Flatten()
             | "MergeTallies" >> beam.CombineGlobally(MergeTallies())
-            | "Finalize" >> beam.Map(finalize, job)
+            | "Finalize" >> beam.Map(lambda tally, p: finalize(tally, job, p), plan)
         )

@@ -21,8 +21,10 @@ from apache_beam.options.pipeline_options import (
 )
 
 from beam_jobs.files import match
+from beam_jobs.parse import TABLE
+from beam_jobs.tables import table_format
 from tfads.core.configtools import ConfigError, read_yaml
-from tfads.core.schema import DEFAULT_SCHEMA, Schema, Splits, load_schema
+from tfads.core.schema import DEFAULT_SCHEMA, TABLE_SUFFIXES, Schema, Splits, load_schema
 
 BEAM_OPTIONS = (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions)
 SPLITS = ("train", "valid", "calib", "test")
@@ -41,6 +43,11 @@ class JobError(ConfigError):
     """A user mistake in the job's flags or inputs; the message names the flag or path."""
 
 
+# Starts the message of a JobError raised inside the pipeline (a table's split, known only from its data), so the
+# launcher can print it as a user error instead of a worker traceback.
+PLAN_ERROR = "tfads-build-error: "
+
+
 @dataclass(frozen=True)
 class InputFile:
     """One log file the job reads: its position in the job's file list, log, path and day directory."""
@@ -53,6 +60,26 @@ class InputFile:
 
 
 @dataclass(frozen=True)
+class Plan:
+    """The days of each split and the example files of each day."""
+
+    splits: dict[str, list[str]]
+    shards: dict[str, int]
+
+    @property
+    def days(self) -> list[str]:
+        """Every day, sorted."""
+        return sorted(day for days in self.splits.values() for day in days)
+
+
+def make_plan(day_bytes: dict[str, int], schema: Schema) -> Plan:
+    """Split the days and size each day's shards from its compressed input bytes; JobError when the days are
+    too few for the split."""
+    return Plan(split_days(sorted(day_bytes), schema.splits),
+                {day: shards_for(schema.splits.shards_per_day, n) for day, n in day_bytes.items()})
+
+
+@dataclass(frozen=True)
 class Job:
     """Everything the pipeline needs, resolved from flags and the input directory."""
 
@@ -62,18 +89,10 @@ class Job:
     schema_mapping: dict  # the schema YAML as read (copied into the manifest)
     cold_start: bool
     files: tuple[InputFile, ...]
-    splits: dict[str, list[str]]
+    plan: Plan | None  # known from the day directories of event logs; a table's comes from its timestamps
     graph: str = "per-day"  # keyed | per-day (resolved, never auto)
     key_buckets: int = MIN_BUCKETS
-    shards: dict[str, int] | None = None  # day -> example files; None: the schema's shards_per_day for all
     piece_bytes: int = PIECE_BYTES
-
-    def shards_of(self, day: str) -> int:
-        """Example files of ``day``."""
-        if self.shards is not None and day in self.shards:
-            return self.shards[day]
-        n = self.schema.splits.shards_per_day
-        return n if isinstance(n, int) else 2
 
     @property
     def paths(self) -> list[str]:
@@ -161,8 +180,22 @@ def find_inputs(
     given = logs
     logs = _absolute(logs.rstrip("/"))
     out = _absolute(out.rstrip("/"))
-    if "://" not in logs and not os.path.isdir(logs):
-        raise JobError(f"{flag} {given}: directory not found")
+    table_path = schema.is_table and (os.path.isfile(logs) or "*" in logs)
+    if "://" not in logs and not os.path.isdir(logs) and not table_path:
+        raise JobError(f"{flag} {given}: {'file or directory' if schema.is_table else 'directory'} not found")
+    if graph not in GRAPHS:
+        raise JobError(f"--graph {graph}: expected one of {', '.join(GRAPHS)}")
+    if key_buckets is not None and key_buckets < 1:
+        raise JobError(f"--key-buckets {key_buckets}: expected a number >= 1")
+    if piece_bytes < 1024:
+        raise JobError(f"--piece-mib {piece_bytes / MIB:g}: expected at least 0.001 (1 KiB)")
+    if schema.is_table:
+        files = table_files(given, logs, schema, flag)
+        if graph == "per-day":
+            raise JobError("--graph per-day reads day directories of event logs; a table (input: table) uses the "
+                           "keyed graph")
+        buckets = key_buckets or max(MIN_BUCKETS, math.ceil(sum(f.size for f in files) / BUCKET_BYTES))
+        return Job(logs, out, schema, read_yaml(schema_path), False, tuple(files), None, "keyed", buckets, piece_bytes)
     files: list[InputFile] = []
     for log in ("impressions", *schema.event_logs) + (("feed",) if cold_start else ()):
         paths = match(FileSystems.join(logs, log, "*", "*.jsonl.gz"))
@@ -171,23 +204,34 @@ def find_inputs(
             raise JobError(f"{flag} {given}: no {log} files matching {log}/<YYYY-MM-DD>/*.jsonl.gz{hint}")
         files += [InputFile(len(files) + i, log, p, _day_of(p), size) for i, (p, size) in enumerate(paths)]
     days = sorted({f.day for f in files if f.log == "impressions"})
-    splits = split_days(days, schema.splits)
-    if graph not in GRAPHS:
-        raise JobError(f"--graph {graph}: expected one of {', '.join(GRAPHS)}")
-    if key_buckets is not None and key_buckets < 1:
-        raise JobError(f"--key-buckets {key_buckets}: expected a number >= 1")
-    if piece_bytes < 1024:
-        raise JobError(f"--piece-mib {piece_bytes / MIB:g}: expected at least 0.001 (1 KiB)")
     day_bytes = {day: sum(f.size for f in files if f.day == day and f.log in ("impressions", "feed")) for day in days}
+    plan = make_plan(day_bytes, schema)
     event_bytes = sum(f.size for f in files if f.log in schema.event_logs)
     if graph == "auto":
         small = max(day_bytes.values(), default=0) + event_bytes <= PER_DAY_MAX_BYTES
         graph = "per-day" if small and runner in ("DirectRunner", "direct") else "keyed"
-    total = sum(f.size for f in files)
-    buckets = key_buckets or max(MIN_BUCKETS, math.ceil(total / BUCKET_BYTES))
-    shards = {day: shards_for(schema.splits.shards_per_day, n) for day, n in day_bytes.items()}
-    return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), splits, graph, buckets, shards,
-               piece_bytes)
+    buckets = key_buckets or max(MIN_BUCKETS, math.ceil(sum(f.size for f in files) / BUCKET_BYTES))
+    return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), plan, graph, buckets, piece_bytes)
+
+
+def table_files(given: str, logs: str, schema: Schema, flag: str) -> list[InputFile]:
+    """The files of a table: ``logs`` is a file, a directory (every file in it, recursively, whose name ends
+    like a table) or a glob pattern."""
+    if "*" in logs or "?" in logs:
+        found = match(logs)
+    elif "://" not in logs and os.path.isfile(logs):
+        found = [(logs, os.path.getsize(logs))]
+    else:
+        found = match(FileSystems.join(logs, "**"))
+        found = [(p, n) for p, n in found if table_format(p, schema.format)]
+    if not found:
+        endings = ", ".join(e for f, ends in TABLE_SUFFIXES.items() if schema.format in ("auto", f) for e in ends)
+        raise JobError(f"{flag} {given}: no table files ({endings})")
+    unknown = [p for p, _ in found if table_format(p, schema.format) is None]
+    if unknown:
+        raise JobError(f"{unknown[0]}: unknown table format (name it *.csv, *.parquet or *.jsonl[.gz], or set format: "
+                       "in the schema)")
+    return [InputFile(i, TABLE, p, "", n) for i, (p, n) in enumerate(found)]
 
 
 def shards_for(shards_per_day: int | str, day_bytes: int) -> int:

@@ -19,13 +19,14 @@ from pandas.api.types import infer_dtype
 
 from tfads.core.schema import Schema
 
-LINE = "_line"  # 1-based line number of the event in its file
+TABLE = "table"  # the log name of input: table rows
+LINE = "_line"  # 1-based line number of the event in its file (a table: its row number)
 RAW = "_raw"  # the raw line (kept for the small click and conversion logs)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _MISSING = object()
 _ACCEPTED = {"int": {"integer"}, "float": {"integer", "floating", "mixed-integer-float"}, "string": {"string"}}
 DTYPES = {"int": np.int64, "float": np.float64, "string": object}
-_ARROW = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
+ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,14 @@ class Column:
 
 
 def log_columns(schema: Schema, log: str) -> list[Column]:
-    """The validated columns of ``log``; other logs borrow enum/range rules from same-named impression fields."""
-    if log == "impressions":
-        return [
+    """The validated columns of ``log``; other logs borrow enum/range rules from same-named impression fields.
+    A table (``log`` ``table``) has the fields plus its label columns (ints 0 or 1)."""
+    if log in ("impressions", TABLE):
+        columns = [
             Column(n, f.type, True, tuple(f.values) if f.values else None, f.min, f.max)
             for n, f in schema.fields.items()
         ]
+        return columns + ([Column(c, "int", True, None, 0, 1) for c in schema.labels.columns] if log == TABLE else [])
     spec = getattr(schema, log)
     cols = []
     for name, typ in spec.fields.items():
@@ -116,7 +119,7 @@ def _parse_clean(data: bytes, n_lines: int, columns: list[Column]) -> pd.DataFra
     """Fast path with Arrow's JSON reader; ``None`` if anything at all is off (then the robust path decides)."""
     if not n_lines:
         return None
-    schema = pa.schema([(c.name, _ARROW[c.type]) for c in columns])
+    schema = pa.schema([(c.name, ARROW_TYPES[c.type]) for c in columns])
     try:
         table = pa_json.read_json(
             io.BytesIO(data),
@@ -129,12 +132,12 @@ def _parse_clean(data: bytes, n_lines: int, columns: list[Column]) -> pd.DataFra
         return None
     frame = table.select([c.name for c in columns]).to_pandas()
     frame[LINE] = np.arange(1, n_lines + 1, dtype=np.int64)
-    if _rule_violations(frame, columns).any():
+    if rule_violations(frame, columns).any():
         return None
     return frame
 
 
-def _rule_violations(frame: pd.DataFrame, columns: list[Column]) -> np.ndarray:
+def rule_violations(frame: pd.DataFrame, columns: list[Column]) -> np.ndarray:
     bad = np.zeros(len(frame), dtype=bool)
     for c in columns:
         unknown, out = _value_checks(frame[c.name], c)
@@ -148,19 +151,29 @@ def _parse_robust(
     n = len(lines)
     reason = np.full(n, None, dtype=object)
     detail = np.full(n, None, dtype=object)
-    flagged = np.zeros(n, dtype=bool)
-    objs: list[object] = [None] * n
+    objs: list[dict | None] = [None] * n
     loads = orjson.loads
     for i, line in enumerate(lines):
         try:
             obj = loads(line)
         except orjson.JSONDecodeError as e:
-            reason[i], detail[i], flagged[i] = "bad_json", f"not JSON: {e}", True
+            reason[i], detail[i] = "bad_json", f"not JSON: {e}"
             continue
         if type(obj) is not dict:
-            reason[i], detail[i], flagged[i] = "bad_json", f"not a JSON object: {type(obj).__name__}", True
+            reason[i], detail[i] = "bad_json", f"not a JSON object: {type(obj).__name__}"
             continue
         objs[i] = obj
+    return validate_records(objs, lines, reason, detail, columns, log=log, source=source, keep_raw=keep_raw)
+
+
+def validate_records(
+    objs: list[dict | None], lines: list[bytes], reason: np.ndarray, detail: np.ndarray, columns: list[Column], *,
+    log: str, source: str, keep_raw: bool,
+) -> ParseResult:
+    """Type and rule checks of decoded records (``None`` where decoding already failed with ``reason``/``detail``);
+    ``lines`` are the raw records for the dead letters."""
+    n = len(objs)
+    flagged = np.array([r is not None for r in reason], dtype=bool)
     empty: dict = {}
     dicts = [o if o is not None else empty for o in objs]
     typed: dict[str, np.ndarray] = {}

@@ -107,10 +107,10 @@ class JoinDay(beam.DoFn):
             join_dead += feed_dead
         count_by_log(join_dead, tally)
         examples = add_derived(pd.concat(parts, ignore_index=True), schema, day)
-        shards = job.shards_of(day)
+        shards = job.plan.shards[day]
         shard_of = bucket_of(examples[schema.key], shards)
         for shard in range(shards):
-            tally.merge(write_shard(job, day, shard, examples[shard_of == shard]))
+            tally.merge(write_shard(job, job.plan, day, shard, examples[shard_of == shard]))
         write_dead_letters(job.out, _part(part), dead + join_dead, tally)
         yield TaggedOutput(STATS, tally)
         yield joined.claimed
@@ -140,7 +140,7 @@ class BuildPerDay(beam.PTransform):
 
     def expand(self, root):
         job = self._job
-        days = sorted(day for days in job.splits.values() for day in days)
+        days = job.plan.days
         event_files = [f for f in job.files if f.log in job.schema.event_logs]
         # Dead-letter parts: one per day, one per click/conversion file, one for the orphans.
         parsed = (
@@ -165,5 +165,5 @@ class BuildPerDay(beam.PTransform):
             (parsed[STATS], joined[STATS], lost)
             | "AllTallies" >> beam.Flatten()
             | "MergeTallies" >> beam.CombineGlobally(MergeTallies())
-            | "Finalize" >> beam.Map(finalize, job)
+            | "Finalize" >> beam.Map(finalize, job, job.plan)
         )

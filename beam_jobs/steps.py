@@ -13,9 +13,9 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs.examples import encode_examples, write_tfrecord_gz
 from beam_jobs.files import write_bytes
-from beam_jobs.join import DAY, ORDER
+from beam_jobs.join import DAY, ORDER, event_ids
 from beam_jobs.manifest import POSTERIOR_PATH, build_manifest, vocab_path
-from beam_jobs.options import Job
+from beam_jobs.options import Job, Plan
 from beam_jobs.posterior import posterior_table
 from beam_jobs.stats import Tally, posterior_fields, tally_examples
 from beam_jobs.vocab import left_out, vocab_text, vocabulary
@@ -66,18 +66,25 @@ def shard_path(out: str, day: str, shard: int, shards: int) -> str:
     return f"{out}/examples/{day}/part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
 
 
-def write_shard(job: Job, day: str, shard: int, examples: pd.DataFrame | None) -> Tally:
+def write_shard(job: Job, plan: Plan, day: str, shard: int, examples: pd.DataFrame) -> Tally:
     """Sort one (day, shard)'s examples by time (ties by source file and line), write them and return
     their counts and train statistics. The statistics' unit is the shard, so sums do not depend on which
     worker joined which rows."""
-    path = shard_path(job.out, day, shard, job.shards_of(day))
+    path = shard_path(job.out, day, shard, plan.shards[day])
     tally = Tally(files={day: [path]})
-    if examples is None or not len(examples):
+    if not len(examples):
         write_tfrecord_gz(path, [])
         return tally
     examples = examples.sort_values([job.schema.timestamp, *ORDER], kind="stable")
     write_tfrecord_gz(path, encode_examples(examples, example_spec(job.schema)))
-    return tally.merge(tally_examples(examples, job.schema, DAY, set(job.splits["train"]), unit=f"{day}/{shard:05d}"))
+    return tally.merge(tally_examples(examples, job.schema, DAY, set(plan.splits["train"]), unit=f"{day}/{shard:05d}"))
+
+
+def shard_keys(examples: pd.DataFrame, schema: Schema) -> pd.Series:
+    """What an example's shard is a hash of: its key, or (without a key) its source file and line."""
+    if schema.key is not None:
+        return examples[schema.key]
+    return pd.Series(event_ids(examples))
 
 
 class MergeTallies(beam.CombineFn):
@@ -108,9 +115,14 @@ def build_block(job: Job, tally: Tally) -> dict:
             "shuffle_bytes": tally.shuffle_bytes}
 
 
-def finalize(tally: Tally, job: Job) -> str:
-    """Write vocabularies, posterior statistics and manifest.json; return the manifest path."""
+def finalize(tally: Tally, job: Job, plan: Plan) -> str:
+    """Write the shards no example reached (empty), vocabularies, posterior statistics and manifest.json;
+    return the manifest path."""
     schema, out = job.schema, job.out
+    for day in plan.days:
+        for shard in range(plan.shards[day]):
+            if shard_path(out, day, shard, plan.shards[day]) not in tally.files.get(day, []):
+                tally.merge(write_shard(job, plan, day, shard, pd.DataFrame()))
     vocab_sizes, oov = {}, {}
     for name in schema.vocab_features:
         counts = tally.values[name]["impressions"] if name in tally.values else pd.Series(dtype=np.int64)
@@ -126,7 +138,7 @@ def finalize(tally: Tally, job: Job) -> str:
     write_bytes(f"{out}/{POSTERIOR_PATH}", b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
                                                    for r in lines))
     manifest = build_manifest(
-        schema=schema, schema_mapping=job.schema_mapping, tally=tally, splits=job.splits, out=out,
+        schema=schema, schema_mapping=job.schema_mapping, tally=tally, splits=plan.splits, out=out,
         vocab_sizes=vocab_sizes, oov=oov, priors=priors, build=build_block(job, tally),
     )
     path = f"{out}/manifest.json"

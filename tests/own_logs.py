@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 
+import pandas as pd
 import yaml
 
 from tfads.core.schema import DEFAULT_SCHEMA
@@ -49,6 +50,43 @@ def click_only_schema(path: str) -> str:
         schema.pop(section)
     schema["labels"] = {"click": CLICK_LABEL, "conversion": None}
     schema["user_key"], schema["domain"] = RENAMED["user_id"], DOMAIN
+    with open(path, "w") as f:
+        yaml.safe_dump(schema, f, sort_keys=False)
+    return path
+
+
+def labelled_impressions(logs: str, *, with_conversion: bool) -> pd.DataFrame:
+    """The impressions of uncorrupted generator ``logs`` with their labels as columns, in RENAMED names, by the
+    default attribution windows: CLICK_LABEL = a click 0..1 h after the impression; ``conversion`` = a
+    conversion 0..3 days after the earliest such click."""
+
+    def read(log: str) -> pd.DataFrame:
+        paths = sorted(glob.glob(os.path.join(logs, log, "*", "*.jsonl.gz")))
+        return pd.concat([pd.read_json(p, lines=True, dtype=False) for p in paths], ignore_index=True)
+
+    def first_within(events: pd.DataFrame, anchor: pd.DataFrame, window: int) -> pd.DataFrame:
+        both = events.merge(anchor, on="trace_id", suffixes=("", "_anchor"))
+        delay = both["ts"] - both["ts_anchor"]
+        return both[(delay >= 0) & (delay <= window)].groupby("trace_id", as_index=False)["ts"].min()
+
+    table = read("impressions")
+    clicks = first_within(read("clicks")[["trace_id", "ts"]], table[["trace_id", "ts"]], 3600)
+    table[CLICK_LABEL] = table["trace_id"].isin(clicks["trace_id"]).astype("int64")
+    if with_conversion:
+        convs = first_within(read("conversions")[["trace_id", "ts"]], clicks, 3 * 86400)
+        table["conversion"] = table["trace_id"].isin(convs["trace_id"]).astype("int64")
+    return table.rename(columns=RENAMED)
+
+
+def table_schema(path: str, *, with_conversion: bool, key: bool = True) -> str:
+    """A schema for the labelled impressions as one table (``input: table``), written to ``path``."""
+    schema = yaml.safe_load(open(click_only_schema(path)))
+    for section in ("clicks", "attribution"):
+        schema.pop(section)
+    if not key:
+        schema["fields"].pop(schema.pop("key"))
+    schema["input"] = "table"
+    schema["labels"] = {"click": CLICK_LABEL, "conversion": "conversion" if with_conversion else None}
     with open(path, "w") as f:
         yaml.safe_dump(schema, f, sort_keys=False)
     return path

@@ -17,6 +17,10 @@ from tfads.core.names import CLICK, CONVERSION
 
 FieldType = Literal["string", "int", "float"]
 FeatureKind = Literal["categorical", "hashed", "numeric"]
+InputShape = Literal["events", "table"]
+TableFormat = Literal["auto", "jsonl", "csv", "parquet"]
+# File name endings of each table format (format: auto picks by these).
+TABLE_SUFFIXES = {"csv": (".csv", ".csv.gz"), "parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".jsonl.gz", ".json")}
 
 
 @dataclass(frozen=True)
@@ -138,12 +142,20 @@ class ColdStart:
 
 @dataclass(frozen=True)
 class Schema:
-    """Root of ``configs/schema.yaml``."""
+    """Root of ``configs/schema.yaml``.
 
-    key: str
+    ``input: events`` (default): an impressions log joined by ``key`` with the ``clicks`` (and
+    ``conversions``) logs, in ``<log>/<YYYY-MM-DD>/*.jsonl.gz``. ``input: table``: one table whose rows are
+    the examples, the label columns (0/1) named by ``labels`` among its columns, in CSV, Parquet or JSON
+    lines (``format``); its days are the UTC dates of ``timestamp`` (int seconds since the epoch) and
+    ``key`` is optional (when set, repeated keys are dead-lettered)."""
+
     timestamp: str
     fields: dict[str, FieldSpec]
-    clicks: EventLog
+    key: str | None = None
+    input: InputShape = "events"
+    format: TableFormat = "auto"
+    clicks: EventLog | None = None
     derived: dict[str, DerivedField] = field(default_factory=dict)
     conversions: EventLog | None = None
     feed: EventLog | None = None
@@ -158,14 +170,17 @@ class Schema:
     source_feature: str = "sample_source"
 
     def __post_init__(self) -> None:
+        self._check_input_shape()
         for name in (self.key, self.timestamp):
-            if name not in self.fields:
+            if name is not None and name not in self.fields:
                 raise ValueError(f"{name!r} must be listed under fields")
+        if self.fields[self.timestamp].type != "int":
+            raise ValueError(f"timestamp {self.timestamp!r} must be an int field (seconds since the epoch, UTC)")
         for name, d in self.derived.items():
             missing = [c for c in d.concat if c not in self.fields]
             if missing:
                 raise ValueError(f"derived.{name}.concat names unknown fields {missing}")
-        if self.labels.conversion and self.conversions is None:
+        if self.labels.conversion and self.conversions is None and not self.is_table:
             raise ValueError(f"labels.conversion is {self.labels.conversion!r} but there is no conversions "
                              "log: add a conversions section, or set labels.conversion: null (click only)")
         for log_name in self.event_logs + (("feed",) if self.feed else ()):
@@ -181,11 +196,35 @@ class Schema:
                              f"(domain-aware features: {self.domain_features})")
         clash = [c for c in self.labels.columns if c in self.fields or c in self.derived]
         if clash:
-            raise ValueError(f"label column(s) {clash} are also fields: the job writes the labels itself")
+            why = ("the table's label columns are read as labels (0/1)" if self.is_table
+                   else "the job writes the labels itself")
+            raise ValueError(f"label column(s) {clash} are also listed under fields: remove them there ({why})")
+
+    def _check_input_shape(self) -> None:
+        if self.input == "events":
+            if self.key is None or self.clicks is None:
+                raise ValueError("input: events needs a key and a clicks section (the click log joined to "
+                                 "impressions by key); for one table with label columns set input: table")
+            if self.format not in ("auto", "jsonl"):
+                raise ValueError(f"format: {self.format}: event logs are gzipped JSON lines "
+                                 "(format is for input: table)")
+            return
+        extra = [name for name in ("clicks", "conversions", "feed") if getattr(self, name) is not None]
+        if extra:
+            raise ValueError(f"input: table reads its labels from columns; remove the {', '.join(extra)} section(s)")
+        if self.cold_start.enabled:
+            raise ValueError("cold_start needs the organic-feed log of input: events")
+
+    @property
+    def is_table(self) -> bool:
+        """True for ``input: table`` (labels are columns, no join)."""
+        return self.input == "table"
 
     @property
     def event_logs(self) -> tuple[str, ...]:
-        """The event logs joined to impressions by key: clicks, and conversions when labelled."""
+        """The event logs joined to impressions by key: clicks, and conversions when labelled (none for a table)."""
+        if self.is_table:
+            return ()
         return ("clicks", "conversions") if self.labels.conversion else ("clicks",)
 
     @cached_property

@@ -116,7 +116,7 @@ def _impressions(logs: str) -> int:
 
 
 def _row(name: str, run: TreeRun, impressions: int) -> dict:
-    workers = [p for p in run.processes if WORKER in p.cmdline and p.cpu_s > 0]
+    workers = [p for p in run.processes if WORKER in p.cmdline and not p.cmdline.startswith("/bin/sh")]
     runner = run.processes[0]
     return {
         "run": name, "impressions": impressions, "seconds": round(run.seconds, 2),

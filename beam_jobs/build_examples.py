@@ -16,13 +16,15 @@ import time
 from collections.abc import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.files import read_bytes
 from beam_jobs.manifest import summary_text
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.options import PLAN_ERROR, Job, add_arguments, pipeline_options, resolve_job
+from beam_jobs.options import Job, JobError, add_arguments, pipeline_options, resolve_job
 from beam_jobs.pipeline import BuildExamples
+from beam_jobs.steps import ERROR_PATH
 from tfads.core.configtools import ConfigError
 
 __all__ = ["add_arguments", "build", "main", "run"]
@@ -46,10 +48,8 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         return 2
     try:
         manifest, elapsed = build(job, options)
-    except Exception as e:  # a user mistake found inside the pipeline (a table's days) arrives wrapped by the runner
-        if PLAN_ERROR not in str(e):
-            raise
-        print(f"build_examples: error: {str(e).split(PLAN_ERROR, 1)[1].splitlines()[0]}", file=sys.stderr)
+    except JobError as e:
+        print(f"build_examples: error: {e}", file=sys.stderr)
         return 2
     print(summary_text(manifest))
     print(f"wrote {job.out}/manifest.json in {elapsed:.1f} s")
@@ -57,11 +57,16 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> int:
 
 
 def build(job: Job, options: PipelineOptions) -> tuple[dict, float]:
-    """Run the job; return its manifest (as written to ``<out>/manifest.json``) and the wall time in seconds."""
+    """Run the job; return its manifest (as written to ``<out>/manifest.json``) and the wall time in seconds.
+    JobError for a mistake only the data shows (a table's days too few for the split)."""
     start = time.perf_counter()
+    if FileSystems.exists(f"{job.out}/{ERROR_PATH}"):  # from an earlier run into the same directory
+        FileSystems.delete([f"{job.out}/{ERROR_PATH}"])
     with beam.Pipeline(options=options) as pipeline:
         _ = pipeline | "BuildExamples" >> BuildExamples(job)
     elapsed = time.perf_counter() - start
+    if FileSystems.exists(f"{job.out}/{ERROR_PATH}"):
+        raise JobError(read_bytes(f"{job.out}/{ERROR_PATH}").decode())
     return json.loads(read_bytes(f"{job.out}/manifest.json")), elapsed
 
 

@@ -27,7 +27,7 @@ from beam_jobs.frames import compress, decompress, pack, unpack
 from beam_jobs.join import (
     FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans, table_examples,
 )
-from beam_jobs.options import PLAN_ERROR, InputFile, Job, JobError, Plan, make_plan
+from beam_jobs.options import InputFile, Job, JobError, Plan, make_plan
 from beam_jobs.parse import TABLE, ParseResult, log_columns, parse_bytes
 from beam_jobs.tables import csv_pieces, parquet_pieces, parse_csv, parse_parquet, table_format
 from beam_jobs.stats import Tally
@@ -121,6 +121,8 @@ class JoinBucket(beam.DoFn):
         self._job = job
 
     def process(self, element: tuple[int, list[tuple[str, str, bytes]]], plan: Plan):
+        if plan.error:
+            return
         bucket, pieces = element
         job, schema = self._job, self._job.schema
         by_log: dict[str, list[pd.DataFrame]] = defaultdict(list)
@@ -179,11 +181,12 @@ def _sum_days(pieces) -> dict[str, float]:
 
 
 def plan_from_days(day_bytes: dict[str, float], schema) -> Plan:
-    """A table's plan from its input bytes per day; a JobError (marked for the launcher) when it cannot split."""
+    """A table's plan from its input bytes per day; when its days cannot be split, a plan that only carries
+    the error (no examples are written and the launcher reports it)."""
     try:
         return make_plan({day: round(n) for day, n in day_bytes.items()}, schema)
     except JobError as e:
-        raise JobError(f"{PLAN_ERROR}{e}") from None
+        return Plan({}, {}, error=str(e))
 
 
 class BuildKeyed(beam.PTransform):

@@ -43,10 +43,6 @@ class JobError(ConfigError):
     """A user mistake in the job's flags or inputs; the message names the flag or path."""
 
 
-# Starts the message of a JobError raised inside the pipeline (a table's split, known only from its data), so the
-# launcher can print it as a user error instead of a worker traceback.
-PLAN_ERROR = "tfads-build-error: "
-
 
 @dataclass(frozen=True)
 class InputFile:
@@ -65,6 +61,7 @@ class Plan:
 
     splits: dict[str, list[str]]
     shards: dict[str, int]
+    error: str | None = None  # a table whose days cannot be split: nothing is written, the launcher reports this
 
     @property
     def days(self) -> list[str]:

@@ -22,6 +22,7 @@ from beam_jobs.vocab import left_out, vocab_text, vocabulary
 from tfads.core.schema import DerivedField, Schema
 
 STATS = "stats"
+ERROR_PATH = "build_error.txt"  # written instead of the manifest when the job finds a mistake only the data shows
 _KIND = {"string": "bytes", "int": "int64", "float": "float"}
 
 
@@ -119,6 +120,9 @@ def finalize(tally: Tally, job: Job, plan: Plan) -> str:
     """Write the shards no example reached (empty), vocabularies, posterior statistics and manifest.json;
     return the manifest path."""
     schema, out = job.schema, job.out
+    if plan.error:
+        write_bytes(f"{out}/{ERROR_PATH}", plan.error.encode())
+        return f"{out}/{ERROR_PATH}"
     for day in plan.days:
         for shard in range(plan.shards[day]):
             if shard_path(out, day, shard, plan.shards[day]) not in tally.files.get(day, []):

@@ -15,7 +15,9 @@ import yaml
 
 from tests.beam_jobs.conftest import TWO_WORKERS
 from tests.beam_jobs.helpers import dead_letters, read_examples
-from tests.own_logs import CLICK_LABEL, RENAMED, click_only_schema, labelled_impressions, rewrite_click_only, table_schema
+from tests.own_logs import (
+    CLICK_LABEL, RENAMED, click_only_schema, labelled_impressions, rewrite_click_only, table_schema,
+)
 
 KEY = RENAMED["trace_id"]
 

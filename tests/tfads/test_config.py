@@ -77,6 +77,14 @@ def test_missing_file_is_clear(tmp_path):
         (lambda s: s.update(user_key="uid"), "user_key 'uid' must be listed under fields"),
         (lambda s: s["cold_start"].update(enabled=True) or s.pop("feed"), "cold_start.enabled needs a feed section"),
         (lambda s: s.update(labels={"click": "hour"}), r"label column\(s\) \['hour'\] are also listed under fields"),
+        (lambda s: s["derived"]["scenario"].update(concat=["media", "price"]),
+         r"derived.scenario.concat joins float field\(s\) \['price'\]"),
+        (lambda s: s["derived"].update(hour={"concat": ["media"]}), "derived.hour is also a field"),
+        (lambda s: s.pop("clicks"), "input: events needs a key and a clicks section"),
+        (lambda s: s.update(input="table"), "input: table reads its labels from columns; remove the clicks, "
+                                             "conversions, feed section"),
+        (lambda s: s.update(format="csv"), "format: csv: event logs are gzipped JSON lines"),
+        (lambda s: s["fields"]["ts"].update(type="string"), "timestamp 'ts' must be an int field"),
     ],
 )
 def test_schema_role_mistakes_are_named(tmp_path, edit, message):

@@ -180,6 +180,15 @@ class Schema:
             missing = [c for c in d.concat if c not in self.fields]
             if missing:
                 raise ValueError(f"derived.{name}.concat names unknown fields {missing}")
+            if not d.concat:
+                raise ValueError(f"derived.{name}.concat must name at least one field")
+            floats = [c for c in d.concat if self.fields[c].type == "float"]
+            if floats:
+                raise ValueError(f"derived.{name}.concat joins float field(s) {floats}: the model rebuilds derived "
+                                 "features from the examples' values and cannot match the text of a parsed float; "
+                                 "join string or int fields only")
+            if name in self.fields:
+                raise ValueError(f"derived.{name} is also a field: give the derived feature another name")
         if self.labels.conversion and self.conversions is None and not self.is_table:
             raise ValueError(f"labels.conversion is {self.labels.conversion!r} but there is no conversions "
                              "log: add a conversions section, or set labels.conversion: null (click only)")

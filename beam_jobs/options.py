@@ -105,9 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The job's flags plus Beam's standard, direct-runner, Dataflow, worker and setup flags."""
     parser.add_argument(
         "--logs", required=True,
-        help="raw log directory, local or gs://: <log>/<YYYY-MM-DD>/*.jsonl.gz for the impressions, clicks and "
-        "(when the schema labels them) conversions logs, e.g. from your ad servers or `tfads datagen` "
-        "(docs/own-logs.md)",
+        help="the input, local or gs://. Schema input: events (default): a directory with "
+        "<log>/<YYYY-MM-DD>/*.jsonl.gz for the impressions, clicks and (when the schema labels them) conversions "
+        "logs, e.g. from your ad servers or `tfads datagen`. input: table: a CSV, Parquet or JSON-lines file, a "
+        "directory of them (searched recursively) or a glob (docs/own-logs.md)",
     )
     parser.add_argument("--out", required=True, help="output directory (local or gs://)")
     parser.add_argument("--schema", default=str(DEFAULT_SCHEMA),

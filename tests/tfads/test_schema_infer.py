@@ -7,7 +7,6 @@ wrote (the shipped schema's kinds), and the written YAML must load with ``tfads.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -19,7 +18,7 @@ import yaml
 
 from tests.own_logs import CLICK_LABEL, RENAMED
 from tfads import cli
-from tfads.core import schema as core_schema
+from tfads.core.schema import load_schema
 from tfads.schema_infer import SampleError, expand_inputs, infer_schema, read_sample, render_schema
 
 ROWS = 6000  # 2 days x 3000 impressions
@@ -97,10 +96,7 @@ def test_the_written_yaml_loads_as_an_input_table_schema(files, tmp_path, capsys
     assert raw["input"] == "table" and raw["format"] == "auto"
     assert raw["labels"] == {"click": CLICK_LABEL, "conversion": CONVERSION_LABEL}
     assert {"clicks", "conversions", "feed", "derived"}.isdisjoint(raw)
-    # Needs table input in tfads.core.schema (the lead's change): skipped until Schema has an `input` field.
-    if "input" not in {f.name for f in dataclasses.fields(core_schema.Schema)}:
-        pytest.skip("tfads.core.schema does not load input: table yet")
-    schema = core_schema.load_schema(out)
+    schema = load_schema(out)
     assert schema.input == "table" and schema.key == RENAMED["trace_id"] and schema.timestamp == RENAMED["ts"]
     assert schema.user_key == RENAMED["user_id"] and schema.labels.columns == [CLICK_LABEL, CONVERSION_LABEL]
     assert set(schema.features) == {n for n, spec in raw["fields"].items() if "feature" in spec}

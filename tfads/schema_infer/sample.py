@@ -15,9 +15,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-FORMATS = ("csv", "parquet", "jsonl")
-# File name endings of each format (format auto picks by these); the same as tfads.core.schema's TABLE_SUFFIXES.
-SUFFIXES = {"csv": (".csv", ".csv.gz"), "parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".jsonl.gz", ".json")}
+from tfads.core.schema import TABLE_SUFFIXES as SUFFIXES  # the endings format: auto reads, as the Beam job does
+
+FORMATS = tuple(SUFFIXES)
 
 
 class SampleError(ValueError):

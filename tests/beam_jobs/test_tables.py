@@ -147,3 +147,15 @@ def test_table_mistakes_are_one_error_line(clean_logs, tmp_path, capsys):
     assert run(["--logs", str(tmp_path / "one_day.csv"), "--out", str(tmp_path / "o"), "--schema",
                 str(tmp_path / "bad.yaml")]) == 2
     assert "input: table reads its labels from columns; remove the clicks section" in capsys.readouterr().err
+
+
+def test_an_inferred_schema_builds(clean_logs, tmp_path):
+    from tfads import cli
+
+    table = labelled_impressions(clean_logs, with_conversion=True)
+    table.to_csv(tmp_path / "t.csv.gz", index=False)
+    assert cli.main(["schema", "infer", "--input", str(tmp_path / "t.csv.gz"), "--out", str(tmp_path / "s.yaml")]) == 0
+    manifest = _build(str(tmp_path / "t.csv.gz"), str(tmp_path / "out"), str(tmp_path / "s.yaml"))
+    assert manifest["label_roles"] == {"click": CLICK_LABEL, "conversion": "conversion"}
+    assert manifest["inputs"]["table"] == {"read": len(table), "valid": len(table), "dead_letter": 0}
+    assert manifest["timestamp"] == RENAMED["ts"] and manifest["key"] == KEY

@@ -382,6 +382,8 @@ def simulate_ab(
     treatment = experiment.arm(settings.treatment or experiment.arms[1].name).name
     rng = np.random.default_rng(settings.seed)
     manifest = load_manifest(manifest_path)
+    if manifest.key is None:
+        raise ValueError(f"{manifest_path}: simulate-ab matches candidates to the truth by key; the data has no key")
     requests = opportunities(manifest_path, settings.candidates, split=settings.split, seed=settings.seed)
     requests = requests[: settings.opportunities]
     if not requests:

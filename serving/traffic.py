@@ -24,7 +24,7 @@ def split_rows(manifest_path: str, split: str = "test", limit: int | None = None
     parts, count = [], 0
     for batch in ds:
         parts.append({k: v.numpy() for k, v in batch.items()})
-        count += len(parts[-1][manifest.key])
+        count += len(parts[-1][manifest.timestamp])
         if limit is not None and count >= limit:
             break
     if not parts:

@@ -56,20 +56,29 @@ def click_only_schema(path: str) -> str:
 
 
 def labelled_impressions(logs: str, *, with_conversion: bool) -> pd.DataFrame:
-    """The impressions of uncorrupted generator ``logs`` with their labels as columns, in RENAMED names, by the
-    default attribution windows: CLICK_LABEL = a click 0..1 h after the impression; ``conversion`` = a
-    conversion 0..3 days after the earliest such click."""
+    """The impressions of generator ``logs`` with their labels as columns, in RENAMED names, by the default
+    attribution windows: CLICK_LABEL = a click 0..1 h after the impression; ``conversion`` = a conversion
+    0..3 days after the earliest such click. Lines listed in ``corruptions.jsonl`` are left out, and so
+    are repeated impressions."""
+    bad = set()
+    if os.path.exists(os.path.join(logs, "corruptions.jsonl")):
+        with open(os.path.join(logs, "corruptions.jsonl")) as f:
+            bad = {(c["file"], c["line"]) for c in map(json.loads, f)}
 
     def read(log: str) -> pd.DataFrame:
-        paths = sorted(glob.glob(os.path.join(logs, log, "*", "*.jsonl.gz")))
-        return pd.concat([pd.read_json(p, lines=True, dtype=False) for p in paths], ignore_index=True)
+        rows = []
+        for path in sorted(glob.glob(os.path.join(logs, log, "*", "*.jsonl.gz"))):
+            rel = os.path.relpath(path, logs)
+            with gzip.open(path, "rt") as f:
+                rows += [json.loads(line) for i, line in enumerate(f, start=1) if (rel, i) not in bad]
+        return pd.DataFrame(rows)
 
     def first_within(events: pd.DataFrame, anchor: pd.DataFrame, window: int) -> pd.DataFrame:
         both = events.merge(anchor, on="trace_id", suffixes=("", "_anchor"))
         delay = both["ts"] - both["ts_anchor"]
         return both[(delay >= 0) & (delay <= window)].groupby("trace_id", as_index=False)["ts"].min()
 
-    table = read("impressions")
+    table = read("impressions").drop_duplicates("trace_id").reset_index(drop=True)
     clicks = first_within(read("clicks")[["trace_id", "ts"]], table[["trace_id", "ts"]], 3600)
     table[CLICK_LABEL] = table["trace_id"].isin(clicks["trace_id"]).astype("int64")
     if with_conversion:

@@ -29,6 +29,8 @@ def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: boo
         spec[manifest.data.get("weight", "weight")] = tf.io.FixedLenFeature([], tf.float32, default_value=1.0)
     if with_meta:
         for name, default in ((manifest.key, "string"), (manifest.timestamp, "int64")):
+            if name is None:  # a table without a key
+                continue
             dtype = manifest.raw_dtype(name, default)
             spec[name] = tf.io.FixedLenFeature([], DTYPES[dtype], default_value=DEFAULTS[dtype])
         spec[manifest.source_feature] = tf.io.FixedLenFeature([], tf.string, default_value="ad")

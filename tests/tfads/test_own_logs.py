@@ -1,4 +1,5 @@
-"""Logs in the user's shape, not the generator's: renamed key, time, user and domain fields, click-only labels.
+"""Logs in the user's shape, not the generator's: renamed key, time, user and domain fields, click-only labels,
+as event logs and as one CSV table; and a Parquet table with both labels.
 
 build -> train -> evaluate (per-field metrics) -> calibrate -> export -> serve, with no conversions log and
 no dummy sections.
@@ -14,19 +15,31 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tests.own_logs import CLICK_LABEL, DOMAIN, RENAMED, click_only_schema, rewrite_click_only
+from tests.own_logs import (
+    CLICK_LABEL, DOMAIN, RENAMED, click_only_schema, labelled_impressions, rewrite_click_only, table_schema,
+)
 from tfads import cli
 
 
+@pytest.fixture(scope="module", params=["events", "csv"])
+def shape(request) -> str:
+    """The click-only data as renamed event logs (impressions + clicks) or as one CSV table."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def click_only(logs_dir, tmp_path_factory) -> tuple[str, str]:
+def click_only(shape, logs_dir, tmp_path_factory) -> tuple[str, str]:
     """(schema path, manifest path) of the click-only, renamed logs built by the Beam job."""
     from tfads.jobs.dataset import build_dataset
 
-    work = tmp_path_factory.mktemp("own_logs")
-    rewrite_click_only(logs_dir, str(work / "logs"))
-    schema = click_only_schema(str(work / "schema.yaml"))
-    return schema, build_dataset(str(work / "logs"), str(work / "data"), schema=schema)
+    work = tmp_path_factory.mktemp(f"own_logs_{shape}")
+    if shape == "events":
+        rewrite_click_only(logs_dir, str(work / "logs"))
+        schema = click_only_schema(str(work / "schema.yaml"))
+        return schema, build_dataset(str(work / "logs"), str(work / "data"), schema=schema)
+    labelled_impressions(logs_dir, with_conversion=False).to_csv(work / "table.csv", index=False)
+    schema = table_schema(str(work / "schema.yaml"), with_conversion=False)
+    return schema, build_dataset(str(work / "table.csv"), str(work / "data"), schema=schema)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +59,8 @@ def test_manifest_carries_the_users_names_and_a_click_label_only(click_only):
     assert manifest["labels"] == [CLICK_LABEL]
     assert manifest["label_roles"] == {"click": CLICK_LABEL, "conversion": None}
     assert manifest["user_key"] == RENAMED["user_id"] and manifest["domain"] == DOMAIN
-    assert set(manifest["inputs"]) == {"impressions", "clicks"}
+    table = manifest["schema"].get("input") == "table"
+    assert set(manifest["inputs"]) == ({"table"} if table else {"impressions", "clicks"})
     assert all(c["read"] == c["valid"] + c["dead_letter"] for c in manifest["inputs"].values())
     assert manifest["splits"]["train"]["clicks"] > 0 and manifest["splits"]["train"]["conversions"] == 0
 
@@ -91,37 +105,65 @@ def test_evaluate_by_field_matches_an_independent_computation(click_only, click_
         assert mean["value"] == "(weighted mean)"
 
 
-def test_calibrated_click_only_export_serves_pctr_for_the_users_fields(click_only, click_only_model, tmp_path):
+def _export_and_serve(model, manifest, models_dir, outputs: set[str]) -> None:
+    """Export ``model``, serve it on 127.0.0.1 and check a Predict request with the raw fields of 8 test rows:
+    the response has ``outputs``, and each of the model's own heads equals its score."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     from serving.export import check_export, export_model
     from serving.local_server import embedded_server
-    from tfads.core.manifest import load_manifest
-    from tfads.jobs.calibrate import calibrate_and_report
-    from tfads.model_io import load_trained_model
     from tfads.predict import predict_split
 
-    manifest = load_manifest(click_only[1])
-    report = calibrate_and_report(click_only_model, click_only[1], str(tmp_path / "cal"), epochs=1)
-    assert set(report.model.output_names) == {"ctr", "ctr_raw"}
-    assert f"Field-RCE[{DOMAIN}]" in report.rows["AdaCalib"]  # calibrated per the user's domain field
-    model = load_trained_model(str(tmp_path / "cal"), float32_matmuls=True)
-    path = export_model(model, manifest, str(tmp_path / "models" / "ctr"), version=1)
+    path = export_model(model, manifest, str(models_dir / "m"), version=1)
     assert check_export(model, manifest, path) < 1e-5
     rows = predict_split(model, manifest, "test").head(8)  # the float32 rebuild that export serves
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = "ctr"
+    request.model_spec.name = "m"
     for name, dtype_name in manifest.input_dtypes.items():  # raw fields only: the model derives DOMAIN
         dtype = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}[dtype_name]
         values = rows[name].to_numpy()
         request.inputs[name].CopyFrom(tf.make_tensor_proto(values.astype(str) if dtype == tf.string else values,
                                                            dtype=dtype))
-    flags = ["--model_name=ctr", f"--model_base_path={tmp_path / 'models' / 'ctr'}"]
-    with embedded_server(flags, ["ctr"]) as target:
+    flags = ["--model_name=m", f"--model_base_path={models_dir / 'm'}"]
+    with embedded_server(flags, ["m"]) as target:
         with grpc.insecure_channel(target) as channel:
             response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
-    assert set(response.outputs) == {"ctr", "ctr_raw"}
-    served = tf.make_ndarray(response.outputs["ctr"])
-    np.testing.assert_allclose(served, rows["ctr"].to_numpy(), rtol=1e-4, atol=1e-6)
+    assert set(response.outputs) == outputs
+    for head in model.output_names:
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs[head]), rows[head].to_numpy(), rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_calibrated_click_only_export_serves_pctr_for_the_users_fields(click_only, click_only_model, tmp_path):
+    from tfads.core.manifest import load_manifest
+    from tfads.jobs.calibrate import calibrate_and_report
+    from tfads.model_io import load_trained_model
+
+    report = calibrate_and_report(click_only_model, click_only[1], str(tmp_path / "cal"), epochs=1)
+    assert set(report.model.output_names) == {"ctr", "ctr_raw"}
+    assert f"Field-RCE[{DOMAIN}]" in report.rows["AdaCalib"]  # calibrated per the user's domain field
+    model = load_trained_model(str(tmp_path / "cal"), float32_matmuls=True)
+    _export_and_serve(model, load_manifest(click_only[1]), tmp_path / "models", {"ctr", "ctr_raw"})
+
+
+def test_a_parquet_table_with_both_labels_trains_esmm_and_serves(logs_dir, small_experiment, tmp_path):
+    from tfads.core.manifest import load_manifest
+    from tfads.jobs.dataset import build_dataset
+    from tfads.model_io import load_trained_model
+    from tfads.train import train
+
+    table = labelled_impressions(logs_dir, with_conversion=True)
+    table.to_parquet(tmp_path / "table.parquet", row_group_size=5000)
+    schema = table_schema(str(tmp_path / "schema.yaml"), with_conversion=True, key=False)
+    manifest_path = build_dataset(str(tmp_path / "table.parquet"), str(tmp_path / "data"), schema=schema)
+    manifest = load_manifest(manifest_path)
+    assert manifest.data["label_roles"] == {"click": CLICK_LABEL, "conversion": "conversion"}
+    config = dataclasses.replace(small_experiment, schema=schema,
+                                 train=dataclasses.replace(small_experiment.train, epochs=1))
+    train(config, manifest_path, str(tmp_path / "model"), verbose=0)
+    model = load_trained_model(str(tmp_path / "model"), float32_matmuls=True)
+    assert sorted(model.output_names) == ["ctcvr", "ctr", "cvr"]
+    # an uncalibrated export serves each head also as <head>_raw (one output contract for every version)
+    _export_and_serve(model, manifest, tmp_path / "models", {"ctr", "cvr", "ctcvr", "ctr_raw", "cvr_raw", "ctcvr_raw"})

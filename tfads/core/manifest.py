@@ -97,8 +97,8 @@ class Manifest:
         return heads(self.has_conversion)
 
     @property
-    def key(self) -> str:
-        """The field that identifies an impression (joins events to it)."""
+    def key(self) -> str | None:
+        """The field that identifies an impression (joins events to it); None for a table without a key."""
         return self.data.get("key", "trace_id")
 
     @property

@@ -38,7 +38,7 @@ from beam_jobs.steps import (
 AD_LOGS = ("impressions", "feed", TABLE)  # logs whose rows become examples (of their file's day / timestamp's day)
 
 
-DAYS = "days"  # ParsePiece's output of a table's compressed input bytes per day (for the plan)
+PLAN_STATS = "plan_stats"  # ParsePiece's output when the plan needs the data: input bytes per day, rows per timestamp
 Piece = tuple[InputFile, int, int, bytes, int]  # file, piece number, first line/row, compressed lines, bytes in
 
 
@@ -100,10 +100,13 @@ class ParsePiece(beam.DoFn):
         write_dead_letters(job.out, f"read-{f.index:05d}-{number:05d}", result.dead, tally)
         rows = result.rows
         rows[FILE] = f.index
-        days = utc_days(rows[job.schema.timestamp].to_numpy()) if f.log == TABLE else np.full(len(rows), f.day)
-        if f.log == TABLE and len(rows):
+        ts = rows[job.schema.timestamp].to_numpy()
+        days = utc_days(ts) if f.log == TABLE else np.full(len(rows), f.day, dtype=object)
+        if job.plan is None and f.log in AD_LOGS and len(rows):
             share = pd.Series(days).value_counts() * (size / len(rows))
-            yield TaggedOutput(DAYS, {day: float(n) for day, n in share.items()})
+            values, counts = np.unique(ts, return_counts=True)
+            yield TaggedOutput(PLAN_STATS, ({day: float(n) for day, n in share.items()},
+                                            dict(zip(values.tolist(), counts.tolist(), strict=True))))
         buckets = bucket_of(shard_keys(rows, job.schema), job.key_buckets)
         groups = pd.DataFrame({"bucket": buckets, "day": days}).groupby(["bucket", "day"]).indices
         for (bucket, day), index in groups.items():
@@ -149,11 +152,12 @@ class JoinBucket(beam.DoFn):
                     parts.append(examples)
                     dead += more_dead
             examples = add_derived(pd.concat(parts, ignore_index=True), schema, day)
+            split = plan.split_of(day, examples[schema.timestamp].to_numpy())
             shard_of = bucket_of(shard_keys(examples, schema), plan.shards[day])
-            for shard, index in pd.Series(shard_of).groupby(shard_of).indices.items():
+            for (name, shard), index in pd.DataFrame({"s": split, "k": shard_of}).groupby(["s", "k"]).indices.items():
                 packed = pack(examples.iloc[index].reset_index(drop=True))
                 tally.shuffle_bytes += len(packed)
-                yield (day, int(shard)), packed
+                yield (plan.unit(day, name), int(shard)), packed
         if schema.event_logs:
             dead += orphans(events, np.concatenate(claimed), job.paths)
         count_by_log(dead, tally)
@@ -168,23 +172,27 @@ class WriteShards(beam.DoFn):
         self._job = job
 
     def process(self, element: tuple[tuple[str, int], list[bytes]], plan: Plan):
-        (day, shard), pieces = element
-        yield write_shard(self._job, plan, day, shard, pd.concat([unpack(p) for p in pieces], ignore_index=True))
+        (unit, shard), pieces = element
+        yield write_shard(self._job, plan, unit, shard, pd.concat([unpack(p) for p in pieces], ignore_index=True))
 
 
-def _sum_days(pieces) -> dict[str, float]:
-    total: dict[str, float] = defaultdict(float)
-    for piece in pieces:
-        for day, n in piece.items():
-            total[day] += n
-    return dict(total)
+def _sum_stats(pieces) -> tuple[dict[str, float], dict[int, int]]:
+    day_bytes: dict[str, float] = defaultdict(float)
+    ts_counts: dict[int, int] = defaultdict(int)
+    for days, stamps in pieces:
+        for day, n in days.items():
+            day_bytes[day] += n
+        for t, n in stamps.items():
+            ts_counts[t] += n
+    return dict(day_bytes), dict(ts_counts)
 
 
-def plan_from_days(day_bytes: dict[str, float], schema) -> Plan:
-    """A table's plan from its input bytes per day; when its days cannot be split, a plan that only carries
-    the error (no examples are written and the launcher reports it)."""
+def plan_from_stats(stats: tuple[dict[str, float], dict[int, int]], schema) -> Plan:
+    """The plan from the input bytes per day and the rows per timestamp; when the rows cannot be split, a plan
+    that only carries the error (no examples are written and the launcher reports it)."""
+    day_bytes, ts_counts = stats
     try:
-        return make_plan({day: round(n) for day, n in day_bytes.items()}, schema)
+        return make_plan({day: round(n) for day, n in day_bytes.items()}, schema, ts_counts)
     except JobError as e:
         return Plan({}, {}, error=str(e))
 
@@ -204,15 +212,15 @@ class BuildKeyed(beam.PTransform):
             | "SpreadFiles" >> beam.Reshuffle()
             | "SplitFiles" >> beam.ParDo(SplitFile(job))
             | "SpreadPieces" >> beam.Reshuffle()
-            | "ParsePieces" >> beam.ParDo(ParsePiece(job)).with_outputs(STATS, DAYS, main="pieces")
+            | "ParsePieces" >> beam.ParDo(ParsePiece(job)).with_outputs(STATS, PLAN_STATS, main="pieces")
         )
         if job.plan is not None:
             plan = root | "Plan" >> beam.Create([job.plan])
         else:
             plan = (
-                read[DAYS]
-                | "DayBytes" >> beam.CombineGlobally(_sum_days)
-                | "PlanFromTimestamps" >> beam.Map(plan_from_days, job.schema)
+                read[PLAN_STATS]
+                | "PlanStats" >> beam.CombineGlobally(_sum_stats)
+                | "PlanFromData" >> beam.Map(plan_from_stats, job.schema)
             )
         plan = beam.pvalue.AsSingleton(plan)
         joined = (

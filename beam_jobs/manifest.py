@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from beam_jobs.options import SPLITS, Plan
 from beam_jobs.posterior import BetaPrior
 from beam_jobs.stats import Tally, mean_std
 from tfads.core.schema import DerivedField, Schema
@@ -40,8 +41,15 @@ def feature_entries(
     return out
 
 
+def split_rule(schema: Schema, plan: Plan) -> dict[str, Any]:
+    """How the rows were split: ``by`` and, by time or ratio, the first second of each held-out split."""
+    if plan.cuts is None:
+        return {"by": "day"}
+    return {"by": schema.splits.by, **dict(zip(("valid_from", "calib_from", "test_from"), plan.cuts, strict=True))}
+
+
 def build_manifest(
-    *, schema: Schema, schema_mapping: dict, tally: Tally, splits: dict[str, list[str]], out: str,
+    *, schema: Schema, schema_mapping: dict, tally: Tally, plan: Plan, out: str,
     vocab_sizes: dict[str, int], oov: dict[str, dict[str, int]], priors: dict[str, dict[str, BetaPrior]],
     build: dict[str, Any],
 ) -> dict[str, Any]:
@@ -49,21 +57,28 @@ def build_manifest(
     def rel(path: str) -> str:
         return path[len(out.rstrip("/")) + 1:] if path.startswith(out) else path
 
-    days = {d: {"files": [rel(p) for p in tally.files.get(d, [])], "examples": tally.days[d]["examples"]}
-            for d in sorted(tally.days)}
+    # Output units with examples (a day, or a (day, split) when splitting by time), by day and by split.
+    units = {u: plan.unit_split(u) for u in sorted(tally.days)}
+    days = {}
+    for day in sorted({d for d, _ in units.values()}):
+        mine = [u for u, (d, _) in units.items() if d == day]
+        days[day] = {"files": [rel(p) for u in mine for p in tally.files.get(u, [])],
+                     "examples": sum(tally.days[u]["examples"] for u in mine)}
     split_block = {}
-    for name, names in splits.items():
+    for name in SPLITS:
+        members = [u for u, (_, s) in units.items() if s == name]
         keys = ("examples", "clicks", "conversions", "feed")
-        c = {k: sum(tally.days.get(d, {}).get(k, 0) for d in names) for k in keys}
+        c = {k: sum(tally.days[u].get(k, 0) for u in members) for k in keys}
         split_block[name] = {
-            "days": names, "files": [f for d in names for f in days.get(d, {}).get("files", [])],
+            "days": plan.splits[name] if plan.cuts is None else sorted({units[u][0] for u in members}),
+            "files": [rel(p) for u in members for p in tally.files.get(u, [])],
             "examples": c["examples"], "feed_examples": c["feed"], "clicks": c["clicks"],
             "conversions": c["conversions"], "ctr": c["clicks"] / c["examples"] if c["examples"] else 0.0,
             "cvr": c["conversions"] / c["clicks"] if c["clicks"] else 0.0,
         }
     inputs = {log: {"read": c["read"], "valid": c["read"] - c["dead_letter"], "dead_letter": c["dead_letter"]}
               for log, c in sorted(tally.inputs.items())}
-    all_days = sorted(tally.days)
+    all_days = sorted(days)
     return {
         "version": 1,
         "schema": schema_mapping,
@@ -78,6 +93,7 @@ def build_manifest(
         "domain": schema.domain or (schema.domain_features[0] if schema.domain_features else None),
         "weight": schema.weight_feature,
         "source": schema.source_feature,
+        "split_rule": split_rule(schema, plan),
         "splits": split_block,
         "days": days,
         "inputs": inputs,

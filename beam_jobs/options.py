@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     DirectOptions,
@@ -24,7 +25,7 @@ from beam_jobs.files import match
 from beam_jobs.parse import TABLE
 from beam_jobs.tables import table_format
 from tfads.core.configtools import ConfigError, read_yaml
-from tfads.core.schema import DEFAULT_SCHEMA, TABLE_SUFFIXES, Schema, Splits, load_schema
+from tfads.core.schema import DEFAULT_SCHEMA, TABLE_SUFFIXES, Schema, Splits, epoch_seconds, load_schema
 
 BEAM_OPTIONS = (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions)
 SPLITS = ("train", "valid", "calib", "test")
@@ -57,23 +58,79 @@ class InputFile:
 
 @dataclass(frozen=True)
 class Plan:
-    """The days of each split and the example files of each day."""
+    """How examples are split and written. By day: the days of each split, and a unit of output (a directory
+    of shard files) is a day. By time or ratio: ``cuts`` = the first second of valid, calib and test, a
+    unit is (day, split) and ``splits`` is empty (the manifest lists the days each split has)."""
 
     splits: dict[str, list[str]]
-    shards: dict[str, int]
-    error: str | None = None  # a table whose days cannot be split: nothing is written, the launcher reports this
+    shards: dict[str, int]  # day -> shard files of each of its units
+    error: str | None = None  # days or rows that cannot be split: nothing is written, the launcher reports this
+    cuts: tuple[int, int, int] | None = None
 
     @property
     def days(self) -> list[str]:
         """Every day, sorted."""
-        return sorted(day for days in self.splits.values() for day in days)
+        return sorted(self.shards)
+
+    def split_of(self, day: str, ts: np.ndarray) -> np.ndarray:
+        """The split of each row of ``day`` with timestamps ``ts``."""
+        if self.cuts is None:
+            (name,) = [s for s, days in self.splits.items() if day in days]
+            return np.full(len(ts), name, dtype=object)
+        return np.array(SPLITS, dtype=object)[np.searchsorted(self.cuts, ts, side="right")]
+
+    def unit(self, day: str, split: str) -> str:
+        """The output unit (``examples/<unit>/``) of a day's rows in ``split``."""
+        return day if self.cuts is None else f"{day}/{split}"
+
+    def unit_split(self, unit: str) -> tuple[str, str]:
+        """(day, split) of an output unit."""
+        if self.cuts is None:
+            return unit, next(s for s, days in self.splits.items() if unit in days)
+        day, split = unit.split("/")
+        return day, split
+
+    def units(self) -> list[str]:
+        """The units every one of whose shard files is written (the days, when splitting by day)."""
+        return self.days if self.cuts is None else []
 
 
-def make_plan(day_bytes: dict[str, int], schema: Schema) -> Plan:
-    """Split the days and size each day's shards from its compressed input bytes; JobError when the days are
-    too few for the split."""
-    return Plan(split_days(sorted(day_bytes), schema.splits),
-                {day: shards_for(schema.splits.shards_per_day, n) for day, n in day_bytes.items()})
+def make_plan(day_bytes: dict[str, int], schema: Schema, ts_counts: dict[int, int] | None = None) -> Plan:
+    """Split the days (by day) or cut the time (by time; by ratio from ``ts_counts``, timestamp -> rows) and size
+    each day's shards from its compressed input bytes; JobError when the split cannot be made."""
+    shards = {day: shards_for(schema.splits.shards_per_day, n) for day, n in day_bytes.items()}
+    splits = schema.splits
+    if splits.by == "day":
+        return Plan(split_days(sorted(day_bytes), splits), shards)
+    if splits.by == "time":
+        test = epoch_seconds(splits.test_from)
+        cuts = (epoch_seconds(splits.valid_from), epoch_seconds(splits.calib_from or test), test)
+    else:
+        cuts = ratio_cuts(ts_counts or {}, (splits.valid_ratio, splits.calib_ratio, splits.test_ratio))
+    if ts_counts is not None:
+        ts = np.array(sorted(ts_counts), dtype=np.int64)
+        sizes = np.bincount(np.searchsorted(cuts, ts, side="right"), weights=[ts_counts[t] for t in ts], minlength=4)
+        empty = [name for name, n in zip(SPLITS, sizes, strict=True) if not n and name != "calib"]
+        if empty:
+            raise JobError(f"splits (by: {splits.by}): no rows in {', '.join(empty)} "
+                           f"(rows per split: {dict(zip(SPLITS, sizes.astype(int).tolist(), strict=True))})")
+    return Plan({}, shards, cuts=cuts)
+
+
+def ratio_cuts(ts_counts: dict[int, int], ratios: tuple[float, float, float]) -> tuple[int, int, int]:
+    """The first second of valid, calib and test when the rows in time order are split by ``ratios`` (valid,
+    calib, test shares): each cut is the earliest timestamp with at least the target number of rows before it
+    (rows sharing a timestamp stay together)."""
+    ts = np.array(sorted(ts_counts), dtype=np.int64)
+    counts = np.array([ts_counts[t] for t in ts], dtype=np.int64)
+    before = np.concatenate([[0], np.cumsum(counts)])  # rows with a timestamp < ts[i] (and all of them last)
+    total = int(before[-1])
+    valid, calib, test = ratios
+    cuts = []
+    for share in (1 - valid - calib - test, 1 - calib - test, 1 - test):
+        i = int(np.searchsorted(before, round(share * total), side="left"))
+        cuts.append(int(ts[i]) if i < len(ts) else int(ts[-1]) + 1 if len(ts) else 0)
+    return cuts[0], cuts[1], cuts[2]
 
 
 @dataclass(frozen=True)
@@ -203,12 +260,17 @@ def find_inputs(
         files += [InputFile(len(files) + i, log, p, _day_of(p), size) for i, (p, size) in enumerate(paths)]
     days = sorted({f.day for f in files if f.log == "impressions"})
     day_bytes = {day: sum(f.size for f in files if f.day == day and f.log in ("impressions", "feed")) for day in days}
-    plan = make_plan(day_bytes, schema)
     event_bytes = sum(f.size for f in files if f.log in schema.event_logs)
+    buckets = key_buckets or max(MIN_BUCKETS, math.ceil(sum(f.size for f in files) / BUCKET_BYTES))
+    if schema.splits.by != "day":  # the cuts need the rows' timestamps: the keyed graph computes them
+        if graph == "per-day":
+            raise JobError(f"--graph per-day splits by day; splits.by: {schema.splits.by} uses the keyed graph")
+        return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), None, "keyed", buckets,
+                   piece_bytes)
+    plan = make_plan(day_bytes, schema)
     if graph == "auto":
         small = max(day_bytes.values(), default=0) + event_bytes <= PER_DAY_MAX_BYTES
         graph = "per-day" if small and runner in ("DirectRunner", "direct") else "keyed"
-    buckets = key_buckets or max(MIN_BUCKETS, math.ceil(sum(f.size for f in files) / BUCKET_BYTES))
     return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), plan, graph, buckets, piece_bytes)
 
 

@@ -23,8 +23,8 @@ class Tally:
 
     inputs: dict[str, Counter] = field(default_factory=dict)  # log -> {read, dead_letter}
     reasons: Counter = field(default_factory=Counter)  # dead-letter reason -> count
-    days: dict[str, Counter] = field(default_factory=dict)  # day -> {examples, clicks, conversions, feed}
-    files: dict[str, list[str]] = field(default_factory=dict)  # day -> example shard paths
+    days: dict[str, Counter] = field(default_factory=dict)  # output unit -> {examples, clicks, conversions, feed}
+    files: dict[str, list[str]] = field(default_factory=dict)  # output unit -> example shard paths
     dead_files: list[str] = field(default_factory=list)  # dead-letter files written
     values: dict[str, pd.DataFrame] = field(default_factory=dict)  # field -> value x VALUE_COLUMNS (train ads)
     # feature -> {unit: [n, sum, sum of squares]}; kept per unit so the final sum has a fixed order
@@ -55,20 +55,16 @@ class Tally:
         return self
 
 
-def tally_examples(examples: pd.DataFrame, schema: Schema, day_col: str, train_days: set[str], unit: str) -> Tally:
-    """Per-day example counts of ``examples`` plus train statistics of its ad samples (``unit`` names the piece
-    of work, so floating-point sums are combined in a fixed order)."""
+def tally_examples(examples: pd.DataFrame, schema: Schema, output: str, train: bool, unit: str) -> Tally:
+    """Example counts of ``examples`` (all of output unit ``output``) plus, when ``train``, the train statistics
+    of its ad samples (``unit`` names the piece of work, so floating-point sums are combined in a fixed order)."""
     tally = Tally()
     is_feed = (examples[schema.source_feature] == "feed").to_numpy()
     click = examples[schema.labels.click].to_numpy(np.int64)
     conversion = examples[schema.labels.conversion].to_numpy(np.int64) if schema.labels.conversion else 0 * click
-    per_day = pd.DataFrame(
-        {"day": examples[day_col], "examples": 1, "clicks": click, "conversions": conversion,
-         "feed": is_feed.astype(np.int64)}
-    ).groupby("day").sum()
-    for day, row in per_day.iterrows():
-        tally.days[day] = Counter({k: int(v) for k, v in row.items()})
-    in_train = examples[day_col].isin(train_days).to_numpy() & ~is_feed
+    tally.days[output] = Counter(examples=len(examples), clicks=int(click.sum()), conversions=int(conversion.sum()),
+                                 feed=int(is_feed.sum()))
+    in_train = np.full(len(examples), train) & ~is_feed
     train = examples[in_train]
     clicks, convs = click[in_train].astype(np.float64), conversion[in_train].astype(np.float64)
     for name in posterior_fields(schema):

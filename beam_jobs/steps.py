@@ -13,7 +13,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs.examples import encode_examples, write_tfrecord_gz
 from beam_jobs.files import write_bytes
-from beam_jobs.join import DAY, ORDER, event_ids
+from beam_jobs.join import ORDER, event_ids
 from beam_jobs.manifest import POSTERIOR_PATH, build_manifest, vocab_path
 from beam_jobs.options import Job, Plan
 from beam_jobs.posterior import posterior_table
@@ -62,23 +62,24 @@ def write_dead_letters(out: str, name: str, records: list[dict], tally: Tally) -
         tally.dead_files.append(path)
 
 
-def shard_path(out: str, day: str, shard: int, shards: int) -> str:
-    """The example file of (day, shard)."""
-    return f"{out}/examples/{day}/part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
+def shard_path(out: str, unit: str, shard: int, shards: int) -> str:
+    """The example file of (output unit, shard): ``examples/<day>/`` or (split by time) ``examples/<day>/<split>/``."""
+    return f"{out}/examples/{unit}/part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
 
 
-def write_shard(job: Job, plan: Plan, day: str, shard: int, examples: pd.DataFrame) -> Tally:
-    """Sort one (day, shard)'s examples by time (ties by source file and line), write them and return
+def write_shard(job: Job, plan: Plan, unit: str, shard: int, examples: pd.DataFrame) -> Tally:
+    """Sort one (output unit, shard)'s examples by time (ties by source file and line), write them and return
     their counts and train statistics. The statistics' unit is the shard, so sums do not depend on which
     worker joined which rows."""
-    path = shard_path(job.out, day, shard, plan.shards[day])
-    tally = Tally(files={day: [path]})
+    day, split = plan.unit_split(unit)
+    path = shard_path(job.out, unit, shard, plan.shards[day])
+    tally = Tally(files={unit: [path]})
     if not len(examples):
         write_tfrecord_gz(path, [])
         return tally
     examples = examples.sort_values([job.schema.timestamp, *ORDER], kind="stable")
     write_tfrecord_gz(path, encode_examples(examples, example_spec(job.schema)))
-    return tally.merge(tally_examples(examples, job.schema, DAY, set(plan.splits["train"]), unit=f"{day}/{shard:05d}"))
+    return tally.merge(tally_examples(examples, job.schema, unit, split == "train", unit=f"{unit}/{shard:05d}"))
 
 
 def shard_keys(examples: pd.DataFrame, schema: Schema) -> pd.Series:
@@ -123,10 +124,11 @@ def finalize(tally: Tally, job: Job, plan: Plan) -> str:
     if plan.error:
         write_bytes(f"{out}/{ERROR_PATH}", plan.error.encode())
         return f"{out}/{ERROR_PATH}"
-    for day in plan.days:
-        for shard in range(plan.shards[day]):
-            if shard_path(out, day, shard, plan.shards[day]) not in tally.files.get(day, []):
-                tally.merge(write_shard(job, plan, day, shard, pd.DataFrame()))
+    for unit in sorted(set(plan.units()) | set(tally.files)):
+        shards = plan.shards[plan.unit_split(unit)[0]]
+        for shard in range(shards):
+            if shard_path(out, unit, shard, shards) not in tally.files.get(unit, []):
+                tally.merge(write_shard(job, plan, unit, shard, pd.DataFrame()))
     vocab_sizes, oov = {}, {}
     for name in schema.vocab_features:
         counts = tally.values[name]["impressions"] if name in tally.values else pd.Series(dtype=np.int64)
@@ -142,7 +144,7 @@ def finalize(tally: Tally, job: Job, plan: Plan) -> str:
     write_bytes(f"{out}/{POSTERIOR_PATH}", b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
                                                    for r in lines))
     manifest = build_manifest(
-        schema=schema, schema_mapping=job.schema_mapping, tally=tally, splits=plan.splits, out=out,
+        schema=schema, schema_mapping=job.schema_mapping, tally=tally, plan=plan, out=out,
         vocab_sizes=vocab_sizes, oov=oov, priors=priors, build=build_block(job, tally),
     )
     path = f"{out}/manifest.json"

@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -159,3 +160,53 @@ def test_an_inferred_schema_builds(clean_logs, tmp_path):
     assert manifest["label_roles"] == {"click": CLICK_LABEL, "conversion": "conversion"}
     assert manifest["inputs"]["table"] == {"read": len(table), "valid": len(table), "dead_letter": 0}
     assert manifest["timestamp"] == RENAMED["ts"] and manifest["key"] == KEY
+
+
+@pytest.mark.parametrize("rule", ["time", "ratio"])
+def test_splits_by_time_and_by_ratio_are_exact(clean_logs, tmp_path, rule):
+    """Each row's split follows the rule exactly (against an independent computation), for a table and for the
+    event logs of the same rows; a day that straddles a cut is written once per split."""
+    table = labelled_impressions(clean_logs, with_conversion=False)
+    ts = table[RENAMED["ts"]].to_numpy()
+    table.to_csv(tmp_path / "t.csv", index=False)
+    rewrite_click_only(clean_logs, str(tmp_path / "events"))
+    schemas = {"table": table_schema(str(tmp_path / "t.yaml"), with_conversion=False),
+               "events": click_only_schema(str(tmp_path / "e.yaml"))}
+    start = int(ts.min())
+    if rule == "time":
+        splits = {"by": "time", "valid_from": start + 2 * 86400 + 3600, "test_from": start + 3 * 86400 - 7200}
+        cuts = (splits["valid_from"], splits["test_from"], splits["test_from"])  # no calib_from: no calib split
+    else:
+        splits = {"by": "ratio", "valid_ratio": 0.15, "calib_ratio": 0.1, "test_ratio": 0.2}
+        values, counts = np.unique(ts, return_counts=True)
+        before = np.concatenate([[0], np.cumsum(counts)])
+        cuts = tuple(int(values[np.argmax(before >= round(share * len(ts)))]) for share in (0.55, 0.7, 0.8))
+    expected = np.array(["train", "valid", "calib", "test"])[np.searchsorted(cuts, ts, side="right")]
+    for shape, schema in schemas.items():
+        with open(schema) as f:
+            mapping = yaml.safe_load(f)
+        mapping["splits"].update(splits)
+        with open(schema, "w") as f:
+            yaml.safe_dump(mapping, f)
+        logs = str(tmp_path / ("t.csv" if shape == "table" else "events"))
+        manifest = _build(logs, str(tmp_path / f"out_{shape}"), schema)
+        assert manifest["split_rule"] == {"by": rule, **dict(zip(("valid_from", "calib_from", "test_from"), cuts))}
+        for name in ("train", "valid", "calib", "test"):
+            files = manifest["splits"][name]["files"]
+            keys = set()
+            for path in files:
+                assert f"/{name}/part-" in path, path
+                keys |= set(read_examples_of(str(tmp_path / f"out_{shape}"), path)[KEY])
+            assert keys == set(table.loc[expected == name, KEY]), (shape, name)
+            assert manifest["splits"][name]["examples"] == (expected == name).sum()
+    straddling = [d for d, entry in manifest["days"].items() if len({p.split("/")[2] for p in entry["files"]}) > 1]
+    assert straddling, "a cut falls inside a day"
+
+
+def read_examples_of(out: str, relative: str) -> pd.DataFrame:
+    """The examples of one shard file."""
+    import tensorflow as tf
+
+    rows = [tf.train.Example.FromString(r) for r in tf.data.TFRecordDataset(
+        os.path.join(out, relative), compression_type="GZIP").as_numpy_iterator()]
+    return pd.DataFrame({KEY: [r.features.feature[KEY].bytes_list.value[0].decode() for r in rows]})

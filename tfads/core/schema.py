@@ -110,8 +110,16 @@ class Attribution:
 
 @dataclass(frozen=True)
 class Splits:
-    """Time split by day, counted from the last day backwards: test is the last ``test_days``,
-    calib before it, valid before that, everything earlier is train."""
+    """The time split into train, valid, calib and test (in that order), ``by``:
+
+    - ``day`` (default): counted from the last day backwards: test is the last ``test_days``, calib before
+      it, valid before that, everything earlier is train;
+    - ``time``: each held-out split starts at its ``*_from`` (int seconds since the epoch, or an ISO 8601
+      UTC date or date-time); no ``calib_from``: no calib split;
+    - ``ratio``: the rows in time order, the last ``test_ratio`` of them test, the ``calib_ratio`` before
+      that calib, the ``valid_ratio`` before that valid. Rows with the same timestamp stay in one split,
+      so a share can differ from its ratio by the rows of one second.
+    """
 
     valid_days: int = 1
     calib_days: int = 1
@@ -119,6 +127,38 @@ class Splits:
     # Example files per day: a number, or auto = one per ~8 MiB of the day's compressed input, at least 2
     # (the build job holds one file's examples at a time in the keyed graph).
     shards_per_day: int | Literal["auto"] = "auto"
+    by: Literal["day", "time", "ratio"] = "day"
+    valid_from: int | str | None = None
+    calib_from: int | str | None = None
+    test_from: int | str | None = None
+    valid_ratio: float = 0.1
+    calib_ratio: float = 0.1
+    test_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.by == "time":
+            if self.valid_from is None or self.test_from is None:
+                raise ValueError("by: time needs valid_from and test_from (calib_from is optional)")
+            starts = [epoch_seconds(t) for t in (self.valid_from, self.calib_from, self.test_from) if t is not None]
+            if starts != sorted(starts):
+                raise ValueError("valid_from <= calib_from <= test_from (train, valid, calib, test in time order)")
+        if self.by == "ratio":
+            ratios = (self.valid_ratio, self.calib_ratio, self.test_ratio)
+            if min(ratios) < 0 or sum(ratios) >= 1 or self.valid_ratio == 0 or self.test_ratio == 0:
+                raise ValueError("by: ratio needs valid_ratio > 0, test_ratio > 0, calib_ratio >= 0 and their sum < 1")
+
+
+def epoch_seconds(value: int | str) -> int:
+    """Seconds since the epoch of an int, or of an ISO 8601 date / date-time string (UTC unless it names a zone)."""
+    if isinstance(value, int):
+        return value
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r}: expected seconds since the epoch or an ISO 8601 date / date-time") from None
+    return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
 
 
 @dataclass(frozen=True)

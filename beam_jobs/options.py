@@ -32,8 +32,8 @@ SPLITS = ("train", "valid", "calib", "test")
 GRAPHS = ("auto", "keyed", "per-day")
 MIB = 1 << 20
 # Sizes in compressed input bytes (the generator's logs: ~60 B per impression, ~5x that decompressed).
-SHARD_BYTES = 8 * MIB  # shards_per_day auto: one example file per this much of a day's input
-BUCKET_BYTES = 8 * MIB  # key buckets auto: one join group per this much input
+SHARD_BYTES = 4 * MIB  # shards_per_day auto: one example file per this much of a day's input (~65k impressions)
+BUCKET_BYTES = 4 * MIB  # key buckets auto: one join group per this much input (~65k impressions)
 MIN_BUCKETS = 16  # enough groups to keep several workers busy on a small input
 PER_DAY_MAX_BYTES = 64 * MIB  # graph auto: the per-day graph while a day plus all events stay under this
 PIECE_BYTES = 16 * MIB  # decompressed bytes a keyed-graph worker parses at a time

@@ -47,7 +47,7 @@ def test_packed_pieces_keep_columns_dtypes_and_values():
 
 def test_auto_sizes_follow_the_input_bytes():
     assert shards_for(3, 10**9) == 3
-    assert shards_for("auto", 0) == 2 and shards_for("auto", 8 * MIB) == 2 and shards_for("auto", 100 * MIB) == 13
+    assert shards_for("auto", 0) == 2 and shards_for("auto", 8 * MIB) == 2 and shards_for("auto", 100 * MIB) == 25
 
 
 def test_auto_graph_and_buckets(feed_logs, tmp_path):

@@ -124,7 +124,7 @@ class Splits:
     valid_days: int = 1
     calib_days: int = 1
     test_days: int = 1
-    # Example files per day: a number, or auto = one per ~8 MiB of the day's compressed input, at least 2
+    # Example files per day: a number, or auto = one per ~4 MiB of the day's compressed input, at least 2
     # (the build job holds one file's examples at a time in the keyed graph).
     shards_per_day: int | Literal["auto"] = "auto"
     by: Literal["day", "time", "ratio"] = "day"

@@ -115,15 +115,23 @@ def _impressions(logs: str) -> int:
         return json.load(f)["counts"]["impressions"]
 
 
-def _row(name: str, run: TreeRun, impressions: int) -> dict:
+def _row(name: str, run: TreeRun, impressions: int, out: str | None = None) -> dict:
+    """One run's figures; ``out``: the job's output directory (its manifest says how many bytes it shuffled)."""
     workers = [p for p in run.processes if WORKER in p.cmdline and not p.cmdline.startswith("/bin/sh")]
     runner = run.processes[0]
+    shuffled = None
+    if out is not None:
+        with open(os.path.join(out, "manifest.json")) as f:
+            shuffled = json.load(f)["build"].get("shuffle_bytes")
+    cpu = runner.cpu_s + sum(p.cpu_s for p in workers)
     return {
         "run": name, "impressions": impressions, "seconds": round(run.seconds, 2),
         "impressions_per_s": round(impressions / run.seconds),
         "runner_peak_mib": round(runner.peak_mib), "runner_cpu_s": round(runner.cpu_s, 1),
         "worker_peak_mib": round(max((p.peak_mib for p in workers), default=0)),
         "worker_cpu_s": sorted((round(p.cpu_s, 1) for p in workers), reverse=True),
+        "cpu_us_per_impression": round(cpu / impressions * 1e6, 1),
+        "shuffle_bytes_per_impression": round(shuffled / impressions, 1) if shuffled else None,
     }
 
 
@@ -144,12 +152,14 @@ def run_plain(logs: str, out: str) -> TreeRun:
 def _table(rows: list[dict], baseline: str | None) -> str:
     base = next((r for r in rows if r["run"] == baseline), None)
     lines = [f"{'run':<34}{'seconds':>9}{'imps/s':>10}{'vs plain':>9}{'runner MiB':>11}{'worker MiB':>11}"
-             f"  worker CPU s"]
+             f"{'CPU us/imp':>11}{'shuffle B/imp':>14}  worker CPU s"]
     for r in rows:
         ratio = f"{base['seconds'] / r['seconds']:.2f}" if base else "-"
         worker = f"{r['worker_peak_mib']:,}" if r["worker_cpu_s"] else "-"
+        shuffled = f"{r['shuffle_bytes_per_impression']:.0f}" if r["shuffle_bytes_per_impression"] else "-"
         lines.append(f"{r['run']:<34}{r['seconds']:>9.1f}{r['impressions_per_s']:>10,}{ratio:>9}"
-                     f"{r['runner_peak_mib']:>11,}{worker:>11}  {', '.join(map(str, r['worker_cpu_s'])) or '-'}")
+                     f"{r['runner_peak_mib']:>11,}{worker:>11}{r['cpu_us_per_impression']:>11.1f}{shuffled:>14}"
+                     f"  {', '.join(map(str, r['worker_cpu_s'])) or '-'}")
     return "\n".join(lines)
 
 
@@ -160,7 +170,7 @@ def speed_study(work: str, args: argparse.Namespace) -> tuple[dict, str]:
     rows = [] if args.skip_plain else [_row("plain single-process script", run_plain(logs, f"{work}/out"), n)]
     for graph in ("per-day", "keyed"):
         run = run_beam(logs, f"{work}/out", graph=graph, workers=args.workers)
-        rows.append(_row(f"Beam {graph}, {args.workers} workers", run, n))
+        rows.append(_row(f"Beam {graph}, {args.workers} workers", run, n, f"{work}/out"))
     return {"impressions": n, "days": args.days, "workers": args.workers, "rows": rows}, _table(
         rows, None if args.skip_plain else "plain single-process script")
 
@@ -175,7 +185,8 @@ def memory_study(work: str, args: argparse.Namespace) -> tuple[dict, str]:
             if graph == "per-day" and per_day > args.per_day_max:
                 continue
             run = run_beam(logs, f"{work}/out", graph=graph, workers=args.workers)
-            rows.append({**_row(f"{graph}, {per_day:,} a day", run, n), "graph": graph, "per_day": per_day})
+            rows.append({**_row(f"{graph}, {per_day:,} a day", run, n, f"{work}/out"), "graph": graph,
+                         "per_day": per_day})
     keyed = [r for r in rows if r["graph"] == "keyed"]
     spread = max(r["worker_peak_mib"] for r in keyed) / min(r["worker_peak_mib"] for r in keyed)
     table = _table(rows, None) + f"\nkeyed graph: largest / smallest worker peak = {spread:.2f}"
@@ -193,8 +204,10 @@ def one_day_study(work: str, args: argparse.Namespace) -> tuple[dict, str]:
     with open(path, "w") as f:
         yaml.safe_dump(schema, f)
     n = _impressions(logs)
-    rows = [_row(f"{graph}, one day", run_beam(logs, f"{work}/out", graph=graph, workers=args.workers, schema=path), n)
-            for graph in ("per-day", "keyed")]
+    rows = []
+    for graph in ("per-day", "keyed"):
+        run = run_beam(logs, f"{work}/out", graph=graph, workers=args.workers, schema=path)
+        rows.append(_row(f"{graph}, one day", run, n, f"{work}/out"))
     return {"impressions": n, "workers": args.workers, "rows": rows}, _table(rows, None)
 
 

@@ -190,7 +190,8 @@ def test_splits_by_time_and_by_ratio_are_exact(clean_logs, tmp_path, rule):
             yaml.safe_dump(mapping, f)
         logs = str(tmp_path / ("t.csv" if shape == "table" else "events"))
         manifest = _build(logs, str(tmp_path / f"out_{shape}"), schema)
-        assert manifest["split_rule"] == {"by": rule, **dict(zip(("valid_from", "calib_from", "test_from"), cuts, strict=True))}
+        starts = dict(zip(("valid_from", "calib_from", "test_from"), cuts, strict=True))
+        assert manifest["split_rule"] == {"by": rule, **starts}
         for name in ("train", "valid", "calib", "test"):
             files = manifest["splits"][name]["files"]
             keys = set()

@@ -77,3 +77,15 @@ def test_calibrate_without_a_calib_split_says_what_it_needs(logs_dir, trained_mo
     code = cli.main(["calibrate", "--model-dir", trained_model_dir, "--data", manifest, "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert code == 2 and "no calib split; set splits.calib_days >= 1" in err and "Traceback" not in err
+    assert "--calib-from-valid" in err
+    # ... or a held-out slice of valid: one of each valid day's two shards
+    held = load_manifest(manifest).with_calib_from("valid", 0.5)
+    valid = load_manifest(manifest).data["splits"]["valid"]["files"]
+    assert held.data["splits"]["calib"]["files"] == [f for f in valid if "part-00001-of-00002" in f]
+    assert held.data["splits"]["valid"]["files"] == [f for f in valid if "part-00000-of-00002" in f]
+    code = cli.main(["calibrate", "--model-dir", trained_model_dir, "--data", manifest, "--out", str(tmp_path / "c"),
+                     "--calib-from-valid", "0.5", "--epochs", "1"])
+    assert code == 0 and (tmp_path / "c" / "report" / "calibration.md").exists()
+    assert cli.main(["calibrate", "--model-dir", trained_model_dir, "--data", manifest, "--out", str(tmp_path / "d"),
+                     "--calib-from-valid", "1.5"]) == 2
+    assert "expected a fraction between 0 and 1" in capsys.readouterr().err

@@ -14,6 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "`calibration: true` in the schema, a domain-aware one first)")
     parser.add_argument("--logs", default=None, help="datagen logs dir: adds the distance to the true probabilities")
     parser.add_argument("--epochs", type=int, default=5, help="AdaCalib training epochs")
+    parser.add_argument(
+        "--calib-from-valid", type=float, default=None, metavar="FRACTION",
+        help="fit on a held-out slice of the valid split instead of the calib split: the last FRACTION of each "
+        "valid day's shard files (a random slice of its rows, as shards are hashes of the key); for data built "
+        "without a calib split (splits.calib_days: 0). Early stopping has seen these rows, so a calib split is "
+        "better when the data allows",
+    )
     parser.epilog = (
         "The posterior statistics are computed by the Beam job beam_jobs.calibration_stats (DirectRunner here); "
         "the report compares AdaCalib with Platt, temperature, histogram binning, isotonic, per-field isotonic "
@@ -25,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from tfads.jobs.calibrate import calibrate_and_report
 
     report = calibrate_and_report(
-        args.model_dir, args.data, args.out, fields=args.fields, logs=args.logs, epochs=args.epochs
+        args.model_dir, args.data, args.out, fields=args.fields, logs=args.logs, epochs=args.epochs,
+        calib_from_valid=args.calib_from_valid,
     )
     print(report.table)
     print(f"combined model: {report.model_path}")

@@ -184,11 +184,14 @@ def calibrate_and_report(
     logs: str | None = None,
     epochs: int = 5,
     beam_args: Sequence[str] = (),
+    calib_from_valid: float | None = None,
 ) -> CalibrationReport:
     """The whole ``tfads calibrate`` job: stats (Beam) -> fit -> combined model -> comparison report.
 
     ``fields``: the fields AdaCalib calibrates per value (default: the manifest's first calibration
     field, a domain-aware one when there is one); the report covers every calibration field.
+    ``calib_from_valid``: fit on this fraction of the valid split's shards instead of a calib split
+    (``Manifest.with_calib_from``).
     """
     import json
 
@@ -198,12 +201,15 @@ def calibrate_and_report(
     from tfads.truth import attach_truth
 
     manifest = load_manifest(manifest_path)
+    if calib_from_valid is not None:
+        manifest = manifest.with_calib_from("valid", calib_from_valid)
     fields = list(fields or manifest.calibration_fields[:1])
     if not fields:
         raise ConfigError(f"{manifest_path}: no calibration fields: mark fields `calibration: true` in the schema "
                           "or pass --fields")
     if "calib" not in manifest.data["splits"] or not manifest.split_files("calib"):
-        raise ConfigError(f"{manifest_path}: no calib split; set splits.calib_days >= 1 in the schema and rebuild")
+        raise ConfigError(f"{manifest_path}: no calib split; set splits.calib_days >= 1 in the schema and rebuild, "
+                          "or hold a slice of valid out with --calib-from-valid 0.5")
     base = load_trained_model(model_dir)
     stats_fields = list(dict.fromkeys([*fields, *manifest.calibration_fields]))
     stats = beam_calibration_stats(base, manifest, os.path.join(out_dir, "work"), beam_args, stats_fields)

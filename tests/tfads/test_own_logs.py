@@ -149,7 +149,9 @@ def test_calibrated_click_only_export_serves_pctr_for_the_users_fields(click_onl
 
 
 def test_a_parquet_table_with_both_labels_trains_esmm_and_serves(logs_dir, small_experiment, tmp_path):
+    """build -> train -> evaluate -> calibrate -> export -> serve, ESMM heads from a Parquet table without a key."""
     from tfads.core.manifest import load_manifest
+    from tfads.jobs.calibrate import calibrate_and_report
     from tfads.jobs.dataset import build_dataset
     from tfads.model_io import load_trained_model
     from tfads.train import train
@@ -163,7 +165,11 @@ def test_a_parquet_table_with_both_labels_trains_esmm_and_serves(logs_dir, small
     config = dataclasses.replace(small_experiment, schema=schema,
                                  train=dataclasses.replace(small_experiment.train, epochs=1))
     train(config, manifest_path, str(tmp_path / "model"), verbose=0)
-    model = load_trained_model(str(tmp_path / "model"), float32_matmuls=True)
-    assert sorted(model.output_names) == ["ctcvr", "ctr", "cvr"]
-    # an uncalibrated export serves each head also as <head>_raw (one output contract for every version)
+    assert sorted(load_trained_model(str(tmp_path / "model")).output_names) == ["ctcvr", "ctr", "cvr"]
+    assert cli.main(["evaluate", "--model-dir", str(tmp_path / "model"), "--data", manifest_path,
+                     "--out", str(tmp_path / "eval"), "--by", DOMAIN]) == 0
+    assert {"ctr", "cvr", "ctcvr"} <= set(json.load(open(tmp_path / "eval" / "metrics.json")))
+    report = calibrate_and_report(str(tmp_path / "model"), manifest_path, str(tmp_path / "cal"), epochs=1)
+    assert f"Field-RCE[{DOMAIN}]" in report.rows["AdaCalib"]
+    model = load_trained_model(str(tmp_path / "cal"), float32_matmuls=True)
     _export_and_serve(model, manifest, tmp_path / "models", {"ctr", "cvr", "ctcvr", "ctr_raw", "cvr_raw", "ctcvr_raw"})

@@ -1,34 +1,32 @@
-"""Pieces as compact bytes for the runner's shuffle: DataFrames as zstd-compressed Arrow IPC, raw lines
-zstd-compressed.
+"""Pieces as compact bytes for the runner's shuffle: DataFrames as zstd-compressed pickles of their column
+arrays, raw lines zstd-compressed.
 
-The keyed graph moves parsed rows and examples between steps; pickled DataFrames of Python strings are
-several times larger than the same columns as compressed Arrow buffers, and the shuffle's size is what a
-runner holds (the DirectRunner: in memory) or bills (Dataflow Shuffle). ``unpack(pack(df))`` gives back
-the same columns, dtypes and values.
+The keyed graph moves parsed rows and examples between steps, many of them small (a file piece's rows of
+one key bucket): a format with a per-piece schema (Arrow IPC: ~6 KB and ~1.5 ms for a 4-row piece) would
+cost more than the rows. Column arrays pickled (protocol 5) and zstd-compressed cost ~0.8 KB and ~0.5 ms
+there and about the same as Arrow for thousands of rows. Only the job's own pieces are ever unpickled.
+``unpack(pack(df))`` gives back the same columns, dtypes and values (with a default index).
 """
 
 from __future__ import annotations
+
+import pickle
 
 import pandas as pd
 import pyarrow as pa
 
 _CODEC = pa.Codec("zstd", compression_level=1)
-_OPTIONS = pa.ipc.IpcWriteOptions(compression=_CODEC)
 _LENGTH = 8  # bytes of the uncompressed length before a compressed blob
 
 
 def pack(frame: pd.DataFrame) -> bytes:
-    """``frame`` (default index) as an Arrow IPC stream."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_OPTIONS) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    """``frame``'s columns (name -> numpy array) as one compressed blob."""
+    return compress(pickle.dumps({name: frame[name].to_numpy() for name in frame.columns}, protocol=5))
 
 
 def unpack(data: bytes) -> pd.DataFrame:
     """The frame ``pack`` wrote."""
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all().to_pandas()
+    return pd.DataFrame(pickle.loads(decompress(data)))  # noqa: S301 (the job's own pieces)
 
 
 def compress(data: bytes) -> bytes:

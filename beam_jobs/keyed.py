@@ -15,7 +15,7 @@ Every step emits a Tally; the sum of all of them becomes the manifest.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import apache_beam as beam
 import numpy as np
@@ -95,7 +95,7 @@ class ParsePiece(beam.DoFn):
         f, number, _, blob, size = piece
         job = self._job
         result = _parse(job, piece)
-        tally = Tally(shuffle_bytes=len(blob))
+        tally = Tally(shuffle_bytes=len(blob), largest=Counter(piece_rows=result.read))
         count(f.log, result.read, result.dead, tally)
         write_dead_letters(job.out, f"read-{f.index:05d}-{number:05d}", result.dead, tally)
         rows = result.rows
@@ -132,12 +132,13 @@ class JoinBucket(beam.DoFn):
         by_day: dict[tuple[str, str], list[pd.DataFrame]] = defaultdict(list)
         for log, day, rows in pieces:
             (by_day[log, day] if log in AD_LOGS else by_log[log]).append(unpack(rows))
+        tally = Tally(largest=Counter(bucket_rows=sum(len(r) for rows in (*by_log.values(), *by_day.values())
+                                                      for r in rows)))
         # Pieces arrive in any order: sort events by source so dead letters come out in one order.
         events = {log: pd.concat([empty_events(schema, log), *by_log[log]], ignore_index=True)
                   .sort_values(ORDER, kind="stable", ignore_index=True) for log in schema.event_logs}
         dead: list[dict] = []
         claimed = [np.zeros(0, np.int64)]
-        tally = Tally()
         for day in sorted({day for _, day in by_day}):
             parts = []
             if by_day["impressions", day]:
@@ -173,7 +174,9 @@ class WriteShards(beam.DoFn):
 
     def process(self, element: tuple[tuple[str, int], list[bytes]], plan: Plan):
         (unit, shard), pieces = element
-        yield write_shard(self._job, plan, unit, shard, pd.concat([unpack(p) for p in pieces], ignore_index=True))
+        examples = pd.concat([unpack(p) for p in pieces], ignore_index=True)
+        tally = write_shard(self._job, plan, unit, shard, examples)
+        yield tally.merge(Tally(largest=Counter(shard_rows=len(examples))))
 
 
 def _sum_stats(pieces) -> tuple[dict[str, float], dict[int, int]]:

@@ -30,6 +30,7 @@ class Tally:
     # feature -> {unit: [n, sum, sum of squares]}; kept per unit so the final sum has a fixed order
     numeric: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     shuffle_bytes: int = 0  # keyed graph: bytes of the pieces sent through the runner's shuffle
+    largest: Counter = field(default_factory=Counter)  # keyed graph: rows of the largest piece, bucket and shard
 
     def count_input(self, log: str, read: int, dead: list[dict]) -> None:
         """Record ``read`` lines of ``log`` and the dead letters produced from them."""
@@ -52,6 +53,8 @@ class Tally:
         for name, per_unit in other.numeric.items():
             self.numeric.setdefault(name, {}).update(per_unit)
         self.shuffle_bytes += other.shuffle_bytes
+        for name, rows in other.largest.items():
+            self.largest[name] = max(self.largest[name], rows)
         return self
 
 

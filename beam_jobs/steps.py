@@ -109,12 +109,12 @@ class MergeTallies(beam.CombineFn):
 
 
 def build_block(job: Job, tally: Tally) -> dict:
-    """How the job ran (the manifest's ``build``): the graph and, for the keyed graph, its sizing and the
-    bytes it shuffled."""
+    """How the job ran (the manifest's ``build``): the graph and, for the keyed graph, its sizing, the bytes it
+    shuffled and the rows of its largest piece, bucket and shard (what a worker holds at a time)."""
     if job.graph != "keyed":
         return {"graph": job.graph}
     return {"graph": job.graph, "key_buckets": job.key_buckets, "piece_bytes": job.piece_bytes,
-            "shuffle_bytes": tally.shuffle_bytes}
+            "shuffle_bytes": tally.shuffle_bytes, "largest": dict(sorted(tally.largest.items()))}
 
 
 def finalize(tally: Tally, job: Job, plan: Plan) -> str:

@@ -119,10 +119,11 @@ def _row(name: str, run: TreeRun, impressions: int, out: str | None = None) -> d
     """One run's figures; ``out``: the job's output directory (its manifest says how many bytes it shuffled)."""
     workers = [p for p in run.processes if WORKER in p.cmdline and not p.cmdline.startswith("/bin/sh")]
     runner = run.processes[0]
-    shuffled = None
+    build: dict = {}
     if out is not None:
         with open(os.path.join(out, "manifest.json")) as f:
-            shuffled = json.load(f)["build"].get("shuffle_bytes")
+            build = json.load(f)["build"]
+    shuffled = build.get("shuffle_bytes")
     cpu = runner.cpu_s + sum(p.cpu_s for p in workers)
     return {
         "run": name, "impressions": impressions, "seconds": round(run.seconds, 2),
@@ -132,6 +133,7 @@ def _row(name: str, run: TreeRun, impressions: int, out: str | None = None) -> d
         "worker_cpu_s": sorted((round(p.cpu_s, 1) for p in workers), reverse=True),
         "cpu_us_per_impression": round(cpu / impressions * 1e6, 1),
         "shuffle_bytes_per_impression": round(shuffled / impressions, 1) if shuffled else None,
+        "largest_rows": build.get("largest", {}),  # keyed graph: the largest piece, bucket and shard a worker held
     }
 
 

@@ -90,6 +90,10 @@ def test_many_tiny_days_and_one_large_day(uneven_logs, tmp_path):
     assert manifest["days"]["2026-01-07"]["examples"] == (imps["_day"] == "2026-01-07").sum()
     large_file = os.path.join(uneven_logs, "impressions", "2026-01-07", "part-00000.jsonl.gz")
     assert sum(len(line) for line in read_lines(large_file)) > 3 * 0.2 * MIB
+    # what a worker held at a time: a 0.2 MiB piece (~700 lines), one of 7 buckets, one of a day's 2 shards
+    largest = manifest["build"]["largest"]
+    assert 0 < largest["piece_rows"] < 1000 and 0 < largest["bucket_rows"] < len(imps) / 4
+    assert 0 < largest["shard_rows"] < 0.6 * manifest["days"]["2026-01-07"]["examples"]
     # dead letters: every corrupted line with its line number, counts add up per log
     expected = corruptions(uneven_logs)
     got = {(d["log"], os.path.relpath(d["source"], uneven_logs), d["line"]): d["reason"] for d in dead_letters(keyed)}

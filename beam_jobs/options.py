@@ -176,8 +176,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--graph", choices=GRAPHS, default="auto",
-        help="keyed: work split by file piece and key, joins through the runner's shuffle, memory per worker "
-        "bounded (for Dataflow and large days); per-day: one worker per day, no shuffle, fastest on small "
+        help="keyed: work split by file piece and key, joins through the runner's shuffle, a worker never holds "
+        "a whole day (for Dataflow and large days); per-day: one worker per day, no shuffle, fastest on small "
         f"inputs; auto: per-day on the DirectRunner while a day plus all click/conversion logs stay under "
         f"{PER_DAY_MAX_BYTES // MIB} MiB compressed, keyed otherwise (default: %(default)s; both write the same "
         "examples and manifest, docs/decisions/0028-keyed-build-graph.md)",

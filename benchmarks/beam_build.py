@@ -239,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = args.work_dir or tempfile.mkdtemp(prefix="tfads_beam_bench_")
     name, study = STUDIES[args.study]
+    args.results_name = args.results_name or name  # one module, a results file per study
     data, table = study(work, args)
     print("\n" + table)
-    publish(name, data, table, args)
+    publish("beam_build", data, table, args)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

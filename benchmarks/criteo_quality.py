@@ -32,9 +32,10 @@ import numpy as np
 
 import tfads  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from benchmarks import criteo_like
+from benchmarks.model_quality import paired_auc_diff
 from benchmarks.results import add_results_argument, publish
 from tfads.core.experiment import DEFAULT_EXPERIMENT, load_experiment
-from tfads.metrics import auc, bootstrap_ci, logloss, metrics_table
+from tfads.metrics import auc, logloss, metrics_table
 
 DEEPCTR_PATIENCE, DEEPCTR_CAP = 2, 20
 DIFF_COLUMN = "dAUC --config - this [95% CI]"
@@ -155,16 +156,6 @@ def _run(args: argparse.Namespace, name: str, worker: str, seed: int, key: dict)
     return {"runs": runs, "y": arrays["y"], "train_seconds": meta["train_seconds"], "val_auc": meta.get("val_auc")}
 
 
-def _paired(y: np.ndarray, ps: list[np.ndarray], qs: list[np.ndarray], reps: int) -> list[float]:
-    ci = bootstrap_ci(
-        lambda idx: [np.mean([auc(y[i], p[i]) - auc(y[i], q[i]) for p, q in zip(ps, qs, strict=True)]) for i in idx],
-        len(y),
-        np.random.default_rng(0),
-        reps=reps,
-    )
-    return [ci.estimate, ci.low, ci.high]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=600_000, help="examples in all (80%% train)")
@@ -221,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "train s": float(np.mean([r["train_seconds"] for r in runs])),
         }
         if name != "tfads":
-            table[name][DIFF_COLUMN] = _paired(y, reference, [r["p"] for r in runs], args.bootstrap)
+            table[name][DIFF_COLUMN] = paired_auc_diff(y, reference, [r["p"] for r in runs], args.bootstrap)
     report = {
         "data": {**data_key, "test_rows": int(len(y)), "test_ctr": float(np.mean(y))},
         "repeats": args.repeats,

@@ -413,7 +413,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _paired_auc_diff(y: np.ndarray, ps: list[np.ndarray], qs: list[np.ndarray], reps: int) -> list[float]:
+def paired_auc_diff(y: np.ndarray, ps: list[np.ndarray], qs: list[np.ndarray], reps: int) -> list[float]:
     """Mean over repeats k of AUC(ps[k]) - AUC(qs[k]) on the same rows, with a paired percentile-bootstrap
     95 % interval."""
     ci = bootstrap_ci(
@@ -470,11 +470,11 @@ def evaluate(
             row["AUC range"] = max(aucs) - min(aucs)
         reference = name.split("@")[0]
         if "@" in name and reference in preds and reps:
-            row[f"dAUC {AGAINST_COLUMN} [95% CI]"] = _paired_auc_diff(y, preds[reference], ps, reps)
+            row[f"dAUC {AGAINST_COLUMN} [95% CI]"] = paired_auc_diff(y, preds[reference], ps, reps)
         if base is not None and name != BASELINE:
             if reps:
                 paired = ps * len(base) if len(ps) == 1 else ps  # the oracle is one "training"
-                row["dAUC vs DCNv2 [95% CI]"] = _paired_auc_diff(y, paired, base, reps)
+                row["dAUC vs DCNv2 [95% CI]"] = paired_auc_diff(y, paired, base, reps)
             row["UPR"], row["scenarios"] = upr(per_scenario[name], per_scenario[BASELINE])
             row[f"UPR>={MIN_CLICKS}clk"], row[f"scen>={MIN_CLICKS}clk"] = upr(
                 per_scenario[name], per_scenario[BASELINE], MIN_CLICKS

@@ -5,17 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tfads.cli.arg_types import positive_int
 from tfads.core.schema import DEFAULT_SCHEMA, load_schema
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _rate(text: str) -> float:
@@ -33,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="output directory (replaced if it holds a previous datagen output)"
     )
-    parser.add_argument("--days", type=_positive_int, default=7, help="number of days (default 7)")
+    parser.add_argument("--days", type=positive_int, default=7, help="number of days (default 7)")
     parser.add_argument(
-        "--impressions-per-day", type=_positive_int, default=20000, help="impression lines per day (default 20000)"
+        "--impressions-per-day", type=positive_int, default=20000, help="impression lines per day (default 20000)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, byte-identical files (default 0)")
     parser.add_argument(

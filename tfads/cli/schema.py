@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from tfads.cli.arg_types import positive_int
+
 DESCRIPTION = """\
 Read the first --sample-rows rows of the input files and write a starter schema (input: table) to edit:
 each column's type (int, float, string) and feature kind (categorical when its values are few, hashed
@@ -18,16 +20,6 @@ sample counts behind the guess. Check it, then run `tfads build --schema OUT`.
 Files: .csv, .csv.gz, .parquet, .pq, .jsonl, .jsonl.gz, .json (JSON lines), or any name with --format."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``tfads schema``: one action, ``infer``."""
     actions = parser.add_subparsers(dest="action", required=True, metavar="action")
@@ -36,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     infer.add_argument("--input", required=True, nargs="+", action="extend", metavar="FILE_OR_GLOB",
                        help="files, globs (quote them) or directories; read in order until the sample is full")
     infer.add_argument("--out", required=True, help="the schema YAML to write")
-    infer.add_argument("--sample-rows", type=_positive_int, default=100_000,
+    infer.add_argument("--sample-rows", type=positive_int, default=100_000,
                        help="rows to read, from the first files (default 100000)")
     infer.add_argument("--format", choices=("auto", "csv", "parquet", "jsonl"), default="auto",
                        help="file format (default auto: by extension); also written to the schema")

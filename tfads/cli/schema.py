@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from tfads.core.names import CLICK
 from tfads.cli.arg_types import positive_int
 
 DESCRIPTION = """\
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     for column in guess.skipped:
         print(f"  left out {column.name}: {column.reason}")
     todo = [t for t in (guess.timestamp_todo, None if guess.timestamp else guess.timestamp_reason,
-                        None if guess.labels["click"] else guess.label_reason) if t]
+                        None if guess.labels[CLICK] else guess.label_reason) if t]
     for item in todo:
         print(f"  TODO: {item}")
     print("  a starter: check every guess (the comments say what each rests on) before `tfads build`")

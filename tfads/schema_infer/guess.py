@@ -6,6 +6,7 @@ the written YAML shows next to it; the rules are the module's constants and ``_f
 
 from __future__ import annotations
 
+from tfads.core.names import CLICK, CONVERSION
 import datetime as dt
 import re
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ class Guess:
 
     rows: int
     columns: list[Column] = field(default_factory=list)
-    labels: dict[str, str | None] = field(default_factory=lambda: {"click": None, "conversion": None})
+    labels: dict[str, str | None] = field(default_factory=lambda: {CLICK: None, CONVERSION: None})
     label_reason: str = ""
     key: str | None = None
     key_reason: str = ""
@@ -237,7 +238,7 @@ def _guess_labels(guess: Guess, profiles: dict[str, Profile]) -> None:
     generic = [p.name for p in binary if "_".join(words(p.name)) in GENERIC_LABELS]
     click = (clicks or generic or [None])[0]
     conversion = next((c for c in conversions if c != click), None)
-    guess.labels = {"click": click, "conversion": conversion}
+    guess.labels = {CLICK: click, CONVERSION: conversion}
     found = [c for c in (click, conversion) if c]
     if not click:
         guess.label_reason = ("no 0/1 column with a click-like name (click, clicked, is_click, label, y, target): "

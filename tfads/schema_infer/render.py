@@ -6,6 +6,7 @@ import os
 
 import yaml
 
+from tfads.core.names import CLICK
 from tfads.schema_infer.guess import HASH_FACTOR, LOG_SKEWNESS, MAX_CATEGORICAL, MAX_SMALL_INT, MIN_MEAN_COUNT, Guess
 from tfads.schema_infer.sample import Sample
 
@@ -83,7 +84,7 @@ def render_schema(guess: Guess, sample: Sample, *, fmt: str = "auto") -> str:
         else:
             lines.append(_line(f"  {name.ljust(name_width)} {spec}", column.reason, width))
     labels = _flow(guess.labels)
-    lines.append(_line(f"labels: {labels}", guess.label_reason if guess.labels["click"] else
+    lines.append(_line(f"labels: {labels}", guess.label_reason if guess.labels[CLICK] else
                        f"TODO: {guess.label_reason}"))
     days = ""
     if guess.days is not None:

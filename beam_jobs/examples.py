@@ -131,6 +131,33 @@ def encode_column(name: str, kind: str, values: pd.Series) -> np.ndarray:
     return table[codes]
 
 
+def _list_feature(kind: str, values: tuple) -> bytes:
+    """A ``tf.train.Feature`` holding every one of ``values`` (an empty list for an empty tuple)."""
+    if kind == "bytes":
+        items = [str(v).encode("utf-8") for v in values]
+        inner = b"".join(b"\x0a" + varint(len(v)) + v for v in items)
+    else:
+        packed = varints(np.asarray(values, dtype=np.int64)).data.tobytes() if values else b""
+        inner = b"\x0a" + varint(len(packed)) + packed if values else b""
+    return bytes([_FEATURE_TAG[kind]]) + varint(len(inner)) + inner
+
+
+def encode_list_column(name: str, kind: str, values: pd.Series) -> np.ndarray:
+    """Like :func:`encode_column` for a column of tuples (a list per row: ``tf.io.RaggedFeature`` /
+    ``VarLenFeature`` parse it), encoded once per distinct tuple."""
+    key = b"\x0a" + varint(len(name.encode("utf-8"))) + name.encode("utf-8")
+    cache: dict[tuple, bytes] = {}
+    out = np.empty(len(values), dtype=object)
+    for i, row in enumerate(values):
+        entry = cache.get(row)
+        if entry is None:
+            feature = _list_feature(kind, row)
+            body = key + b"\x12" + varint(len(feature)) + feature
+            entry = cache[row] = b"\x0a" + varint(len(body)) + body
+        out[i] = entry
+    return out
+
+
 _LENGTH_VARINTS = varints(np.arange(1 << 14)).to_list()
 
 
@@ -139,8 +166,10 @@ def _varint_bytes(n: int) -> bytes:
 
 
 def encode_examples(frame: pd.DataFrame, spec: Sequence[tuple[str, str]]) -> list[bytes]:
-    """Serialized ``tf.train.Example`` per row of ``frame``; ``spec`` lists (column, kind) pairs."""
-    columns = [encode_column(name, kind, frame[name]) for name, kind in spec]
+    """Serialized ``tf.train.Example`` per row of ``frame``; ``spec`` lists (column, kind) pairs; a kind ending in
+    ``[]`` (``bytes[]``, ``int64[]``) is a column of tuples, a list of values per row."""
+    columns = [encode_list_column(name, kind[:-2], frame[name]) if kind.endswith("[]")
+               else encode_column(name, kind, frame[name]) for name, kind in spec]
     bodies = [b"".join(parts) for parts in zip(*columns, strict=True)] if columns else []
     return [b"\x0a" + _varint_bytes(len(b)) + b for b in bodies]  # Example.features: field 1, length-delimited
 

@@ -23,11 +23,14 @@ import orjson
 import pandas as pd
 
 from beam_jobs.parse import DTYPES, LINE, RAW, TABLE, dead_letter, empty_rows, log_columns
+from tfads.core.names import CLICK, CONVERSION
 from tfads.core.schema import Schema
 
 FILE = "_file"  # index of the event's source file in the job's input list
 DAY = "_day"  # YYYY-MM-DD of the example (the day directory of its impression file)
 ORDER = [FILE, LINE]
+# With a history in the schema: the attributed click's / conversion's time of each ad example (-1: none).
+EVENT_TS = {CLICK: "_click_ts", CONVERSION: "_conversion_ts"}
 # Values given to impression features a feed sample does not carry (documented in docs/architecture.md "Data contract").
 FEED_DEFAULTS = {"string": "", "int": -1, "float": 0.0}
 
@@ -82,6 +85,11 @@ def join_impressions(
         labels[schema.labels.conversion] = ads[key].isin(kept_convs[key]).to_numpy().astype(np.int64)
         dead += conv_dead
         claimed.append(event_ids(convs))
+    if schema.history:  # the event times a history orders by (-1: no event)
+        kept = {CLICK: kept_clicks} | ({CONVERSION: kept_convs} if convs is not None else {})
+        for role, rows in kept.items():
+            when = ads[key].map(pd.Series(rows[ts].to_numpy(), index=rows[key].to_numpy()))
+            labels[EVENT_TS[role]] = when.fillna(-1).to_numpy(np.int64)
     ads = ads.assign(**labels, **{schema.weight_feature: 1.0, schema.source_feature: "ad"})
     return Joined(ads.reset_index(drop=True), dead, np.concatenate(claimed))
 

@@ -23,9 +23,10 @@ import pandas as pd
 from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs.files import read_line_pieces
+from beam_jobs.history import DAY_S, TS, USER, add_histories, event_records, last_events, utc_day_numbers
 from beam_jobs.frames import compress, decompress, pack, unpack
 from beam_jobs.join import (
-    FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans, table_examples,
+    DAY, FILE, ORDER, add_derived, empty_events, feed_examples, join_impressions, orphans, table_examples,
 )
 from beam_jobs.options import InputFile, Job, JobError, Plan, make_plan
 from beam_jobs.parse import TABLE, ParseResult, log_columns, parse_bytes
@@ -38,6 +39,7 @@ from beam_jobs.steps import (
 AD_LOGS = ("impressions", "feed", TABLE)  # logs whose rows become examples (of their file's day / timestamp's day)
 
 
+EVENTS = "history_events"  # JoinBucket's output with a history in the schema: events by (user bucket, day)
 PLAN_STATS = "plan_stats"  # ParsePiece's output when the plan needs the data: input bytes per day, rows per timestamp
 Piece = tuple[InputFile, int, int, bytes, int]  # file, piece number, first line/row, compressed lines, bytes in
 
@@ -153,17 +155,89 @@ class JoinBucket(beam.DoFn):
                     parts.append(examples)
                     dead += more_dead
             examples = add_derived(pd.concat(parts, ignore_index=True), schema, day)
-            split = plan.split_of(day, examples[schema.timestamp].to_numpy())
-            shard_of = bucket_of(shard_keys(examples, schema), plan.shards[day])
-            for (name, shard), index in pd.DataFrame({"s": split, "k": shard_of}).groupby(["s", "k"]).indices.items():
-                packed = pack(examples.iloc[index].reset_index(drop=True))
-                tally.shuffle_bytes += len(packed)
-                yield (plan.unit(day, name), int(shard)), packed
+            if schema.history:
+                yield from by_user_day(examples, job, tally)
+            else:
+                yield from by_shard(examples, day, plan, schema, tally)
         if schema.event_logs:
             dead += orphans(events, np.concatenate(claimed), job.paths)
         count_by_log(dead, tally)
         write_dead_letters(job.out, f"join-{bucket:05d}", dead, tally)
         yield TaggedOutput(STATS, tally)
+
+
+def by_shard(examples: pd.DataFrame, day: str, plan: Plan, schema, tally: Tally):
+    """One day's examples -> ((output unit, shard), packed examples) pieces; their bytes counted in ``tally``."""
+    split = plan.split_of(day, examples[schema.timestamp].to_numpy())
+    shard_of = bucket_of(shard_keys(examples, schema), plan.shards[day])
+    for (name, shard), index in pd.DataFrame({"s": split, "k": shard_of}).groupby(["s", "k"]).indices.items():
+        packed = pack(examples.iloc[index].reset_index(drop=True))
+        tally.shuffle_bytes += len(packed)
+        yield (plan.unit(day, name), int(shard)), packed
+
+
+def by_user_day(examples: pd.DataFrame, job: Job, tally: Tally):
+    """Examples -> ((user bucket, UTC day number of their time), packed) pieces, and (tagged ``EVENTS``) their
+    history events (``event_records``) keyed the same way by the events' own time."""
+    user, ts = job.schema.user_key, job.schema.timestamp
+    yield from _by_user_day(examples, examples[user], examples[ts], job.key_buckets, tally)
+    events = event_records(examples, job.schema)
+    for item in _by_user_day(events, events[USER], events[TS], job.key_buckets, tally):
+        yield TaggedOutput(EVENTS, item)
+
+
+def _by_user_day(frame: pd.DataFrame, users: pd.Series, ts: pd.Series, buckets: int, tally: Tally):
+    keys = pd.DataFrame({"b": bucket_of(users, buckets), "d": utc_day_numbers(ts.to_numpy())})
+    for (bucket, day), index in keys.groupby(["b", "d"]).indices.items():
+        packed = pack(frame.iloc[index].reset_index(drop=True))
+        tally.shuffle_bytes += len(packed)
+        yield (int(bucket), int(day)), packed
+
+
+class RouteEvents(beam.DoFn):
+    """((user bucket, day), event pieces) -> the day's events to that day's group, and each user's last N events
+    of the day (``last_events``) to the groups of the later days a history window can reach."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    def process(self, element: tuple[tuple[int, int], list[bytes]], plan: Plan):
+        (bucket, day), pieces = element
+        schema = self._job.schema
+        events = pd.concat([unpack(p) for p in pieces], ignore_index=True)
+        yield (bucket, day), pack(events)
+        tail = pack(last_events(events, schema))
+        windows = [h.window_s for h in schema.history.values()]
+        reach = None if None in windows else max(windows) // DAY_S + 1  # days after `day` a window can see
+        for later in plan_day_numbers(plan):
+            if later > day and (reach is None or later - day <= reach):
+                yield (bucket, later), tail
+
+
+class HistoryGroup(beam.DoFn):
+    """((user bucket, day), {examples, events}) -> the examples with their histories (``add_histories``), as
+    ((output unit, shard), packed) pieces; a Tally with the pieces' bytes and the truncated histories."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    def process(self, element, plan: Plan):
+        _, groups = element
+        if not groups["examples"]:
+            return
+        schema = self._job.schema
+        examples = pd.concat([unpack(p) for p in groups["examples"]], ignore_index=True)
+        events = pd.concat([unpack(p) for p in groups["events"]] or [pd.DataFrame()], ignore_index=True)
+        examples, truncated = add_histories(examples, events, schema)
+        tally = Tally(history_truncated=truncated)
+        for day, index in examples.groupby(DAY).indices.items():
+            yield from by_shard(examples.iloc[index].reset_index(drop=True), day, plan, schema, tally)
+        yield TaggedOutput(STATS, tally)
+
+
+def plan_day_numbers(plan: Plan) -> list[int]:
+    """The data's days as day numbers since the epoch."""
+    return sorted(int(np.datetime64(day, "D").astype(np.int64)) for day in plan.shards)
 
 
 class WriteShards(beam.DoFn):
@@ -229,15 +303,30 @@ class BuildKeyed(beam.PTransform):
         joined = (
             read.pieces
             | "ByBucket" >> beam.GroupByKey()
-            | "JoinBucket" >> beam.ParDo(JoinBucket(job), plan).with_outputs(STATS, main="examples")
+            | "JoinBucket" >> beam.ParDo(JoinBucket(job), plan).with_outputs(STATS, EVENTS, main="examples")
         )
+        tallies = [read[STATS], joined[STATS]]
+        examples = joined.examples
+        if job.schema.history:
+            events = (
+                joined[EVENTS]
+                | "EventsByUserDay" >> beam.GroupByKey()
+                | "RouteEvents" >> beam.ParDo(RouteEvents(job), plan)
+            )
+            with_history = (
+                {"examples": examples, "events": events}
+                | "ByUserDay" >> beam.CoGroupByKey()
+                | "AddHistories" >> beam.ParDo(HistoryGroup(job), plan).with_outputs(STATS, main="examples")
+            )
+            tallies.append(with_history[STATS])
+            examples = with_history.examples
         written = (
-            joined.examples
+            examples
             | "ByShard" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(WriteShards(job), plan)
         )
         return (
-            (read[STATS], joined[STATS], written)
+            (*tallies, written)
             | "AllTallies" >> beam.Flatten()
             | "MergeTallies" >> beam.CombineGlobally(MergeTallies())
             | "Finalize" >> beam.Map(lambda tally, p: finalize(tally, job, p), plan)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from beam_jobs.history import history_block
 from beam_jobs.options import SPLITS, Plan
 from beam_jobs.posterior import BetaPrior
 from beam_jobs.stats import Tally, mean_std
@@ -103,6 +104,7 @@ def build_manifest(
                       "priors": {f: {r: {"alpha": p.alpha, "beta": p.beta} for r, p in rates.items()}
                                  for f, rates in priors.items()}},
         "date_range": [all_days[0], all_days[-1]] if all_days else [],
+        "history": history_block(schema, tally.history_truncated),
         "build": build,
     }
 
@@ -119,6 +121,10 @@ def summary_text(manifest: dict[str, Any]) -> str:
         span = f"{s['days'][0]}..{s['days'][-1]}" if s["days"] else "-"
         lines.append(f"  {name:<6} {span:<22} examples {s['examples']:>10,} (feed {s['feed_examples']:,})"
                      f"  ctr {s['ctr']:.4f}  cvr {s['cvr']:.4f}")
+    for name, h in manifest.get("history", {}).items():
+        window = "" if h["window_s"] is None else f" within {h['window_s']:,} s"
+        lines.append(f"history {name}: the user's last {h['max_len']} {h['field']} ({h['events']} events{window}), "
+                     f"truncated for {h['truncated']:,} examples")
     vocab = ", ".join(f"{n} {f['vocab_size']}" for n, f in manifest["features"].items() if "vocab_size" in f)
     lines.append(f"vocabulary sizes: {vocab}")
     rules = manifest.get("vocab", {})

@@ -268,6 +268,11 @@ def find_inputs(
         return Job(logs, out, schema, read_yaml(schema_path), cold_start, tuple(files), None, "keyed", buckets,
                    piece_bytes)
     plan = make_plan(day_bytes, schema)
+    if schema.history:  # a user's history spans days: only the keyed graph groups by user
+        if graph == "per-day":
+            raise JobError("--graph per-day joins one day at a time; a schema with history features uses the "
+                           "keyed graph (--graph keyed or auto)")
+        graph = "keyed"
     if graph == "auto":
         small = max(day_bytes.values(), default=0) + event_bytes <= PER_DAY_MAX_BYTES
         graph = "per-day" if small and runner in ("DirectRunner", "direct") else "keyed"

@@ -31,6 +31,7 @@ class Tally:
     numeric: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     shuffle_bytes: int = 0  # keyed graph: bytes of the pieces sent through the runner's shuffle
     largest: Counter = field(default_factory=Counter)  # keyed graph: rows of the largest piece, bucket and shard
+    history_truncated: Counter = field(default_factory=Counter)  # history -> examples whose events it cut short
 
     def count_input(self, log: str, read: int, dead: list[dict]) -> None:
         """Record ``read`` lines of ``log`` and the dead letters produced from them."""
@@ -53,6 +54,7 @@ class Tally:
         for name, per_unit in other.numeric.items():
             self.numeric.setdefault(name, {}).update(per_unit)
         self.shuffle_bytes += other.shuffle_bytes
+        self.history_truncated.update(other.history_truncated)
         for name, rows in other.largest.items():
             self.largest[name] = max(self.largest[name], rows)
         return self

@@ -27,10 +27,12 @@ _KIND = {"string": "bytes", "int": "int64", "float": "float"}
 
 
 def example_spec(schema: Schema) -> list[tuple[str, str]]:
-    """(column, tf.train.Feature kind) of every Example: raw fields, derived features, labels, weight, source."""
+    """(column, tf.train.Feature kind) of every Example: raw fields, derived features, labels, histories (lists),
+    weight, source."""
     spec = [(n, _KIND[f.type]) for n, f in schema.fields.items()]
     spec += [(n, "bytes") for n, f in schema.features.items() if isinstance(f, DerivedField)]
     spec += [(label, "int64") for label in schema.labels.columns]
+    spec += [(n, _KIND[schema.fields[h.field].type] + "[]") for n, h in schema.history.items()]
     return spec + [(schema.weight_feature, "float"), (schema.source_feature, "bytes")]
 
 

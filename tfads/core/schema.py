@@ -71,6 +71,40 @@ class DerivedField:
     calibration: bool = False
 
 
+HistoryEvents = Literal["click", "conversion", "impression"]
+
+
+@dataclass(frozen=True)
+class HistoryFeature:
+    """A user's behaviour history, computed point in time by the build job: the values of ``field`` on the
+    user's last ``max_len`` ``events`` (clicked, converted or every impressed example of the user, keyed by
+    the schema's ``user_key``) that happened strictly before the example's timestamp, most recent first, and
+    with ``window_s`` only those at most that many seconds earlier. A click's time is its click-log
+    timestamp, a conversion's its conversion-log timestamp (a table's label columns carry no event time:
+    there it is the row's timestamp). Events at the same second are ordered by the example's key.
+
+    ``share_embedding_with``: the feature whose vocabulary and embedding table the history's values are
+    looked up in (default: ``field`` itself, which must then be a categorical or hashed feature).
+    """
+
+    field: str
+    events: HistoryEvents = "click"
+    max_len: int = 20
+    window_s: int | None = None
+    share_embedding_with: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+        if self.window_s is not None and self.window_s < 1:
+            raise ValueError(f"window_s must be >= 1 second (or null for no window), got {self.window_s}")
+
+    @property
+    def table(self) -> str:
+        """The feature whose embedding table the history shares."""
+        return self.share_embedding_with or self.field
+
+
 @dataclass(frozen=True)
 class EventLog:
     """A log other than impressions: its fields (name -> type) and which are required."""
@@ -197,6 +231,7 @@ class Schema:
     format: TableFormat = "auto"
     clicks: EventLog | None = None
     derived: dict[str, DerivedField] = field(default_factory=dict)
+    history: dict[str, HistoryFeature] = field(default_factory=dict)
     conversions: EventLog | None = None
     feed: EventLog | None = None
     labels: Labels = field(default_factory=Labels)
@@ -248,6 +283,28 @@ class Schema:
             why = ("the table's label columns are read as labels (0/1)" if self.is_table
                    else "the job writes the labels itself")
             raise ValueError(f"label column(s) {clash} are also listed under fields: remove them there ({why})")
+        self._check_history()
+
+    def _check_history(self) -> None:
+        for name, h in self.history.items():
+            where = f"history.{name}"
+            if self.user_key is None:
+                raise ValueError(f"{where}: a history is per user: set user_key (the field that identifies a user)")
+            if name in self.fields or name in self.derived or name in self.labels.columns:
+                raise ValueError(f"{where}: the name is also a field, derived feature or label: choose another")
+            if h.field not in self.fields:
+                raise ValueError(f"{where}.field {h.field!r} is not listed under fields")
+            if self.fields[h.field].type == "float":
+                raise ValueError(f"{where}.field {h.field!r} is a float: a history holds ids (string or int fields)")
+            if h.events == "conversion" and not self.labels.conversion:
+                raise ValueError(f"{where}.events: conversion, but the schema has no conversion label")
+            table = self.features.get(h.table)
+            if table is None or table.feature not in ("categorical", "hashed"):
+                raise ValueError(f"{where}.share_embedding_with {h.table!r} must name a categorical or hashed "
+                                 "feature (its vocabulary and embedding table look the history's values up)")
+            if table_type(self, h.table) != self.fields[h.field].type:
+                raise ValueError(f"{where}: field {h.field!r} ({self.fields[h.field].type}) and the feature it "
+                                 f"shares a table with, {h.table!r} ({table_type(self, h.table)}), differ in type")
 
     def _check_input_shape(self) -> None:
         if self.input == "events":
@@ -297,6 +354,11 @@ class Schema:
     def vocab_features(self) -> list[str]:
         """Categorical features that get a vocabulary file."""
         return [n for n, f in self.features.items() if f.feature == "categorical"]
+
+
+def table_type(schema: Schema, feature: str) -> FieldType:
+    """The value type of a feature: its field's, or ``string`` for a derived (joined) feature."""
+    return schema.fields[feature].type if feature in schema.fields else "string"
 
 
 DEFAULT_SCHEMA = default_config(SCHEMA)

@@ -19,6 +19,7 @@ from tfads.core.names import CLICK
 from tfads.core.schema import Schema
 
 DAY_S = 86400
+_DTYPES = {"string": "string", "int": "int64"}  # the manifest's names of a history's value type
 USER, TS, TIE, SOURCE = "_user", "_event_ts", "_tie", "_source"
 
 
@@ -121,7 +122,7 @@ def _count_before(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray, t: np.ndarray)
 def history_block(schema: Schema, truncated: Counter) -> dict:
     """The manifest's ``history``: each history's definition and how many examples it truncated."""
     return {name: {"field": h.field, "events": h.events, "max_len": h.max_len, "window_s": h.window_s,
-                   "share_embedding_with": h.table, "dtype": schema.fields[h.field].type,
+                   "share_embedding_with": h.table, "dtype": _DTYPES[schema.fields[h.field].type],
                    "truncated": int(truncated.get(name, 0))}
             for name, h in schema.history.items()}
 

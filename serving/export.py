@@ -34,7 +34,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from tfads.calibration.compiled import compile_calibration
-from tfads.data import DTYPES, derived_parts, feature_spec
+from tfads.data import DTYPES, derived_parts, feature_spec, parse_examples
 from tfads.calibration.combined import calibrated_tasks
 from tfads.core.manifest import Manifest
 from tfads.core.names import CTCVR, CTR, CVR, RAW_SUFFIX
@@ -54,11 +54,13 @@ class ServingModule(tf.Module):
         self.model = model
         # a calibrated model serves its AdaCalib layers as precomputed per-value tables (same outputs)
         self.calibrated = compile_calibration(model)
-        self.feature_names = list(manifest.input_dtypes)  # raw fields only
+        self.manifest = manifest
+        self.feature_names = list(manifest.model_inputs)  # raw fields (and histories) only
         self.derived = derived_parts(manifest)  # a calibration field may be derived (scenario)
         self.heads = manifest.heads  # ctr, and cvr / ctcvr when the data has a conversion label
         self.example_spec = feature_spec(manifest, with_labels=False)
-        specs = {name: tf.TensorSpec([None], DTYPES[dtype], name=name) for name, dtype in manifest.input_dtypes.items()}
+        specs = {name: tf.TensorSpec([None, *shape], DTYPES[dtype], name=name)
+                 for name, (dtype, shape) in manifest.model_inputs.items()}
         self.serving_default = tf.function(self._serve_features).get_concrete_function(**specs)
         examples = tf.TensorSpec([None], tf.string, name="examples")
         inputs = tf.TensorSpec([None], tf.string, name="inputs")
@@ -92,7 +94,7 @@ class ServingModule(tf.Module):
         return self._outputs(features)
 
     def _serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._outputs(tf.io.parse_example(examples, self.example_spec))
+        return self._outputs(parse_examples(examples, self.manifest, self.example_spec))
 
     def _regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"outputs": self._examples_fn(inputs)["ctr"]}
@@ -179,14 +181,14 @@ def _write_warmup(path: str, manifest: Manifest, model_name: str, count: int) ->
     """Warmup requests: Predict calls on ``serving_default`` built from real test examples."""
     spec = feature_spec(manifest, with_labels=False)
     records = tf.data.TFRecordDataset(manifest.split_files("test")[:1], compression_type="GZIP").batch(count)
-    batch = tf.io.parse_example(next(iter(records)), spec)
+    batch = parse_examples(next(iter(records)), manifest, spec)
     tf.io.gfile.makedirs(os.path.join(path, "assets.extra"))
     with tf.io.TFRecordWriter(os.path.join(path, WARMUP_FILE)) as writer:
         for size in (1, count):
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
             )
-            for name in manifest.input_dtypes:
+            for name in manifest.model_inputs:
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(batch[name][:size].numpy()))
             writer.write(
                 prediction_log_pb2.PredictionLog(
@@ -202,7 +204,7 @@ def check_export(
     spec = feature_spec(manifest, with_labels=False)
     records = tf.data.TFRecordDataset(manifest.split_files("test"), compression_type="GZIP").batch(rows)
     serialized = next(iter(records))
-    features = tf.io.parse_example(serialized, spec)
+    features = parse_examples(serialized, manifest, spec)
     loaded = tf.saved_model.load(version_path)
     by_features = loaded.signatures["serving_default"](**features)
     by_examples = loaded.signatures["predict_examples"](examples=serialized)

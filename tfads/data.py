@@ -6,7 +6,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfads.core.manifest import Manifest
+from tfads.core.manifest import Manifest, history_length_input
 from tfads.core.names import CLICK, CONVERSION, CTCVR, CTR, CVR
 from tfads.layers.derived import add_derived
 
@@ -15,7 +15,8 @@ DEFAULTS = {"string": "", "int64": 0, "float32": 0.0}
 
 
 def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: bool = False) -> dict[str, Any]:
-    """``tf.io.parse_example`` spec for the model's inputs, the raw fields (and labels / metadata).
+    """``tf.io.parse_example`` spec for the model's inputs, the raw fields and histories (ragged; see
+    :func:`parse_examples`), and labels / metadata.
 
     Derived features are not read from the examples: :func:`with_derived` computes them from the raw fields
     with the model's own function."""
@@ -23,6 +24,8 @@ def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: boo
         name: tf.io.FixedLenFeature([], DTYPES[dtype], default_value=DEFAULTS[dtype])
         for name, dtype in manifest.input_dtypes.items()
     }
+    for name, (dtype, _) in manifest.history_inputs.items():
+        spec[name] = tf.io.RaggedFeature(DTYPES[dtype])
     if with_labels:
         for label in manifest.labels:
             spec[label] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
@@ -35,6 +38,23 @@ def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: boo
             spec[name] = tf.io.FixedLenFeature([], DTYPES[dtype], default_value=DEFAULTS[dtype])
         spec[manifest.source_feature] = tf.io.FixedLenFeature([], tf.string, default_value="ad")
     return spec
+
+
+def parse_examples(serialized: tf.Tensor, manifest: Manifest, spec: dict[str, Any]) -> dict[str, tf.Tensor]:
+    """``tf.io.parse_example`` with ``spec`` (:func:`feature_spec`), each history then padded to its
+    ``max_len`` with its ``<name>_length`` added: the model's input form, in training and in serving."""
+    parsed = tf.io.parse_example(serialized, spec)
+    return pad_histories(parsed, manifest)
+
+
+def pad_histories(parsed: dict[str, tf.Tensor], manifest: Manifest) -> dict[str, tf.Tensor]:
+    """Ragged histories (one list per example) -> (batch, max_len) padded tensors plus their lengths."""
+    out = dict(parsed)
+    for name, (dtype, max_len) in manifest.history_inputs.items():
+        ragged = parsed[name][:, :max_len]
+        out[name] = ragged.to_tensor(default_value=DEFAULTS[dtype], shape=[None, max_len])
+        out[history_length_input(name)] = tf.cast(ragged.row_lengths(), tf.int64)
+    return out
 
 
 def derived_parts(manifest: Manifest) -> dict[str, tuple[list[str], str]]:
@@ -141,7 +161,7 @@ def make_dataset(
     derive = scenarios or not for_training  # training itself needs no derived column: the model computes them
 
     def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        parsed = tf.io.parse_example(serialized, spec)
+        parsed = parse_examples(serialized, manifest, spec)
         return with_derived(parsed, manifest) if derive else parsed
 
     ds = (ds.rebatch(batch_size) if block > 1 else ds.batch(batch_size)).map(

@@ -10,7 +10,8 @@ standard Keras preprocessing layers, so the same lookups run in training and ins
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import tensorflow as tf
 import tf_keras as keras
@@ -32,12 +33,17 @@ class EmbeddedFeatures:
       domain: concatenated embeddings of the domain-aware (scenario) features, (batch, k*dim).
       domain_index: integer id of the primary domain feature's value (0 = unseen), (batch,).
       num_domains: size of the primary domain feature's id space (vocabulary + OOV).
+      embedded: each categorical / hashed feature's embedding, (batch, dim).
+      embedders: each categorical / hashed feature's lookup and embedding table as one function of raw values
+        of any shape (e.g. a (batch, L) history): the same layers and weights as the feature's own.
     """
 
     parts: list[tf.Tensor]
     domain: tf.Tensor
     domain_index: tf.Tensor
     num_domains: int
+    embedded: dict[str, tf.Tensor] = field(default_factory=dict)
+    embedders: dict[str, Callable[[tf.Tensor], tf.Tensor]] = field(default_factory=dict)
 
     def stacked(self) -> tf.Tensor:
         """All parts concatenated: ``x0``, (batch, total width)."""
@@ -45,10 +51,11 @@ class EmbeddedFeatures:
 
 
 def feature_inputs(manifest: Manifest) -> dict[str, keras.Input]:
-    """One scalar-per-example Keras input per raw field the model takes (``manifest.input_dtypes``): the
-    features that are not derived and the fields derived features join."""
+    """One Keras input per model input (``manifest.model_inputs``): a scalar per example for the features that
+    are not derived and the fields derived features join; a padded (max_len,) list and its length per history."""
     return {
-        name: keras.Input(shape=(), dtype=DTYPES[dtype], name=name) for name, dtype in manifest.input_dtypes.items()
+        name: keras.Input(shape=shape, dtype=DTYPES[dtype], name=name)
+        for name, (dtype, shape) in manifest.model_inputs.items()
     }
 
 
@@ -84,14 +91,19 @@ def embed_features(
     if numeric_encoding not in ("embedding", "dense"):
         raise ValueError(f"numeric_encoding must be 'embedding' or 'dense', got {numeric_encoding!r}")
     ids: dict[str, tuple[tf.Tensor, int]] = {}
+    lookups: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {}
+    tables: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {}
     embeddings: dict[str, tf.Tensor] = {}
     parts: list[tf.Tensor] = []  # x0 in manifest order (the fused block goes first)
     for name, spec in manifest.features.items():
         kind = spec["kind"]
         if kind in ("categorical", "hashed"):
-            idx, size = ids[name] = _lookup(name, inputs[name], spec, manifest)
+            lookups[name], size = _lookup(name, spec, manifest)
+            idx = lookups[name](inputs[name])
+            ids[name] = idx, size
             if not fused:
-                embeddings[name] = keras.layers.Embedding(size, dim, _init(init_std), name=f"{name}_embedding")(idx)
+                tables[name] = keras.layers.Embedding(size, dim, _init(init_std), name=f"{name}_embedding")
+                embeddings[name] = tables[name](idx)
                 parts.append(embeddings[name])
         elif kind == "numeric":
             parts.extend(_encode_numeric(name, inputs[name], spec, dim, numeric_encoding, init_std))
@@ -101,7 +113,7 @@ def embed_features(
     if not domain_names:
         raise ValueError("the manifest marks no domain_aware feature; AdaSparse/STAR need one (e.g. scenario)")
     if fused:
-        block, embeddings = _fused_embeddings(ids, dim, domain_names, init_std)
+        block, embeddings, tables = _fused_embeddings(ids, dim, init_std)
         parts.insert(0, block)
     domain = (
         embeddings[domain_names[0]]
@@ -109,7 +121,12 @@ def embed_features(
         else keras.layers.Concatenate(name="domain_embedding")([embeddings[n] for n in domain_names])
     )
     primary = manifest.domain if manifest.domain in ids else domain_names[0]
-    return EmbeddedFeatures(parts, domain, *ids[primary])
+    embedders = {name: _chain(lookups[name], tables[name]) for name in ids}
+    return EmbeddedFeatures(parts, domain, *ids[primary], embedded=embeddings, embedders=embedders)
+
+
+def _chain(lookup: Callable[[tf.Tensor], tf.Tensor], table: Callable[[tf.Tensor], tf.Tensor]):
+    return lambda values: table(lookup(values))
 
 
 def _init(init_std: float | None) -> str | keras.initializers.Initializer:
@@ -117,31 +134,38 @@ def _init(init_std: float | None) -> str | keras.initializers.Initializer:
     return "uniform" if init_std is None else keras.initializers.RandomNormal(stddev=init_std)
 
 
-def _lookup(name: str, x: tf.Tensor, spec: dict, manifest: Manifest) -> tuple[tf.Tensor, int]:
-    """Integer ids of a categorical (vocabulary, 0 = OOV) or hashed feature, and the id space's size."""
+def _lookup(name: str, spec: dict, manifest: Manifest) -> tuple[Callable[[tf.Tensor], tf.Tensor], int]:
+    """The id function of a categorical (vocabulary, 0 = OOV) or hashed feature, and the id space's size."""
     if spec["kind"] == "hashed":
         size = int(spec["hash_bins"])
-        return keras.layers.Hashing(size, name=f"{name}_hash")(x), size
-    if spec["dtype"] != "string":
-        x = tf.strings.as_string(x)
+        return keras.layers.Hashing(size, name=f"{name}_hash"), size
     lookup = keras.layers.StringLookup(vocabulary=manifest.vocab_path(name), num_oov_indices=1, name=f"{name}_lookup")
-    return lookup(x), lookup.vocabulary_size()
+    if spec["dtype"] == "string":
+        return lookup, lookup.vocabulary_size()
+    return (lambda x: lookup(tf.strings.as_string(x))), lookup.vocabulary_size()
 
 
 def _fused_embeddings(
-    ids: dict[str, tuple[tf.Tensor, int]], dim: int, wanted: list[str], init_std: float | None
-) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """One table for every id feature: the (batch, n * dim) block of all embeddings, and the
-    (batch, dim) embeddings of the ``wanted`` features."""
+    ids: dict[str, tuple[tf.Tensor, int]], dim: int, init_std: float | None
+) -> tuple[tf.Tensor, dict[str, tf.Tensor], dict[str, Callable[[tf.Tensor], tf.Tensor]]]:
+    """One table for every id feature: the (batch, n * dim) block of all embeddings, each feature's (batch, dim)
+    embedding, and each feature's table as a function of its ids (offset into its own rows)."""
     names = list(ids)
-    offsets, total = [], 0
-    for _, size in ids.values():
-        offsets.append(total)
+    offsets, total = {}, 0
+    for name, (_, size) in ids.items():
+        offsets[name] = total
         total += size
-    rows = tf.stack([tf.cast(idx, tf.int64) for idx, _ in ids.values()], axis=1) + tf.constant(offsets, tf.int64)
-    table = keras.layers.Embedding(total, dim, _init(init_std), name=FUSED_EMBEDDING)(rows)  # (batch, n, dim)
+    layer = keras.layers.Embedding(total, dim, _init(init_std), name=FUSED_EMBEDDING)
+    rows = tf.stack([tf.cast(idx, tf.int64) for idx, _ in ids.values()], axis=1) + tf.constant(
+        list(offsets.values()), tf.int64)
+    table = layer(rows)  # (batch, n, dim)
     block = keras.layers.Reshape((len(names) * dim,), name="fused_x0")(table)
-    return block, {name: table[:, names.index(name), :] for name in wanted}
+    tables = {name: _offset_table(layer, offset) for name, offset in offsets.items()}
+    return block, {name: table[:, i, :] for i, name in enumerate(names)}, tables
+
+
+def _offset_table(layer: keras.layers.Layer, offset: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    return lambda idx: layer(tf.cast(idx, tf.int64) + offset)
 
 
 def _encode_numeric(

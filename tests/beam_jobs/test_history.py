@@ -172,7 +172,7 @@ def test_manifest_records_the_definitions_and_truncation(history_build):
     manifest = json.load(open(os.path.join(history_build, "manifest.json")))
     block = manifest["history"]
     assert block["hist_ad"] == {"field": "ad_id", "events": "impression", "max_len": 4, "window_s": 7200,
-                                "share_embedding_with": "ad_id", "dtype": "int",
+                                "share_embedding_with": "ad_id", "dtype": "int64",
                                 "truncated": block["hist_ad"]["truncated"]}
     got = built_histories(history_build)
     assert 0 < block["hist_ad"]["truncated"] <= (got.hist_ad.map(len) == 4).sum()

@@ -59,6 +59,17 @@ class AdaSparseConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """How the model reads the data's user behaviour histories (the schema's ``history``; ignored without):
+    ``din`` (the candidate attends to the history through DIN's activation unit, an MLP of ``din_units``
+    with ``din_activation``), ``mean`` / ``sum`` / ``max`` pooling over the real positions, or ``none``."""
+
+    pooling: Literal["din", "mean", "sum", "max", "none"] = "din"
+    din_units: list[int] = field(default_factory=lambda: [64, 32])
+    din_activation: Literal["prelu", "dice", "sigmoid"] = "prelu"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The network: embeddings, backbone, AdaSparse and ESMM heads.
 
@@ -81,6 +92,7 @@ class ModelConfig:
     dropout: float = 0.0
     cross: CrossConfig = field(default_factory=CrossConfig)
     adasparse: AdaSparseConfig = field(default_factory=AdaSparseConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     direct_cvr_loss: bool = False
     cvr_loss_weight: float = 1.0
     numeric_encoding: Literal["embedding", "dense"] = "embedding"

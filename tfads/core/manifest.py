@@ -18,6 +18,11 @@ from tfads.core.schema import DerivedField
 SPLITS = ("train", "valid", "calib", "test")
 
 
+def history_length_input(name: str) -> str:
+    """The input holding how many values of history ``name`` are real (the rest is padding)."""
+    return f"{name}_length"
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A loaded manifest; every path in it is resolved against the manifest's directory."""
@@ -72,6 +77,28 @@ class Manifest:
         for spec in derived.values():
             for part in spec.concat:
                 out.setdefault(part, self.raw_dtype(part, "string"))
+        return out
+
+    @property
+    def history(self) -> dict[str, dict[str, Any]]:
+        """User behaviour histories (the schema's ``history``), name -> field, events, max_len, window_s,
+        share_embedding_with, dtype (``string`` / ``int64``), truncated; empty without."""
+        return self.data.get("history") or {}
+
+    @property
+    def history_inputs(self) -> dict[str, tuple[str, int]]:
+        """The model's history inputs, name -> (dtype, max_len): each a padded (batch, max_len) tensor with an
+        int64 ``<name>_length`` input (``history_length_input``) saying how many of its values are real."""
+        return {name: (h["dtype"], int(h["max_len"])) for name, h in self.history.items()}
+
+    @property
+    def model_inputs(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Every input of the model and its serving signatures, name -> (dtype, shape of one example): the raw
+        fields (``input_dtypes``, scalars), then each history (max_len,) and its length (a scalar int64)."""
+        out: dict[str, tuple[str, tuple[int, ...]]] = {name: (dtype, ()) for name, dtype in self.input_dtypes.items()}
+        for name, (dtype, max_len) in self.history_inputs.items():
+            out[name] = (dtype, (max_len,))
+            out[history_length_input(name)] = ("int64", ())
         return out
 
     @property

@@ -1,19 +1,24 @@
-"""Custom Keras layers of tfads: AdaSparse pruning, DCN-Mix and bfloat16-matmul crosses, STAR multi-domain layers
-and derived features computed from raw fields."""
+"""Custom Keras layers of tfads: AdaSparse pruning, DCN-Mix and bfloat16-matmul crosses, STAR multi-domain layers,
+DIN sequence layers over behaviour histories and derived features computed from raw fields."""
 
 from tfads.layers.adasparse import AdaSparseMLP, AdaSparsePruner, SparsityReport, find_pruners, sparsity_report
 from tfads.layers.callbacks import AlphaAnnealer, SparsityLambdaScheduler
 from tfads.layers.dcn_mix import CrossMix
 from tfads.layers.derived import JoinFields, add_derived, derived_layers, join_fields
 from tfads.layers.low_precision_cross import LowPrecisionCross, matmul_policy
+from tfads.layers.sequence import BroadcastRows, Dice, DinAttention, MaskedPooling
 from tfads.layers.star import PartitionedNormalization, StarDense, StarTower
 
 __all__ = [
     "AdaSparseMLP",
     "AdaSparsePruner",
     "AlphaAnnealer",
+    "BroadcastRows",
     "CrossMix",
+    "Dice",
+    "DinAttention",
     "JoinFields",
+    "MaskedPooling",
     "PartitionedNormalization",
     "SparsityLambdaScheduler",
     "SparsityReport",

@@ -10,6 +10,7 @@ import tf_keras as keras
 
 from tfads.core.experiment import ModelConfig
 from tfads.features import derive_features, embed_features, feature_inputs
+from tfads.sequences import embed_histories
 from tfads.layers.low_precision_cross import resolve_matmul_dtype
 from tfads.core.manifest import Manifest
 from tfads.core.names import CTCVR, CTR, CVR
@@ -25,8 +26,8 @@ def _tower(h: tf.Tensor, units: list[int], name: str, base_rate: float) -> tf.Te
 
 
 def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
-    """Build the model: raw fields in (derived features are computed inside), probabilities (batch, 1) out
-    for the heads the labels train: ``{"ctr", "cvr", "ctcvr"}`` (ESMM) with a conversion label, ``{"ctr"}``
+    """Build the model: raw fields and user histories in (derived features are computed inside), probabilities
+    (batch, 1) out for the heads the labels train: ``{"ctr", "cvr", "ctcvr"}`` (ESMM) with a conversion label, ``{"ctr"}``
     for click-only data.
 
     STAR and shared-bottom add a per-domain logit (STAR's auxiliary network; shared-bottom's
@@ -42,6 +43,7 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
         fused=cfg.fused_embeddings,
         init_std=cfg.embedding_init_std,
     )
+    feats.parts.extend(embed_histories(inputs, manifest, feats, cfg.history))
     h = backbone(feats.stacked(), feats, cfg)
     logits = {}
     train_stats = manifest.data["splits"]["train"]

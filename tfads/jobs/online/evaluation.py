@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads import metrics
-from tfads.data import feature_spec, to_targets, with_derived
+from tfads.data import parse_examples, feature_spec, to_targets, with_derived
 from tfads.core.manifest import Manifest
 from tfads.core.names import CLICK, CTR, CVR
 
@@ -33,7 +33,7 @@ def records_dataset(
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(records, dtype=tf.string))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(records), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda s: tf.io.parse_example(s, spec))
+    ds = ds.batch(batch_size).map(lambda s: parse_examples(s, manifest, spec))
     if for_training:
         ds = ds.map(lambda b: to_targets(b, manifest))
     else:

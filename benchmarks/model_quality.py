@@ -242,7 +242,8 @@ def _test_day_world(logs: str, manifest_path: str) -> tuple[Any, dict[str, np.nd
     (test_day,) = [day_of[d] for d in splits["test"]["days"]]
     train_mid = float(np.mean([day_of[d] for d in splits["train"]["days"]])) + 0.5
     age = load_schema().fields.get("age")
-    world = W.World(seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100))
+    interest_scale = meta["settings"].get("interest_scale", 0.0)  # absent: written before the term existed
+    world = W.World(seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100), interest_scale)
     weekday = (dt.date.fromisoformat(start) + dt.timedelta(days=test_day)).weekday()
     x = world.sample(np.random.default_rng([seed, 10, test_day]), per_day, test_day, weekday)  # generator's stream
     return (

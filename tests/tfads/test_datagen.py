@@ -1,19 +1,23 @@
-"""tfads datagen: layout, schema conformance, the corruption manifest, determinism, truth and the CLI."""
+"""tfads datagen: layout, schema conformance, the corruption manifest, determinism, truth, users' drifting
+interests and the CLI."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import gzip
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tfads import cli
 from tfads.datagen import generate
+from tfads.datagen import world as W
 from tfads.datagen.world import World
 from tfads.core.schema import load_schema
 
@@ -222,9 +226,15 @@ def test_truth_covers_impressions_and_rates_are_realistic(logs, parsed):
     assert not ({"p_ctr", "p_cvr"} & set(SCHEMA.fields))
 
 
-def test_world_rates_drift_and_clusters():
+@pytest.fixture(scope="module")
+def worlds() -> tuple[World, World]:
+    """World 3 with the default interest term, and without it (``interest_scale=0``)."""
+    return World(3), World(3, interest_scale=0.0)
+
+
+def test_world_rates_drift_and_clusters(worlds):
     """On a larger in-memory sample: rates in range, effects drift over days, clusters differ."""
-    world = World(3)
+    world, _ = worlds
     x = world.sample(np.random.default_rng(0), 50_000, 0, 0)
     assert 0.02 < x["p_ctr"].mean() < 0.05
     assert 0.05 < np.average(x["p_cvr"], weights=x["p_ctr"]) < 0.15
@@ -239,6 +249,114 @@ def test_world_rates_drift_and_clusters():
     assert within < 0.5 * w.std(axis=0).mean()
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1.0 - p))
+
+
+def test_interest_scale_zero_is_the_world_without_the_term(worlds):
+    """The interest parameters have their own random stream: with scale 0 every other parameter and
+    every sample is the same and the term contributes exactly nothing; with the default scale the
+    logits differ from scale 0's by exactly the scaled term (plus the recalibrated intercepts)."""
+    world, plain = worlds
+    assert world.interest_scale == W.INTEREST_SCALE > 0 and plain.interest_scale == 0
+    for name in ("user_cdf", "user_bias", "user_group", "ad_cdf", "ad_bias", "ad_campaign", "scenario_cluster"):
+        assert np.array_equal(getattr(world, name), getattr(plain, name)), name
+    assert np.array_equal(world.ctr.scenario_w, plain.ctr.scenario_w)
+    assert np.array_equal(world.cvr.cat_emb_b, plain.cvr.cat_emb_b)
+    x = plain.sample(np.random.default_rng(1), 20_000, 2, 3)
+    y = world.sample(np.random.default_rng(1), 20_000, 2, 3)
+    assert all(np.array_equal(x[k], y[k]) for k in x if k not in ("p_ctr", "p_cvr"))
+    t = 2 + x["second"] / 86400.0
+    term = W.INTEREST_SCALE * world.interest(x, t)
+    assert 0.5 * W.INTEREST_SCALE < term.std() < 2 * W.INTEREST_SCALE
+    ctr_rest = _logit(y["p_ctr"]) - _logit(x["p_ctr"]) - term
+    cvr_rest = _logit(y["p_cvr"]) - _logit(x["p_cvr"]) - W.CVR_INTEREST * term
+    assert ctr_rest.std() < 1e-6 and cvr_rest.std() < 1e-6  # only the intercepts are left
+    assert abs(ctr_rest.mean()) < 0.5 and abs(cvr_rest.mean()) < 0.5
+    # Scale 0: other interest parameters change nothing, bit for bit (ads and the organic feed);
+    # at the default scale they do.
+    feed = plain.sample_feed(np.random.default_rng(2), 5_000, 2, 3)
+    tf = 2 + feed["second"] / 86400.0
+    for w, changes in ((plain, False), (world, True)):
+        other = copy.copy(w)
+        other.user_interest_a = w.user_interest_b
+        other.category_interest = -w.category_interest
+        other.ad_interest = -w.ad_interest
+        p, q = w.probabilities(x, t), other.probabilities(x, t)
+        same = [np.array_equal(p[0], q[0]), np.array_equal(p[1], q[1])]
+        same.append(np.array_equal(w._feed_prob(feed, tf), other._feed_prob(feed, tf)))
+        assert same == [not changes] * 3
+
+
+def test_interests_persist_and_drift(worlds):
+    world, _ = worlds
+    users = np.arange(0, W.N_USERS, 97)
+
+    def u(t: float) -> np.ndarray:
+        return world.user_interest(users, np.full(len(users), t))
+
+    def change(t0: float, t1: float) -> np.ndarray:
+        return np.linalg.norm(u(t1) - u(t0), axis=1) / np.linalg.norm(u(t0), axis=1)
+
+    assert np.quantile(change(0.0, 30.0), 0.25) > 0.5  # a month changes most users' interests ...
+    assert np.median(change(0.0, 1.0)) < 0.2  # ... a day only a little ...
+    assert np.quantile(change(5.0, 5.01), 0.99) < 0.01  # ... and they move continuously
+    sizes = np.linalg.norm(u(0.0), axis=1) / np.linalg.norm(u(30.0), axis=1)
+    assert 0.9 < np.median(sizes) < 1.1  # drift, not decay
+
+
+def _read(out: Path, log: str) -> pd.DataFrame:
+    files = sorted(out.glob(f"{log}/*/*.jsonl.gz"))
+    return pd.concat([pd.read_json(f, lines=True, dtype={"trace_id": str}) for f in files], ignore_index=True)
+
+
+def _history_match(out: Path) -> pd.DataFrame:
+    """Impressions (with truth) of users who clicked strictly before them; ``match``: the ad's category
+    is (one of) the user's most-clicked categories among those earlier clicks."""
+    imps = _read(out, "impressions")[["trace_id", "ts", "user_id", "category"]].merge(_read(out, "truth"))
+    clicks = _read(out, "clicks").groupby("trace_id", as_index=False)["ts"].min()  # first click per impression
+    clicks = clicks.merge(imps[["trace_id", "user_id", "category"]], on="trace_id")
+    events = pd.concat([imps.assign(kind=0), clicks.assign(kind=1)], ignore_index=True)
+    # An impression sorts before a click of the same second: only strictly earlier clicks count.
+    events = events[events["user_id"].isin(clicks["user_id"])].sort_values(["user_id", "ts", "kind"], kind="stable")
+    earlier: dict[int, Counter] = defaultdict(Counter)
+    rows = []
+    for tid, user, category, kind in events[["trace_id", "user_id", "category", "kind"]].itertuples(index=False):
+        if kind == 1:
+            earlier[user][category] += 1
+        elif earlier[user]:
+            rows.append((tid, earlier[user][category] == max(earlier[user].values())))
+    return imps.merge(pd.DataFrame(rows, columns=["trace_id", "match"]), on="trace_id")
+
+
+@pytest.fixture(scope="module")
+def interest_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """The same impressions generated with the default interest scale and with scale 0."""
+    base = tmp_path_factory.mktemp("interest")
+    settings = {"days": 2, "impressions_per_day": 20_000, "seed": 0, "progress": False}
+    generate(str(base / "default"), **settings)
+    generate(str(base / "zero"), interest_scale=0.0, **settings)
+    return base / "default", base / "zero"
+
+
+def test_true_ctr_follows_the_users_earlier_clicks(interest_runs):
+    """For users who clicked before, the true CTR is higher on ads of their most-clicked earlier
+    category. Part of that is there without interests too (a category or user-group x category effect
+    also makes a category both clicked before and clicked again), so the interest term's share is
+    measured on the same impressions: the logit of the default run minus that of the scale-0 run."""
+    default, zero = interest_runs
+    info = [json.loads((out / "datagen.json").read_text())["settings"] for out in interest_runs]
+    assert [s["interest_scale"] for s in info] == [W.INTEREST_SCALE, 0.0]
+    rows = _history_match(default).merge(
+        _read(zero, "truth").rename(columns={"p_ctr": "p_ctr_zero"})[["trace_id", "p_ctr_zero"]]
+    )
+    rows["interest"] = _logit(rows["p_ctr"]) - _logit(rows["p_ctr_zero"])
+    by = rows.groupby("match").agg(n=("p_ctr", "size"), p_ctr=("p_ctr", "mean"), interest=("interest", "mean"))
+    assert by.loc[True, "n"] >= 50 and by.loc[False, "n"] >= 1000
+    assert by.loc[True, "p_ctr"] > 1.2 * by.loc[False, "p_ctr"]
+    assert by.loc[True, "interest"] - by.loc[False, "interest"] > 0.15  # 0 without the term
+
+
 def test_scenario_traffic_is_long_tailed(parsed):
     counts = Counter(f"{o['media']}|{o['slot']}" for o in _valid(parsed, "impressions"))
     assert all(len(k) == 7 and k[0] == "m" and k[4] == "s" for k in counts)
@@ -250,17 +368,18 @@ def test_scenario_traffic_is_long_tailed(parsed):
 def test_cli_help_bad_flag_and_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["datagen", "--help"])
-    assert e.value.code == 0 and "--corrupt-rate" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert e.value.code == 0 and "--corrupt-rate" in help_text and "--interest-scale" in help_text
     with pytest.raises(SystemExit) as e:
         cli.main(["datagen", "--out", str(tmp_path / "x"), "--corrupt-rate", "2"])
     assert e.value.code == 2 and "--corrupt-rate: expected a number in [0, 0.5], got 2.0" in capsys.readouterr().err
-    assert (
-        cli.main(
-            ["datagen", "--out", str(tmp_path / "y"), "--days", "1", "--impressions-per-day", "300", "--no-progress"]
-        )
-        == 0
-    )
+    with pytest.raises(SystemExit) as e:
+        cli.main(["datagen", "--out", str(tmp_path / "x"), "--interest-scale", "-1"])
+    assert e.value.code == 2 and "--interest-scale: expected a number in [0, 10], got -1.0" in capsys.readouterr().err
+    args = ["--days", "1", "--impressions-per-day", "300", "--interest-scale", "0.5", "--no-progress"]
+    assert cli.main(["datagen", "--out", str(tmp_path / "y"), *args]) == 0
     assert "impressions 300" in capsys.readouterr().out
+    assert json.loads((tmp_path / "y" / "datagen.json").read_text())["settings"]["interest_scale"] == 0.5
     assert cli.main(["datagen", "--out", str(tmp_path / "y"), "--start-date", "2026-02-30"]) == 2
     assert "start_date must be YYYY-MM-DD" in capsys.readouterr().err
 
@@ -272,5 +391,7 @@ def test_generate_rejects_what_it_cannot_write(tmp_path):
     fields = dict(SCHEMA.fields)
     fields["device"] = dataclasses.replace(fields["device"], values=["phone", "watch"])
     bad = dataclasses.replace(SCHEMA, fields=fields)
+    with pytest.raises(ValueError, match="interest_scale must be in"):
+        generate(str(tmp_path / "z"), days=1, impressions_per_day=10, interest_scale=-0.5, progress=False)
     with pytest.raises(ValueError, match=r"fields\.device\.values"):
         generate(str(tmp_path / "z"), days=1, impressions_per_day=10, schema=bad, progress=False)

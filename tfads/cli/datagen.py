@@ -7,6 +7,7 @@ import sys
 
 from tfads.cli.arg_types import positive_int
 from tfads.core.schema import DEFAULT_SCHEMA, load_schema
+from tfads.datagen.world import INTEREST_SCALE
 
 
 def _rate(text: str) -> float:
@@ -16,6 +17,16 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5], got {text!r}") from e
     if not 0.0 <= value <= 0.5:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5], got {value}")
+    return value
+
+
+def _interest_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 10], got {text!r}") from e
+    if not 0.0 <= value <= 10.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 10], got {value}")
     return value
 
 
@@ -36,6 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of malformed / orphan lines injected per log, in [0, 0.5] (default 0)",
     )
     parser.add_argument("--with-feed", action="store_true", help="also write the organic-feed log")
+    parser.add_argument(
+        "--interest-scale",
+        type=_interest_scale,
+        default=INTEREST_SCALE,
+        help="strength of the users' persistent, slowly drifting interests: std of the term "
+        "<user interest(t), ad interest embedding> in the true CTR logit (0.3x of it in the CVR logit), "
+        "so that a user's recent clicks predict what they click next; 0 removes it, in [0, 10] "
+        f"(default {INTEREST_SCALE})",
+    )
     parser.add_argument("--start-date", default="2026-01-01", help="first day, YYYY-MM-DD (default 2026-01-01)")
     parser.add_argument(
         "--schema", default=str(DEFAULT_SCHEMA), help="feature/schema YAML (default configs/schema.yaml)"
@@ -58,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             with_feed=args.with_feed,
             start_date=args.start_date,
             schema=schema,
+            interest_scale=args.interest_scale,
             progress=not args.no_progress,
         )
     except ValueError as e:

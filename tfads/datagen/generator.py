@@ -179,13 +179,17 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _validate_args(days: int, impressions_per_day: int, corrupt_rate: float, start_date: str) -> dt.date:
+def _validate_args(
+    days: int, impressions_per_day: int, corrupt_rate: float, start_date: str, interest_scale: float
+) -> dt.date:
     if not 1 <= days <= MAX_DAYS:
         raise ValueError(f"days must be in [1, {MAX_DAYS}], got {days}")
     if not 1 <= impressions_per_day < 2**24:
         raise ValueError(f"impressions_per_day must be in [1, {2**24 - 1}], got {impressions_per_day}")
     if not 0.0 <= corrupt_rate <= 0.5:
         raise ValueError(f"corrupt_rate must be in [0, 0.5], got {corrupt_rate}")
+    if not 0.0 <= interest_scale <= 10.0:
+        raise ValueError(f"interest_scale must be in [0, 10], got {interest_scale}")
     try:
         return dt.date.fromisoformat(start_date)
     except ValueError as e:
@@ -202,6 +206,7 @@ def generate(
     with_feed: bool = False,
     start_date: str = "2026-01-01",
     schema: Schema | None = None,
+    interest_scale: float = W.INTEREST_SCALE,
     progress: bool = True,
 ) -> dict:
     """Write synthetic ad logs with ground truth to ``out_dir`` (layout: docs/architecture.md "Data contract").
@@ -215,6 +220,8 @@ def generate(
       with_feed: also write the organic-feed log (``FEED_SHARE`` lines per impression).
       start_date: first day, ``YYYY-MM-DD``.
       schema: the feature/schema config (default ``configs/schema.yaml``).
+      interest_scale: std of the users' drifting-interest term in the true CTR logit (see
+        :mod:`tfads.datagen.world`); 0 removes it (everything else unchanged).
       progress: show a tqdm bar over days.
 
     Returns:
@@ -225,13 +232,13 @@ def generate(
     Raises:
       ValueError: on an argument out of range or a schema the generator cannot satisfy.
     """
-    start = _validate_args(days, impressions_per_day, corrupt_rate, start_date)
+    start = _validate_args(days, impressions_per_day, corrupt_rate, start_date, interest_scale)
     schema = schema or load_schema()
     check_schema(schema)
     out = Path(out_dir)
     _prepare_out(out)
     age = schema.fields.get("age")
-    world = W.World(seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100))
+    world = W.World(seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100), interest_scale)
     dates = [(start + dt.timedelta(days=d)).isoformat() for d in range(days)]
     epoch0 = int(dt.datetime(start.year, start.month, start.day, tzinfo=dt.UTC).timestamp())
     run = _Run(out, schema, seed, corrupt_rate, dates, epoch0)
@@ -291,6 +298,7 @@ def generate(
             "clusters": W.N_CLUSTERS,
             "click_window_s": window.click_window_s,
             "conversion_window_s": window.conversion_window_s,
+            "interest_scale": interest_scale,
         },
         "counts": {log: sum(per_day.values()) for log, per_day in run.lines.items()},
         "counts_by_day": dict(run.lines),

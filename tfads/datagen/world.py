@@ -11,7 +11,14 @@ Both probabilities are logistic in a logit built from
   * a per-scenario deviation of the cluster weights (no two placements behave exactly alike; head
     scenarios have the data to learn theirs, tail scenarios have to borrow from their cluster),
   * a bias per scenario (so per-scenario calibration matters),
-  * drift: the category embeddings of the cross rotate slowly with time and scenario traffic shifts.
+  * drift: the category embeddings of the cross rotate slowly with time and scenario traffic shifts,
+  * user interests: ``interest_scale * <u_user(t), c_ad>`` with a persistent, slowly drifting latent
+    interest vector per user, ``u(t) = a_u cos(w_u t) + b_u sin(w_u t)`` (rank ``INTEREST_RANK``,
+    ``w_u`` in rad/day drawn per user from ``INTEREST_DRIFT``), and an interest embedding per ad: its
+    category's plus a smaller own part (``AD_INTEREST``); std of the term ``interest_scale``. Users click
+    more on ads that match their current interests, so their recent clicks reveal ``u(t)`` (what a
+    behaviour-history model can learn); the CVR logit gets ``CVR_INTEREST`` times the same term, the
+    organic feed the term with the category's embedding.
 The intercepts are solved so that the mean CTR is ``TARGET_CTR`` and the click-weighted mean CVR is
 ``TARGET_CVR`` on day 0.
 """
@@ -48,6 +55,11 @@ CATEGORIES = np.array([f"cat{i:03d}" for i in range(N_CATEGORIES)])
 TARGET_CTR, TARGET_CVR, TARGET_FEED_CTR = 0.03, 0.10, 0.08
 ROTATION_PER_DAY = 0.15  # radians per day of the drifting category embeddings
 TRAFFIC_DRIFT = 0.08  # std of the per-day log-traffic slope of each scenario
+INTEREST_RANK = 6  # dimensions of the users' latent interests
+INTEREST_SCALE = 0.75  # default std of the interest term in the CTR logit
+INTEREST_DRIFT = (0.02, 0.2)  # range of the per-user drift rates of the interests, rad/day (uniform)
+AD_INTEREST = 0.5  # std of an ad's own interest part relative to its category's
+CVR_INTEREST = 0.3  # the CVR logit gets this times the CTR logit's interest term
 # Diurnal traffic profile (relative volume per hour of day).
 HOUR_PROFILE = np.array([3, 2, 1.5, 1, 1, 1.5, 3, 5, 6, 6, 6, 7, 8, 7, 6, 6, 6, 7, 8, 9, 10, 10, 8, 5.0])
 
@@ -140,7 +152,9 @@ class Effects:
 class World:
     """Every entity of the synthetic ad market and the true probability model, fixed by ``seed``."""
 
-    def __init__(self, seed: int, age_range: tuple[int, int] = (12, 100)) -> None:
+    def __init__(
+        self, seed: int, age_range: tuple[int, int] = (12, 100), interest_scale: float = INTEREST_SCALE
+    ) -> None:
         rng = np.random.default_rng([seed, 1])
         # Users: Zipf activity, fixed attributes.
         self.user_cdf = np.cumsum(zipf_weights(N_USERS, 1.0, 50.0, rng))
@@ -202,7 +216,35 @@ class World:
         )
         self.feed.cat_emb_a, self.feed.cat_emb_b = self.ctr.cat_emb_a, self.ctr.cat_emb_b  # shared tastes
         self.feed.group_emb = self.ctr.group_emb
+        self._draw_interests(np.random.default_rng([seed, 3]), interest_scale)
         self._calibrate(np.random.default_rng([seed, 2]))
+
+    def _draw_interests(self, rng: np.random.Generator, scale: float) -> None:
+        """Users' drifting interests and the interest embeddings of categories and ads (own stream, so
+        that everything else is the same for every ``interest_scale``; scale 0 leaves the logits as
+        they were without the term). ``u(t)`` has the same N(0, I / rank) distribution at every t."""
+        r = INTEREST_RANK
+        self.interest_scale = float(scale)
+        self.user_interest_a = rng.standard_normal((N_USERS, r), dtype=np.float32) / np.float32(np.sqrt(r))
+        self.user_interest_b = rng.standard_normal((N_USERS, r), dtype=np.float32) / np.float32(np.sqrt(r))
+        self.user_interest_rate = rng.uniform(*INTEREST_DRIFT, N_USERS).astype(np.float32)
+        self.category_interest = rng.standard_normal((N_CATEGORIES, r), dtype=np.float32)
+        own = rng.standard_normal((N_ADS, r), dtype=np.float32)
+        ad_category = self.advertiser_category[self.campaign_advertiser[self.ad_campaign]]
+        self.ad_interest = (self.category_interest[ad_category] + AD_INTEREST * own) / np.float32(
+            np.sqrt(1 + AD_INTEREST**2)
+        )
+
+    def user_interest(self, user: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """(n, rank) interest vectors of users ``user`` at times ``t`` (days)."""
+        theta = (self.user_interest_rate[user] * t)[:, None]
+        return self.user_interest_a[user] * np.cos(theta) + self.user_interest_b[user] * np.sin(theta)
+
+    def interest(self, x: dict[str, np.ndarray], t: np.ndarray, feed: bool = False) -> np.ndarray:
+        """``<u_user(t), c>`` per row (not scaled by ``interest_scale``): ``c`` is the ad's interest
+        embedding, or the category's for the organic feed (``feed``)."""
+        c = self.category_interest[x["category"]] if feed else self.ad_interest[x["ad_id"]]
+        return np.einsum("nr,nr->n", self.user_interest(x["user_id"], t), c).astype(np.float64)
 
     def scenario_cdf(self, t: float) -> np.ndarray:
         """Cumulative scenario traffic at time ``t`` (days): Zipf shape, slowly drifting."""
@@ -248,6 +290,9 @@ class World:
         )
         z_ctr = self.ctr.logit(x, feats, cluster, t) + shared + self.user_bias[x["user_id"]] + self.ad_bias[x["ad_id"]]
         z_cvr = self.cvr.logit(x, feats, cluster, t) - 0.35 * np.log(x["price"] + 0.1)
+        if self.interest_scale:
+            z_interest = self.interest_scale * self.interest(x, t)
+            z_ctr, z_cvr = z_ctr + z_interest, z_cvr + CVR_INTEREST * z_interest
         return sigmoid(z_ctr), sigmoid(z_cvr)
 
     def sample_feed(self, rng: np.random.Generator, n: int, day: int, weekday: int) -> dict[str, np.ndarray]:
@@ -275,7 +320,10 @@ class World:
 
     def _feed_prob(self, x: dict[str, np.ndarray], t: np.ndarray) -> np.ndarray:
         cluster = self.scenario_cluster[x["scenario"]]
-        return sigmoid(self.feed.logit(x, None, cluster, t) + self.user_bias[x["user_id"]])
+        z = self.feed.logit(x, None, cluster, t) + self.user_bias[x["user_id"]]
+        if self.interest_scale:
+            z = z + self.interest_scale * self.interest(x, t, feed=True)
+        return sigmoid(z)
 
     def _calibrate(self, rng: np.random.Generator) -> None:
         """Set the intercepts so day-0 rates hit the targets."""

@@ -31,6 +31,8 @@ def feature_entries(
         dtype = "string" if isinstance(f, DerivedField) else DTYPES[f.type]
         entry: dict[str, Any] = {"kind": f.feature, "dtype": dtype, "domain_aware": f.domain_aware,
                                  "calibration": f.calibration}
+        if getattr(f, "multi", False):
+            entry.update(multi=True, max_len=f.max_len, truncated=int(tally.multi_truncated.get(name, 0)))
         if f.feature == "categorical":
             entry.update(vocab=vocab_path(name), vocab_size=vocab_sizes[name], out_of_vocab=oov[name])
         elif f.feature == "hashed":

@@ -39,6 +39,13 @@ class Column:
     values: tuple[str, ...] | None = None
     min: float | None = None
     max: float | None = None
+    multi: bool = False  # a list of ``type`` values per row (kept as a tuple)
+    separator: str = "|"  # a multi-valued CSV cell's separator
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        """The Arrow type its values parse to."""
+        return pa.list_(ARROW_TYPES[self.type]) if self.multi else ARROW_TYPES[self.type]
 
 
 def log_columns(schema: Schema, log: str) -> list[Column]:
@@ -46,7 +53,7 @@ def log_columns(schema: Schema, log: str) -> list[Column]:
     A table (``log`` ``table``) has the fields plus its label columns (ints 0 or 1)."""
     if log in ("impressions", TABLE):
         columns = [
-            Column(n, f.type, True, tuple(f.values) if f.values else None, f.min, f.max)
+            Column(n, f.type, True, tuple(f.values) if f.values else None, f.min, f.max, f.multi, f.list_separator)
             for n, f in schema.fields.items()
         ]
         return columns + ([Column(c, "int", True, None, 0, 1) for c in schema.labels.columns] if log == TABLE else [])
@@ -74,7 +81,7 @@ class ParseResult:
 
 def empty_rows(columns: list[Column], *, keep_raw: bool) -> pd.DataFrame:
     """A zero-row frame with the columns and dtypes ``parse_lines`` produces."""
-    frame = pd.DataFrame({c.name: pd.Series([], dtype=DTYPES[c.type]) for c in columns})
+    frame = pd.DataFrame({c.name: pd.Series([], dtype=object if c.multi else DTYPES[c.type]) for c in columns})
     frame[LINE] = pd.Series([], dtype=np.int64)
     if keep_raw:
         frame[RAW] = pd.Series([], dtype=object)
@@ -119,7 +126,7 @@ def _parse_clean(data: bytes, n_lines: int, columns: list[Column]) -> pd.DataFra
     """Fast path with Arrow's JSON reader; ``None`` if anything at all is off (then the robust path decides)."""
     if not n_lines:
         return None
-    schema = pa.schema([(c.name, ARROW_TYPES[c.type]) for c in columns])
+    schema = pa.schema([(c.name, c.arrow_type) for c in columns])
     try:
         table = pa_json.read_json(
             io.BytesIO(data),
@@ -130,10 +137,18 @@ def _parse_clean(data: bytes, n_lines: int, columns: list[Column]) -> pd.DataFra
         return None
     if table.num_rows != n_lines or any(table.column(c.name).null_count for c in columns):
         return None
-    frame = table.select([c.name for c in columns]).to_pandas()
+    frame = as_tuples(table.select([c.name for c in columns]).to_pandas(), columns)
     frame[LINE] = np.arange(1, n_lines + 1, dtype=np.int64)
     if rule_violations(frame, columns).any():
         return None
+    return frame
+
+
+def as_tuples(frame: pd.DataFrame, columns: list[Column]) -> pd.DataFrame:
+    """``frame`` with each multi-valued column's lists (Arrow's arrays, or None for a missing list) as tuples."""
+    for c in columns:
+        if c.multi:
+            frame[c.name] = [() if v is None else tuple(v.tolist()) for v in frame[c.name]]
     return frame
 
 
@@ -209,6 +224,12 @@ def validate_records(
 def _typed_column(raw: list, c: Column) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Typed values (placeholders where bad), the missing mask and the wrong-type mask of one column."""
     n = len(raw)
+    if c.multi:
+        missing = np.fromiter((v is _MISSING for v in raw), dtype=bool, count=n)
+        ok = np.fromiter((type(v) is list and all(_is_type(x, c.type) for x in v) for v in raw), dtype=bool, count=n)
+        values = np.empty(n, dtype=object)
+        values[:] = [tuple(v) if good else () for v, good in zip(raw, ok, strict=True)]
+        return values, missing, ~ok & ~missing
     kind = infer_dtype(raw, skipna=False)
     if kind in _ACCEPTED[c.type]:
         try:
@@ -241,8 +262,14 @@ def _is_type(v: object, typ: str) -> bool:
 
 
 def _value_checks(values: np.ndarray | pd.Series, c: Column) -> tuple[np.ndarray, np.ndarray]:
-    """Masks of values outside the enum and outside [min, max]."""
+    """Masks of values outside the enum and outside [min, max] (a list: any of its values)."""
     n = len(values)
+    if c.multi:
+        lists = list(values)
+        row = np.repeat(np.arange(n), [len(v) for v in lists])
+        flat = np.asarray([x for v in lists for x in v], dtype=DTYPES[c.type])
+        unknown, out = _value_checks(flat, Column(c.name, c.type, values=c.values, min=c.min, max=c.max))
+        return np.bincount(row[unknown], minlength=n) > 0, np.bincount(row[out], minlength=n) > 0
     unknown = np.zeros(n, dtype=bool)
     out = np.zeros(n, dtype=bool)
     if c.values is not None:
@@ -259,7 +286,8 @@ def _detail(code: str, c: Column, value: object) -> str:
     if code == "missing_field":
         return f"field {c.name!r} is missing"
     if code == "wrong_type":
-        return f"field {c.name!r}: expected {c.type}, got {type(value).__name__} {shown}"
+        expected = f"a list of {c.type}" if c.multi else c.type
+        return f"field {c.name!r}: expected {expected}, got {type(value).__name__} {shown}"
     if code == "unknown_value":
         return f"field {c.name!r}: {shown} is not one of {list(c.values or ())}"
     return f"field {c.name!r}: {shown} outside [{c.min}, {c.max}]"

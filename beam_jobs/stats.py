@@ -32,6 +32,7 @@ class Tally:
     shuffle_bytes: int = 0  # keyed graph: bytes of the pieces sent through the runner's shuffle
     largest: Counter = field(default_factory=Counter)  # keyed graph: rows of the largest piece, bucket and shard
     history_truncated: Counter = field(default_factory=Counter)  # history -> examples whose events it cut short
+    multi_truncated: Counter = field(default_factory=Counter)  # multi-valued field -> rows cut to its max_len
 
     def count_input(self, log: str, read: int, dead: list[dict]) -> None:
         """Record ``read`` lines of ``log`` and the dead letters produced from them."""
@@ -55,6 +56,7 @@ class Tally:
             self.numeric.setdefault(name, {}).update(per_unit)
         self.shuffle_bytes += other.shuffle_bytes
         self.history_truncated.update(other.history_truncated)
+        self.multi_truncated.update(other.multi_truncated)
         for name, rows in other.largest.items():
             self.largest[name] = max(self.largest[name], rows)
         return self
@@ -71,9 +73,16 @@ def tally_examples(examples: pd.DataFrame, schema: Schema, output: str, train: b
                                  feed=int(is_feed.sum()))
     in_train = np.full(len(examples), train) & ~is_feed
     train = examples[in_train]
-    clicks, convs = click[in_train].astype(np.float64), conversion[in_train].astype(np.float64)
+    click, conversion = click.astype(np.float64), np.asarray(conversion, dtype=np.float64)
     for name in posterior_fields(schema):
-        codes, uniques = pd.factorize(train[name], sort=True)
+        values = train[name]
+        if name in schema.multi_valued:  # each value of a list counts the row's impression and labels
+            lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+            values = pd.Series([v for row in values for v in row], dtype=object)
+            clicks, convs = np.repeat(click[in_train], lengths), np.repeat(conversion[in_train], lengths)
+        else:
+            clicks, convs = click[in_train], conversion[in_train]
+        codes, uniques = pd.factorize(values, sort=True)
         k = len(uniques)
         tally.values[name] = pd.DataFrame(
             {"impressions": np.bincount(codes, minlength=k), "clicks": np.bincount(codes, clicks, minlength=k),

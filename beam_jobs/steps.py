@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import gzip
 
 import apache_beam as beam
@@ -29,7 +31,7 @@ _KIND = {"string": "bytes", "int": "int64", "float": "float"}
 def example_spec(schema: Schema) -> list[tuple[str, str]]:
     """(column, tf.train.Feature kind) of every Example: raw fields, derived features, labels, histories (lists),
     weight, source."""
-    spec = [(n, _KIND[f.type]) for n, f in schema.fields.items()]
+    spec = [(n, _KIND[f.type] + ("[]" if f.multi else "")) for n, f in schema.fields.items()]
     spec += [(n, "bytes") for n, f in schema.features.items() if isinstance(f, DerivedField)]
     spec += [(label, "int64") for label in schema.labels.columns]
     spec += [(n, _KIND[schema.fields[h.field].type] + "[]") for n, h in schema.history.items()]
@@ -80,8 +82,21 @@ def write_shard(job: Job, plan: Plan, unit: str, shard: int, examples: pd.DataFr
         write_tfrecord_gz(path, [])
         return tally
     examples = examples.sort_values([job.schema.timestamp, *ORDER], kind="stable")
+    examples, cut = truncate_lists(examples, job.schema)
+    tally.multi_truncated.update(cut)
     write_tfrecord_gz(path, encode_examples(examples, example_spec(job.schema)))
     return tally.merge(tally_examples(examples, job.schema, unit, split == "train", unit=f"{unit}/{shard:05d}"))
+
+
+def truncate_lists(examples: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, Counter]:
+    """Multi-valued fields cut to their ``max_len`` (the first values kept), and the rows cut per field."""
+    cut: Counter = Counter()
+    for name, f in schema.multi_valued.items():
+        long = np.fromiter((len(v) for v in examples[name]), dtype=np.int64, count=len(examples)) > f.max_len
+        if long.any():
+            examples = examples.assign(**{name: [v[: f.max_len] for v in examples[name]]})
+            cut[name] = int(long.sum())
+    return examples, cut
 
 
 def shard_keys(examples: pd.DataFrame, schema: Schema) -> pd.Series:

@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.files import read_line_pieces
 from beam_jobs.parse import (
-    ARROW_TYPES, LINE, Column, ParseResult, empty_rows, rule_violations, split_lines, validate_records,
+    ARROW_TYPES, LINE, Column, as_tuples, ParseResult, empty_rows, rule_violations, split_lines, validate_records,
 )
 from tfads.core.schema import TABLE_SUFFIXES
 
@@ -69,7 +69,8 @@ def _csv_clean(data: bytes, n: int, columns: list[Column]) -> pd.DataFrame | Non
             read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 26),
             parse_options=pa_csv.ParseOptions(newlines_in_values=False),
             convert_options=pa_csv.ConvertOptions(
-                column_types={c.name: ARROW_TYPES[c.type] for c in columns}, include_columns=[c.name for c in columns],
+                column_types={c.name: pa.string() if c.multi else ARROW_TYPES[c.type] for c in columns},
+                include_columns=[c.name for c in columns],
                 strings_can_be_null=False, quoted_strings_can_be_null=False,
             ),
         )
@@ -78,11 +79,24 @@ def _csv_clean(data: bytes, n: int, columns: list[Column]) -> pd.DataFrame | Non
     if table.num_rows != n or any(table.column(c.name).null_count for c in columns):
         return None
     frame = table.to_pandas()
+    for c in columns:
+        if c.multi:
+            lists = [_csv_value(text, c) for text in frame[c.name]]
+            if not all(type(x) is (str if c.type == "string" else int) for v in lists for x in v):
+                return None
+            frame[c.name] = [tuple(v) for v in lists]
     return None if rule_violations(frame, columns).any() else frame
 
 
-def _csv_value(text: str, typ: str) -> object:
-    """A CSV cell as the JSON value it stands for: numbers parsed, an empty number absent, bad text kept."""
+def _csv_value(text: str, c: Column) -> object:
+    """A CSV cell as the JSON value it stands for: numbers parsed, an empty number absent, bad text kept; a
+    multi-valued cell a list of its ``separator``-separated values (an empty cell: an empty list)."""
+    if c.multi:
+        return [_csv_scalar(part, c.type) for part in text.split(c.separator)] if text else []
+    return _csv_scalar(text, c.type)
+
+
+def _csv_scalar(text: str, typ: str) -> object:
     if typ == "string":
         return text
     if text == "":
@@ -109,7 +123,7 @@ def _csv_robust(lines: list[bytes], columns: list[Column], *, log: str, source: 
         if len(cells) != len(header):
             reason[i], detail[i] = "bad_row", f"{len(cells)} fields, the header has {len(header)}"
             continue
-        values = {c.name: _csv_value(cells[index[c.name]], c.type) for c in columns if c.name in index}
+        values = {c.name: _csv_value(cells[index[c.name]], c) for c in columns if c.name in index}
         objs[i] = {k: v for k, v in values.items() if v is not _ABSENT}
     return _renumbered(validate_records(objs, records, reason, detail, columns, log=log, source=source,
                                         keep_raw=False), first_line)
@@ -148,12 +162,12 @@ def parse_parquet(path: str, group: int, columns: list[Column], *, log: str, fir
 
 def _parquet_clean(table: pa.Table, columns: list[Column]) -> pd.DataFrame | None:
     try:
-        cols = {c.name: table.column(c.name).cast(ARROW_TYPES[c.type], safe=True) for c in columns}
+        cols = {c.name: table.column(c.name).cast(c.arrow_type, safe=True) for c in columns}
     except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     if any(col.null_count for col in cols.values()) or not table.num_rows:
         return None
-    frame = pa.table(cols).to_pandas()
+    frame = as_tuples(pa.table(cols).to_pandas(), columns)
     return None if rule_violations(frame, columns).any() else frame
 
 

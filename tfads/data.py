@@ -24,7 +24,7 @@ def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: boo
         name: tf.io.FixedLenFeature([], DTYPES[dtype], default_value=DEFAULTS[dtype])
         for name, dtype in manifest.input_dtypes.items()
     }
-    for name, (dtype, _) in manifest.history_inputs.items():
+    for name, (dtype, _) in manifest.list_inputs.items():
         spec[name] = tf.io.RaggedFeature(DTYPES[dtype])
     if with_labels:
         for label in manifest.labels:
@@ -41,16 +41,17 @@ def feature_spec(manifest: Manifest, *, with_labels: bool = True, with_meta: boo
 
 
 def parse_examples(serialized: tf.Tensor, manifest: Manifest, spec: dict[str, Any]) -> dict[str, tf.Tensor]:
-    """``tf.io.parse_example`` with ``spec`` (:func:`feature_spec`), each history then padded to its
-    ``max_len`` with its ``<name>_length`` added: the model's input form, in training and in serving."""
+    """``tf.io.parse_example`` with ``spec`` (:func:`feature_spec`), each list input (history, multi-valued
+    feature) then padded to its ``max_len`` with its ``<name>_length`` added: the model's input form, in
+    training and in serving."""
     parsed = tf.io.parse_example(serialized, spec)
-    return pad_histories(parsed, manifest)
+    return pad_lists(parsed, manifest)
 
 
-def pad_histories(parsed: dict[str, tf.Tensor], manifest: Manifest) -> dict[str, tf.Tensor]:
-    """Ragged histories (one list per example) -> (batch, max_len) padded tensors plus their lengths."""
+def pad_lists(parsed: dict[str, tf.Tensor], manifest: Manifest) -> dict[str, tf.Tensor]:
+    """Ragged list inputs (one list per example) -> (batch, max_len) padded tensors plus their lengths."""
     out = dict(parsed)
-    for name, (dtype, max_len) in manifest.history_inputs.items():
+    for name, (dtype, max_len) in manifest.list_inputs.items():
         ragged = parsed[name][:, :max_len]
         out[name] = ragged.to_tensor(default_value=DEFAULTS[dtype], shape=[None, max_len])
         out[history_length_input(name)] = tf.cast(ragged.row_lengths(), tf.int64)

@@ -17,8 +17,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.data import DTYPES
-from tfads.core.manifest import Manifest
+from tfads.core.manifest import Manifest, history_length_input
 from tfads.layers.derived import JoinFields
+from tfads.layers.sequence import MaskedPooling
 
 FUSED_EMBEDDING = "fused_embedding"
 
@@ -79,9 +80,10 @@ def embed_features(
     """Embed every feature (``inputs`` holds the derived ones too, see :func:`derive_features`).
 
     categorical: StringLookup over the vocabulary file (ints are looked up as decimal strings), one
-    OOV bucket. hashed: Hashing into ``hash_bins``. Each id then gets an embedding: one table per
-    feature, or with ``fused`` one table for all of them (each feature's ids offset into its own rows),
-    so a step does one gather and one sparse update instead of one per feature.
+    OOV bucket. A multi-valued feature (a padded list and its length) is looked up the same way in a table of
+    its own and mean-pooled over its real values. hashed: Hashing into ``hash_bins``. Each id then gets an
+    embedding: one table per feature, or with ``fused`` one table for all of them (each feature's ids offset
+    into its own rows), so a step does one gather and one sparse update instead of one per feature.
     numeric: optional log1p and standardisation with the train split's mean/std, then with
     ``numeric_encoding="embedding"`` times a learned vector (dim wide), with ``"dense"`` the
     standardised value itself (1 wide, as DeepCTR's dense features); plus an embedding of its bucket
@@ -97,7 +99,12 @@ def embed_features(
     parts: list[tf.Tensor] = []  # x0 in manifest order (the fused block goes first)
     for name, spec in manifest.features.items():
         kind = spec["kind"]
-        if kind in ("categorical", "hashed"):
+        if spec.get("multi"):  # its own table (never fused), mean-pooled over the list's real values
+            lookup, size = _lookup(name, spec, manifest)
+            table = keras.layers.Embedding(size, dim, _init(init_std), name=f"{name}_embedding")
+            mask = tf.sequence_mask(inputs[history_length_input(name)], int(spec["max_len"]))
+            parts.append(MaskedPooling("mean", name=f"{name}_mean")(table(lookup(inputs[name])), mask=mask))
+        elif kind in ("categorical", "hashed"):
             lookups[name], size = _lookup(name, spec, manifest)
             idx = lookups[name](inputs[name])
             ids[name] = idx, size

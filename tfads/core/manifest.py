@@ -19,7 +19,8 @@ SPLITS = ("train", "valid", "calib", "test")
 
 
 def history_length_input(name: str) -> str:
-    """The input holding how many values of history ``name`` are real (the rest is padding)."""
+    """The input holding how many values of list input ``name`` (a history or a multi-valued feature) are real
+    (the rest is padding)."""
     return f"{name}_length"
 
 
@@ -73,7 +74,7 @@ class Manifest:
         that is not derived, then the fields derived features join that are not features themselves;
         derived features are never inputs (the model computes them)."""
         derived = self.derived
-        out = {name: f["dtype"] for name, f in self.features.items() if name not in derived}
+        out = {name: f["dtype"] for name, f in self.features.items() if name not in derived and not f.get("multi")}
         for spec in derived.values():
             for part in spec.concat:
                 out.setdefault(part, self.raw_dtype(part, "string"))
@@ -92,11 +93,19 @@ class Manifest:
         return {name: (h["dtype"], int(h["max_len"])) for name, h in self.history.items()}
 
     @property
+    def list_inputs(self) -> dict[str, tuple[str, int]]:
+        """The model's inputs that hold a list per example, name -> (dtype, max_len): multi-valued features,
+        then histories; each is a padded (batch, max_len) tensor with a ``history_length_input`` beside it."""
+        out = {name: (f["dtype"], int(f["max_len"])) for name, f in self.features.items() if f.get("multi")}
+        return {**out, **self.history_inputs}
+
+    @property
     def model_inputs(self) -> dict[str, tuple[str, tuple[int, ...]]]:
-        """Every input of the model and its serving signatures, name -> (dtype, shape of one example): the raw
-        fields (``input_dtypes``, scalars), then each history (max_len,) and its length (a scalar int64)."""
+        """Every input of the model and its serving signatures, name -> (dtype, shape of one example): the
+        scalar raw fields (``input_dtypes``), then each list input (``list_inputs``, (max_len,)) and its length
+        (a scalar int64)."""
         out: dict[str, tuple[str, tuple[int, ...]]] = {name: (dtype, ()) for name, dtype in self.input_dtypes.items()}
-        for name, (dtype, max_len) in self.history_inputs.items():
+        for name, (dtype, max_len) in self.list_inputs.items():
             out[name] = (dtype, (max_len,))
             out[history_length_input(name)] = ("int64", ())
         return out

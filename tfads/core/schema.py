@@ -38,6 +38,11 @@ class FieldSpec:
       log: numeric features: apply log1p before normalisation.
       boundaries: numeric features: bucket boundaries for discretisation (optional).
       calibration: True if AdaCalib calibrates per value of this field.
+      multi: the value is a list of ``type`` values (tags, interests): a JSON / Parquet list, or in a CSV cell
+        the values joined by ``list_separator``. Lists longer than ``max_len`` keep their first ``max_len``
+        values (the manifest counts the rows cut); the model pads shorter ones and masks the padding.
+      max_len: the longest list a multi-valued field keeps (required with ``multi``).
+      list_separator: CSV only: what separates a multi-valued cell's values (an empty cell: an empty list).
     """
 
     type: FieldType
@@ -50,8 +55,23 @@ class FieldSpec:
     log: bool = False
     boundaries: list[float] | None = None
     calibration: bool = False
+    multi: bool = False
+    max_len: int | None = None
+    list_separator: str = "|"
 
     def __post_init__(self) -> None:
+        if self.multi:
+            if self.type == "float" or self.feature == "numeric":
+                raise ValueError("a multi-valued field holds ids: type string or int, feature categorical or hashed")
+            if self.max_len is None or self.max_len < 1:
+                raise ValueError("a multi-valued field needs max_len >= 1 (the longest list it keeps)")
+            if self.domain_aware or self.calibration:
+                raise ValueError("a multi-valued field cannot be domain_aware or a calibration field (one value "
+                                 "per example is needed there)")
+            if not self.list_separator:
+                raise ValueError("list_separator must not be empty")
+        elif self.max_len is not None:
+            raise ValueError("max_len is for multi-valued fields (multi: true)")
         if self.feature == "hashed" and not self.hash_bins:
             raise ValueError("a hashed feature needs hash_bins > 0")
         if self.feature == "numeric" and self.type == "string":
@@ -284,6 +304,22 @@ class Schema:
                    else "the job writes the labels itself")
             raise ValueError(f"label column(s) {clash} are also listed under fields: remove them there ({why})")
         self._check_history()
+        self._check_multi_valued()
+
+    def _check_multi_valued(self) -> None:
+        """Fields that must hold one value per example are not multi-valued."""
+        single = {"key": self.key, "timestamp": self.timestamp, "user_key": self.user_key}
+        for role, name in single.items():
+            if name is not None and self.fields[name].multi:
+                raise ValueError(f"{role} {name!r} is multi-valued: it must hold one value per example")
+        for name, d in self.derived.items():
+            lists = [c for c in d.concat if self.fields[c].multi]
+            if lists:
+                raise ValueError(f"derived.{name}.concat joins multi-valued field(s) {lists}: join single values only")
+        for name, h in self.history.items():
+            if h.field in self.fields and self.fields[h.field].multi:
+                raise ValueError(f"history.{name}.field {h.field!r} is multi-valued: a history records one value "
+                                 "per event")
 
     def _check_history(self) -> None:
         for name, h in self.history.items():
@@ -349,6 +385,11 @@ class Schema:
     def calibration_fields(self) -> list[str]:
         """Names of fields AdaCalib calibrates per value."""
         return [n for n, f in self.features.items() if f.calibration]
+
+    @cached_property
+    def multi_valued(self) -> dict[str, FieldSpec]:
+        """The multi-valued fields (``multi: true``) by name."""
+        return {n: f for n, f in self.fields.items() if f.multi}
 
     @cached_property
     def vocab_features(self) -> list[str]:

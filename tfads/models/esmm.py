@@ -27,8 +27,8 @@ def _tower(h: tf.Tensor, units: list[int], name: str, base_rate: float) -> tf.Te
 
 def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     """Build the model: raw fields and user histories in (derived features are computed inside), probabilities
-    (batch, 1) out for the heads the labels train: ``{"ctr", "cvr", "ctcvr"}`` (ESMM) with a conversion label, ``{"ctr"}``
-    for click-only data.
+    (batch, 1) out for the heads the labels train: ``{"ctr", "cvr", "ctcvr"}`` (ESMM) with a conversion label,
+    ``{"ctr"}`` for click-only data.
 
     STAR and shared-bottom add a per-domain logit (STAR's auxiliary network; shared-bottom's
     domain-specific head) to every tower.

@@ -6,20 +6,30 @@ tensorflow/serving image. A bid request is a mapping::
 
     {"request_id": "r1", "user_id": 42,
      "features": {...user and context features shared by the candidates...},
+     "history": {"hist_category": ["sports", "news"], "hist_ad": [812, 77, 812]},
      "candidates": [{...ad features, incl. bid_type and price...}, ...]}
 
-A candidate's own value of a feature wins over the shared one. Predict requests carry raw fields only:
-the served model computes derived features (``scenario`` = ``media|slot``) itself (decision 0027), so
-the client never sends them; it builds them only for its posterior fallback. The arm comes from the
-experiment (hash of the user id); its model answers all candidates in one batched Predict within the
-deadline, retried on UNAVAILABLE by gRPC's retry policy inside that deadline. When the server is down or
-the deadline passes, the fallback (posterior statistics) or no bid answers, and client metrics count it.
+A candidate's own value of a feature wins over the shared one. ``history`` (optional) holds the user's
+behaviour histories the model takes (``Manifest.history_inputs``), each a list of values, most recent
+first: sent once per request, as a (1, max_len) tensor padded with the dtype's default ("" / 0) and a (1,)
+int64 ``<name>_length``, which the served graph broadcasts to every candidate (``BroadcastRows``). Values
+beyond max_len are dropped (the first max_len are kept); a history the request lacks, or an empty list,
+has length 0 (a new user); histories the model does not take are ignored. A server that batches the
+client's Predicts needs every input to have the same 0th dimension: see ``broadcast_history``.
+
+Predict requests carry raw fields (and histories) only: the served model computes derived features
+(``scenario`` = ``media|slot``) itself (decision 0027), so the client never sends them; it builds them
+only for its posterior fallback. The arm comes from the experiment (hash of the user id); its model
+answers all candidates in one batched Predict within the deadline, retried on UNAVAILABLE by gRPC's
+retry policy inside that deadline. When the server is down or the deadline passes, the fallback
+(posterior statistics) or no bid answers, and client metrics count it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import reprlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +42,7 @@ import prometheus_client as prom
 import tfads  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import grpc
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -44,7 +55,7 @@ from tensorflow_serving.apis import (
 from serving.bidding import BID_TYPES, compute_bids
 from serving.experiment import Arm, Experiment, ExperimentWatcher
 from serving.fallback import PosteriorFallback
-from tfads.core.manifest import Manifest
+from tfads.core.manifest import Manifest, history_length_input
 from tfads.core.names import CONVERSION
 
 REQUEST_USER = "user_id"  # the bid request field that keys the A/B assignment (protocol, not a data field)
@@ -154,6 +165,23 @@ class BidClient:
         lacks it (never sent: the model computes its own).
       with_cvr: the served model has a pCVR head (ESMM); a click-only (CTR) model has none, and its
         oCPC / oCPA candidates get no bid (they need pCVR) while CPC and CPM ones bid as usual.
+      histories: the model's user behaviour histories, name -> (dtype, max_len), as
+        ``Manifest.history_inputs``: each Predict carries the history (padded to max_len) and its
+        ``<name>_length``, from the request's ``history`` (module docstring).
+      broadcast_history: True (default): each history is sent once, a (1, max_len) row and a (1,) length,
+        and the served graph broadcasts it to the B candidates. TF Serving feeds a Predict's tensors to the
+        session as they are (predict_util.cc), so this works on any server that does not batch the
+        request. False: the history is repeated for every candidate, (B, max_len) and (B,). Use False
+        when the server batches this client's Predicts: with ``--enable_batching`` TF Serving's batching
+        session needs every input of a batched Run to have the same 0th dimension and answers
+        INVALID_ARGUMENT "Batching Run() input tensors must have equal 0th-dimension size" otherwise. It
+        batches only a Run that fetches every output of a signature, so with ``filter_outputs`` (the
+        default) requests bypass its batcher and the broadcast works; with ``filter_outputs=False`` on an
+        ``--enable_batching`` server, set ``broadcast_history=False``.
+      filter_outputs: True (default): each Predict asks for the outputs the arm bids on only
+        (``output_filter``). False: no output_filter, the server returns every output; this is what makes
+        TF Serving's ``--enable_batching`` batch the Predicts (a filtered Run matches no signature and
+        bypasses the batcher: batching_session.cc ``BatchingSession::InternalRun``).
       credentials: TLS channel credentials (None: plaintext, for loopback and sidecars).
       max_message_bytes: gRPC send/receive message size limit.
       retry_attempts, initial_backoff_ms, max_backoff_ms: gRPC retry policy on UNAVAILABLE.
@@ -171,6 +199,9 @@ class BidClient:
         fallback: PosteriorFallback | None = None,
         derived: Mapping[str, tuple[Sequence[str], str]] | None = None,
         with_cvr: bool = True,
+        histories: Mapping[str, tuple[str, int]] | None = None,
+        broadcast_history: bool = True,
+        filter_outputs: bool = True,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
         retry_attempts: int = 3,
@@ -184,8 +215,11 @@ class BidClient:
             raise ValueError(f"feature {name!r}: unsupported dtype {dtype!r} (expected string, int64 or float32)")
         if deadline_ms <= 0:
             raise ValueError(f"deadline_ms must be positive, got {deadline_ms}")
+        self.histories = _checked_histories(histories or {}, features)
         self.target = target
         self.features = dict(features)
+        self.broadcast_history = broadcast_history
+        self.filter_outputs = filter_outputs
         self._experiment = experiment
         self.deadline_s = deadline_ms / 1000.0
         self.fallback = fallback
@@ -212,13 +246,24 @@ class BidClient:
     @classmethod
     def from_manifest(cls, target: str, manifest: Mapping[str, Any], experiment: Experiment | ExperimentWatcher,
                       **kwargs: Any) -> BidClient:
-        """A client whose raw inputs and derived features come from a manifest's data mapping."""
+        """A client whose raw inputs, derived features and histories come from a manifest's data mapping."""
         loaded = Manifest(path="manifest.json", data=dict(manifest))
         features = loaded.input_dtypes
         derived = {name: (d.concat, d.separator) for name, d in loaded.derived.items()}
         roles = manifest.get("label_roles") or {}
         with_cvr = "label_roles" not in manifest or roles.get(CONVERSION) is not None
-        return cls(target, features, experiment, derived=derived, with_cvr=with_cvr, **kwargs)
+        return cls(target, features, experiment, derived=derived, with_cvr=with_cvr,
+                   histories=loaded.history_inputs, **kwargs)
+
+    @property
+    def inputs(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Every input a Predict carries, name -> (dtype, shape of one candidate), as
+        ``Manifest.model_inputs``: the raw fields (scalars), then each history (max_len,) and its length."""
+        out: dict[str, tuple[str, tuple[int, ...]]] = {name: (dtype, ()) for name, dtype in self.features.items()}
+        for name, (dtype, max_len) in self.histories.items():
+            out[name] = (dtype, (max_len,))
+            out[history_length_input(name)] = ("int64", ())
+        return out
 
     @property
     def experiment(self) -> Experiment:
@@ -229,11 +274,12 @@ class BidClient:
     # ------------------------------------------------------------------ requests
 
     def build_request(self, arm: Arm, request: Mapping[str, Any]) -> tuple[predict_pb2.PredictRequest, list[dict]]:
-        """Validate ``request`` and build the arm's batched PredictRequest of the raw inputs (and the merged
-        candidates, with the derived features added for the fallback).
+        """Validate ``request`` and build the arm's batched PredictRequest of the raw inputs and the user's
+        histories (and the merged candidates, with the derived features added for the fallback).
 
         Raises:
-          BidRequestError: no candidates, a missing feature or a wrong-typed value (names them).
+          BidRequestError: no candidates, a missing feature or a wrong-typed value, a history that is not
+            a list or holds a wrong-typed value (names them).
         """
         rid = request.get("request_id", "?")
         shared = request.get("features") or {}
@@ -247,14 +293,26 @@ class BidClient:
             if not isinstance(cand, Mapping):
                 raise BidRequestError(f"bid request {rid!r}: candidate {i} must be a mapping")
             merged.append(with_derived({**shared, **cand}, self.derived))  # for the fallback only
+        histories = request.get("history")
+        if histories is None:
+            histories = {}
+        if not isinstance(histories, Mapping):
+            raise BidRequestError(
+                f"bid request {rid!r}: 'history' must be a mapping of history name -> list of values "
+                f"(most recent first), got {_short(histories)}"
+            )
         predict = predict_pb2.PredictRequest(model_spec=_model_spec(arm))
-        predict.output_filter.extend(self._outputs(arm))
-        shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(merged))])
+        if self.filter_outputs:
+            predict.output_filter.extend(self._outputs(arm))
         for name, dtype in self.features.items():
             values = [_checked(row, name, dtype, rid, i) for i, row in enumerate(merged)]
-            tensor = tensor_pb2.TensorProto(dtype=DTYPES[dtype], tensor_shape=shape)
-            getattr(tensor, FIELDS[dtype]).extend(values)
-            predict.inputs[name].CopyFrom(tensor)
+            predict.inputs[name].CopyFrom(_tensor(dtype, (len(merged),), values))
+        rows = 1 if self.broadcast_history else len(merged)  # one row the graph broadcasts, or a copy each
+        for name, (dtype, max_len) in self.histories.items():
+            values = _history_values(histories.get(name), name, dtype, max_len, rid)
+            padded = values + [_PADDING[dtype]] * (max_len - len(values))
+            predict.inputs[name].CopyFrom(_tensor(dtype, (rows, max_len), padded * rows))
+            predict.inputs[history_length_input(name)].CopyFrom(_tensor("int64", (rows,), [len(values)] * rows))
         return predict, merged
 
     def bid(self, request: Mapping[str, Any], *, arm: str | None = None) -> BidResponse:
@@ -330,14 +388,19 @@ class BidClient:
         return found
 
     def check_inputs(self, timeout_s: float = 10.0) -> None:
-        """Check that every arm's served signature takes only inputs this client sends (GetModelMetadata).
+        """Check that every arm's served signature takes exactly the inputs this client sends, with their
+        dtypes and per-candidate shapes where the signature gives them (GetModelMetadata): scalar raw
+        fields, (max_len,) histories and their scalar lengths.
 
         Raises:
           ModelInputsError: a signature needs an input the client does not send, e.g. ``scenario`` of a
-            model exported before the model computed derived features (re-export it with `tfads export`).
+            model exported before the model computed derived features (re-export it with `tfads export`)
+            or a history the client was not given; or it does not take an input the client sends; or it
+            takes another dtype or shape (e.g. a history's max_len differs).
           grpc.RpcError: the server did not answer.
         """
         stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        sent = self.inputs
         for arm in self.experiment.arms:
             request = get_model_metadata_pb2.GetModelMetadataRequest(
                 model_spec=_model_spec(arm), metadata_field=["signature_def"]
@@ -346,15 +409,48 @@ class BidClient:
             signatures = get_model_metadata_pb2.SignatureDefMap()
             response.metadata["signature_def"].Unpack(signatures)
             signature = signatures.signature_def[arm.signature_name]
-            missing = sorted(set(signature.inputs) - set(self.features))
-            if missing:
+            problems = self._input_problems(signature, sent)
+            if problems:
                 version = response.model_spec.version.value
                 raise ModelInputsError(
                     f"arm {arm.name!r}: model {arm.model_name!r} version {version} signature {arm.signature_name!r} "
-                    f"takes {missing}, which requests do not carry (they send raw fields only: "
-                    f"{sorted(self.features)}); a model exported before derived features moved into the model "
-                    "(decision 0027) needs re-exporting with `tfads export`"
+                    + "; ".join(problems)
                 )
+
+    def _input_problems(
+        self, signature: meta_graph_pb2.SignatureDef, sent: Mapping[str, tuple[str, tuple[int, ...]]]
+    ) -> list[str]:
+        """What differs between a SignatureDef's inputs and the inputs requests carry (empty: nothing)."""
+        taken = signature.inputs
+        missing = sorted(set(taken) - set(sent) - set(signature.defaults))
+        histories = [n for n in missing if _rank(taken[n]) >= 2 or history_length_input(n) in missing]
+        lengths = [history_length_input(n) for n in histories if history_length_input(n) in missing]
+        others = [n for n in missing if n not in histories and n not in lengths]
+        problems = []
+        if histories:
+            problems.append(
+                f"takes the history input(s) {histories} (padded (batch, max_len) values) with their lengths "
+                f"{lengths}, which this client does not send: give it the model's histories "
+                "(BidClient.from_manifest reads them from the manifest's history block; or histories="
+                "{name: (dtype, max_len)}) and put the user's values in each bid request's 'history'"
+            )
+        if others:
+            problems.append(
+                f"takes {others}, which requests do not carry (they send raw fields only: {sorted(self.features)}); "
+                "a model exported before derived features moved into the model (decision 0027) needs "
+                "re-exporting with `tfads export`"
+            )
+        extra = sorted(set(sent) - set(taken))
+        if extra:
+            problems.append(
+                f"does not take {extra}, which requests carry (TF Serving refuses them: 'input size does not "
+                "match signature'); build the client from the manifest the model was trained on"
+            )
+        for name in sorted(set(sent) & set(taken)):
+            problem = _spec_problem(taken[name], *sent[name])
+            if problem:
+                problems.append(f"input {name!r}: {problem}")
+        return problems
 
     def close(self) -> None:
         """Close the channel."""
@@ -444,11 +540,11 @@ def _user_id(request: Mapping[str, Any]) -> Any:
     )
 
 
-def _checked(row: Mapping[str, Any], name: str, dtype: str, rid: Any, i: int) -> Any:
-    """The value of feature ``name`` in candidate ``i``, converted for its TensorProto field."""
-    if name not in row:
-        raise BidRequestError(f"bid request {rid!r}: candidate {i}: missing feature {name!r} ({dtype})")
-    value = row[name]
+_INVALID = object()
+
+
+def _converted(value: Any, dtype: str) -> Any:
+    """``value`` converted for a ``dtype`` TensorProto field, or ``_INVALID``."""
     if dtype == "string" and isinstance(value, (str, bytes)):
         return value.encode() if isinstance(value, str) else value
     if dtype == "int64" and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -457,12 +553,99 @@ def _checked(row: Mapping[str, Any], name: str, dtype: str, rid: Any, i: int) ->
     if dtype == "float32" and isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         if np.isfinite(value):
             return float(value)
-    raise BidRequestError(
-        f"bid request {rid!r}: candidate {i}: feature {name!r} must be {_KINDS[dtype]}, got {value!r}"
-    )
+    return _INVALID
+
+
+def _checked(row: Mapping[str, Any], name: str, dtype: str, rid: Any, i: int) -> Any:
+    """The value of feature ``name`` in candidate ``i``, converted for its TensorProto field."""
+    if name not in row:
+        raise BidRequestError(f"bid request {rid!r}: candidate {i}: missing feature {name!r} ({dtype})")
+    value = _converted(row[name], dtype)
+    if value is _INVALID:
+        raise BidRequestError(
+            f"bid request {rid!r}: candidate {i}: feature {name!r} must be {_KINDS[dtype]}, got {row[name]!r}"
+        )
+    return value
 
 
 _KINDS = {"string": "a string", "int64": "an integer in int64 range", "float32": "a finite number"}
+_PADDING = {"string": b"", "int64": 0, "float32": 0.0}  # parse_examples pads histories with these
+
+
+def _history_values(value: Any, name: str, dtype: str, max_len: int, rid: Any) -> list[Any]:
+    """The request's values of history ``name`` (None: none), converted, the first ``max_len`` only."""
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise BidRequestError(
+            f"bid request {rid!r}: history {name!r} must be a list of values ({dtype}, most recent first), "
+            f"got {_short(value)}"
+        )
+    out = []
+    for i, item in enumerate(value[:max_len]):  # the most recent max_len; the rest is dropped unread
+        converted = _converted(item, dtype)
+        if converted is _INVALID:
+            raise BidRequestError(
+                f"bid request {rid!r}: history {name!r}: value {i} must be {_KINDS[dtype]}, got {_short(item)}"
+            )
+        out.append(converted)
+    return out
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, shortened for error messages."""
+    return reprlib.repr(value)
+
+
+def _tensor(dtype: str, shape: Sequence[int], values: Sequence[Any]) -> tensor_pb2.TensorProto:
+    """A TensorProto of ``dtype`` and ``shape`` holding ``values`` (row-major) in its typed field."""
+    dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in shape]
+    tensor = tensor_pb2.TensorProto(dtype=DTYPES[dtype], tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims))
+    getattr(tensor, FIELDS[dtype]).extend(values)
+    return tensor
+
+
+def _checked_histories(
+    histories: Mapping[str, tuple[str, int]], features: Mapping[str, str]
+) -> dict[str, tuple[str, int]]:
+    """``histories`` as name -> (dtype, max_len); ValueError for an unknown dtype, a max_len below 1 or a
+    history (or its length input) named like a feature."""
+    out = {}
+    for name, (dtype, max_len) in histories.items():
+        if dtype not in DTYPES:
+            raise ValueError(f"history {name!r}: unsupported dtype {dtype!r} (expected string, int64 or float32)")
+        if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+            raise ValueError(f"history {name!r}: max_len must be a positive integer, got {max_len!r}")
+        clash = sorted({name, history_length_input(name)} & set(features))
+        if clash:
+            raise ValueError(f"history {name!r}: its input(s) {clash} are also raw features")
+        out[name] = (dtype, int(max_len))
+    return out
+
+
+def _rank(info: meta_graph_pb2.TensorInfo) -> int:
+    """The rank of a signature's TensorInfo; -1 when unknown or not given."""
+    if not info.HasField("tensor_shape") or info.tensor_shape.unknown_rank:
+        return -1
+    return len(info.tensor_shape.dim)
+
+
+def _spec_problem(info: meta_graph_pb2.TensorInfo, dtype: str, shape: tuple[int, ...]) -> str | None:
+    """How a signature input (TensorInfo) differs from what requests send: ``dtype`` values of shape
+    ``(batch, *shape)``; None when it matches or the signature does not say (unknown dtype, shape or dims)."""
+    if info.dtype != types_pb2.DT_INVALID and info.dtype != DTYPES[dtype]:
+        return f"the signature takes {types_pb2.DataType.Name(info.dtype)}, requests send {dtype}"
+    rank = _rank(info)
+    if rank < 0:
+        return None
+    served = [d.size for d in info.tensor_shape.dim]
+    if rank != 1 + len(shape) or any(size >= 0 and size != want for size, want in zip(served[1:], shape, strict=True)):
+        sent = ", ".join(["batch", *map(str, shape)])
+        hint = " (a history's max_len differs: build the client from the model's manifest)" if shape else ""
+        return f"the signature takes shape {served}, requests send [{sent}]{hint}"
+    return None
 
 
 def _price_terms(row: Mapping[str, Any], rid: Any, i: int) -> tuple[str, float]:

@@ -87,6 +87,39 @@ def ab_server(ab_models):
         yield target
 
 
+HISTORY = {
+    "hist_category": {"field": "category", "events": "click", "max_len": 5},
+    "hist_ad": {"field": "ad_id", "events": "impression", "max_len": 8, "window_s": 86400},
+}
+
+
+@pytest.fixture(scope="session")
+def history_manifest(logs_dir, tmp_path_factory):
+    """The session logs built with two histories (``HISTORY``; keyed graph, in process); a Manifest."""
+    from beam_jobs.build_examples import run
+    from tests.beam_jobs.test_history import history_schema
+    from tfads.core.manifest import load_manifest
+
+    tmp = tmp_path_factory.mktemp("history_data")
+    schema = history_schema(str(tmp / "schema.yaml"), HISTORY)
+    assert run(["--logs", logs_dir, "--out", str(tmp / "out"), "--schema", schema, "--runner", "DirectRunner"]) == 0
+    return load_manifest(str(tmp / "out" / "manifest.json"))
+
+
+@pytest.fixture(scope="session")
+def din_model_dir(history_manifest, small_experiment, tmp_path_factory) -> str:
+    """A DIN model (``small_experiment``, DCNv2 backbone, DIN attention over the histories) trained on
+    ``history_manifest``."""
+    from tfads.core.experiment import HistoryConfig
+    from tfads.train import train
+
+    model = dataclasses.replace(small_experiment.model, backbone="dcnv2",
+                                history=HistoryConfig(pooling="din", din_units=[8, 4]))
+    model_dir = str(tmp_path_factory.mktemp("din_model"))
+    train(dataclasses.replace(small_experiment, model=model), history_manifest, model_dir, verbose=0)
+    return model_dir
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:

@@ -1,8 +1,14 @@
-"""Server-side batching like TF Serving's BasicBatchScheduler: concurrent requests share one call.
+"""Server-side batching like TF Serving's BatchingSession: concurrent requests share one call.
 
 Each signature of a loaded version gets a scheduler. Requests are queued; a batch thread takes
 queued tasks up to ``max_batch_size`` rows, waiting at most ``batch_timeout_micros`` for more,
 concatenates inputs along dimension 0, runs the signature once and splits the outputs back.
+
+As in TF Serving, a request is batchable only if all its inputs have the same 0th dimension (its size
+in rows): ``BatchingSession::InternalRun`` calls ``ComputeInputSize`` (``batching/batching_session.cc``),
+i.e. ``ComputeTensorBatchSize`` (``batching/batching_util.h``), before scheduling a Run, and refuses
+any other request with INVALID_ARGUMENT, whether or not other requests are queued. Which requests go
+through the batcher at all is decided by ``Signature.run`` (servable.py).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import collections
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import grpc
@@ -33,6 +39,33 @@ def request_deadline(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _DEADLINE.reset(token)
+
+
+def batch_size(inputs: Mapping[str, np.ndarray]) -> int:
+    """The 0th-dimension size all ``inputs`` share: TF Serving's ``ComputeTensorBatchSize``
+    (``batching/batching_util.h``), with its INVALID_ARGUMENT messages, plus the inputs' names and sizes.
+
+    Raises:
+      ServingError: INVALID_ARGUMENT for no inputs, a scalar input, or inputs whose 0th dimensions differ
+        (e.g. a user history sent once, (1, max_len), with (B,) candidate features).
+    """
+    if not inputs:
+        raise ServingError.invalid_argument("Batching Run() must have at least one input tensor")
+    size, first = None, None
+    for alias in sorted(inputs):
+        value = inputs[alias]
+        if value.ndim == 0:
+            raise ServingError.invalid_argument(
+                f"Batching Run() input tensors must have at least one dimension: {alias!r} is a scalar"
+            )
+        if size is None:
+            size, first = value.shape[0], alias
+        elif value.shape[0] != size:
+            raise ServingError.invalid_argument(
+                "Batching Run() input tensors must have equal 0th-dimension size: "
+                f"{first!r} has {size}, {alias!r} has {value.shape[0]}"
+            )
+    return int(size)
 
 
 class BatchTask:
@@ -88,9 +121,9 @@ class BatchScheduler:
         return self.submit(inputs).result()
 
     def submit(self, inputs: dict[str, np.ndarray]) -> BatchTask:
-        """Enqueue a request; UNAVAILABLE when the queue is full, INVALID_ARGUMENT when it is too big."""
-        first = next(iter(inputs.values()), None)
-        size = first.shape[0] if first is not None and first.ndim else 1
+        """Enqueue a request; UNAVAILABLE when the queue is full, INVALID_ARGUMENT when it is too big or its
+        inputs do not share one 0th dimension (:func:`batch_size`)."""
+        size = batch_size(inputs)
         if size > self._max_batch:
             raise ServingError.invalid_argument(
                 f"Task size {size} is larger than maximum input batch size {self._max_batch}"

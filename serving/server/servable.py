@@ -29,6 +29,7 @@ SERVE_TAG = "serve"
 INIT_OP_SIGNATURE = "__saved_model_init_op"  # TF2 SavedModels' table initializer, not a servable signature
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+log = logging.getLogger(__name__)
 
 
 def session_config(session_parallelism: int = 0, intra_op: int = 0, inter_op: int = 0) -> tf.compat.v1.ConfigProto:
@@ -79,7 +80,8 @@ class Signature:
         return dict(zip(self._output_order, values, strict=True))
 
     def run(self, inputs: dict[str, np.ndarray], output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """Check inputs like TF Serving's Predict, run (batched if enabled), keep filtered outputs."""
+        """Check inputs like TF Serving's Predict, run (batched if enabled and the request fetches every
+        output, see :meth:`batchable`), keep filtered outputs."""
         inputs = self.check_inputs(inputs)
         seen: set[str] = set()
         for alias in output_filter:
@@ -91,8 +93,27 @@ class Signature:
             if alias in seen:
                 raise ServingError.invalid_argument(f"duplicate output tensor alias: {alias}")
             seen.add(alias)
-        outputs = (self.runner or self.run_direct)(inputs)
+        if self.runner is not None and self.batchable(output_filter):
+            outputs = self.runner(inputs)
+        else:
+            if self.runner is not None:
+                _log_bypass(self.name, output_filter)
+            outputs = self.run_direct(inputs)
         return {k: outputs[k] for k in output_filter} if output_filter else outputs
+
+    def batchable(self, output_filter: tuple[str, ...]) -> bool:
+        """Whether TF Serving's batching would take a request fetching ``output_filter`` (empty: all).
+
+        Its BatchingSession keeps one scheduler per SignatureDef, keyed by the signature's input and output
+        tensor names, and looks a Run up by the tensors it feeds and fetches (``BatchingSession::InternalRun``
+        in ``batching/batching_session.cc``). A Predict feeds every input (request values or defaults) but
+        fetches only its ``output_filter`` (``PreProcessPrediction``, ``servables/tensorflow/predict_util.cc``),
+        and SavedModel bundles are wrapped without a default scheduler creator (``WrapSessionForBatching``
+        in ``servables/tensorflow/saved_model_bundle_factory.cc``, ``enable_default_schedule_creator`` false),
+        so a Predict whose filter names fewer outputs than the signature has bypasses the batcher and runs on
+        its own (TFRT likewise: ``tfrt_predict_util.cc`` runs a filtered Predict by tensor names, unbatched).
+        """
+        return not output_filter or set(output_filter) == set(self.outputs)
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """TF Serving's checks (predict_util.cc, saved_model/util.cc GetInputValues), then the dtype.
@@ -144,6 +165,19 @@ class Signature:
     def _output_order(self) -> list[str]:
         """Output aliases in the order ``session_run`` fetches them."""
         return alias_order(self.outputs)
+
+
+_bypass_logged_at = [float("-inf")]  # like TF Serving's LOG_EVERY_N_SEC(WARNING, 120)
+
+
+def _log_bypass(signature: str, output_filter: tuple[str, ...]) -> None:
+    now = time.monotonic()
+    if now - _bypass_logged_at[0] >= 120:
+        _bypass_logged_at[0] = now
+        log.warning(
+            "Request doesn't match any declared signature and no default scheduler creator specified. "
+            "Bypassing batcher. Request signature: %s, output_filter %s", signature, list(output_filter),
+        )
 
 
 def alias_order(aliases: Iterable[str]) -> list[str]:

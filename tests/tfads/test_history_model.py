@@ -8,24 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.beam_jobs.test_history import history_schema
-
-HISTORY = {
-    "hist_category": {"field": "category", "events": "click", "max_len": 5},
-    "hist_ad": {"field": "ad_id", "events": "impression", "max_len": 8, "window_s": 86400},
-}
-
-
-@pytest.fixture(scope="module")
-def history_manifest(logs_dir, tmp_path_factory):
-    """The session logs built with two histories (keyed graph, in process)."""
-    from beam_jobs.build_examples import run
-    from tfads.core.manifest import load_manifest
-
-    tmp = tmp_path_factory.mktemp("history_data")
-    schema = history_schema(str(tmp / "schema.yaml"), HISTORY)
-    assert run(["--logs", logs_dir, "--out", str(tmp / "out"), "--schema", schema, "--runner", "DirectRunner"]) == 0
-    return load_manifest(str(tmp / "out" / "manifest.json"))
+# history_manifest (the session logs built with two histories) and din_model_dir (a DIN model trained on
+# them) are session fixtures in tests/conftest.py, shared with tests/serving/test_history_bidding.py.
 
 
 def _config(small_experiment, pooling: str, backbone: str = "dcnv2"):
@@ -44,15 +28,6 @@ def _batch(manifest, rows: int = 64) -> dict[str, tf.Tensor]:
     # the rows with the longest histories first, so the checks below see real histories
     order = tf.argsort(batch["hist_ad_length"], direction="DESCENDING")[:rows]
     return {name: tf.gather(batch[name], order) for name in manifest.model_inputs}
-
-
-@pytest.fixture(scope="module")
-def din_model_dir(history_manifest, small_experiment, tmp_path_factory):
-    from tfads.train import train
-
-    model_dir = str(tmp_path_factory.mktemp("din_model"))
-    train(_config(small_experiment, "din"), history_manifest, model_dir, verbose=0)
-    return model_dir
 
 
 def test_inputs_are_padded_histories_with_lengths(history_manifest):

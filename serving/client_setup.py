@@ -30,12 +30,15 @@ def open_client(
     fallback: bool = True,
     posterior_stats: str = "",
     tls_ca: str = "",
+    server_batching: bool = False,
 ) -> Iterator[BidClient]:
     """A BidClient on ``target``; the experiment file is hot-reloaded while it is open.
 
     ``fallback`` bids from the manifest's posterior statistics (or ``posterior_stats``) of the experiment's
     ``fallback_fields`` when the model does not answer; ``tls_ca`` (PEM root certificates) switches the
-    channel to TLS.
+    channel to TLS. ``server_batching``: the server batches requests (``--enable_batching``): TF Serving batches
+    only a Predict that fetches every output and whose inputs share their 0th dimension, so the client then
+    sends no output filter and repeats a user's history for every candidate.
     """
     manifest = json.loads(Path(manifest_path).read_text())
     fields = load_experiment_file(experiment_path).fallback_fields
@@ -48,7 +51,8 @@ def open_client(
         backup = PosteriorFallback.load(stats, fields, min_impressions=30)
     credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes()) if tls_ca else None
     with ExperimentWatcher(str(experiment_path)) as watcher, BidClient.from_manifest(
-        target, manifest, watcher, deadline_ms=deadline_ms, fallback=backup, credentials=credentials
+        target, manifest, watcher, deadline_ms=deadline_ms, fallback=backup, credentials=credentials,
+        broadcast_history=not server_batching, filter_outputs=not server_batching,
     ) as client:
         yield client
 

@@ -24,6 +24,10 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bid from the posterior statistics, or not at all, when the model does not answer")
     parser.add_argument("--posterior-stats", default="", help="posterior stats file (default: the manifest's)")
     parser.add_argument("--tls-ca", default="", help="PEM root certificates: use TLS to the server")
+    parser.add_argument("--server-batching", action="store_true",
+                        help="the server batches requests (TF Serving --enable_batching): send every output and "
+                             "repeat a user's history per candidate so requests can be batched (default: the "
+                             "history once per request, outputs filtered; TF Serving then runs each alone)")
 
 
 @contextlib.contextmanager
@@ -33,5 +37,5 @@ def connect(args: argparse.Namespace, model_names: Sequence[str]) -> Iterator[Bi
                        model_base_path=args.model_base_path) as target, \
             open_client(target, args.data, args.experiment, deadline_ms=args.deadline_ms,
                         fallback=args.fallback == "posterior", posterior_stats=args.posterior_stats,
-                        tls_ca=args.tls_ca) as client:
+                        tls_ca=args.tls_ca, server_batching=args.server_batching) as client:
         yield client

@@ -5,29 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfads.cli.arg_types import positive_int
+from tfads.cli.arg_types import number_in, positive_int
 from tfads.core.schema import DEFAULT_SCHEMA, load_schema
 from tfads.datagen.world import INTEREST_SCALE
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5], got {text!r}") from e
-    if not 0.0 <= value <= 0.5:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5], got {value}")
-    return value
-
-
-def _interest_scale(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 10], got {text!r}") from e
-    if not 0.0 <= value <= 10.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 10], got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,14 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, byte-identical files (default 0)")
     parser.add_argument(
         "--corrupt-rate",
-        type=_rate,
+        type=number_in(0.0, 0.5),
         default=0.0,
         help="share of malformed / orphan lines injected per log, in [0, 0.5] (default 0)",
     )
     parser.add_argument("--with-feed", action="store_true", help="also write the organic-feed log")
     parser.add_argument(
         "--interest-scale",
-        type=_interest_scale,
+        type=number_in(0.0, 10.0),
         default=INTEREST_SCALE,
         help="strength of the users' persistent, slowly drifting interests: std of the term "
         "<user interest(t), ad interest embedding> in the true CTR logit (0.3x of it in the CVR logit), "

@@ -84,6 +84,9 @@ def add_histories(examples: pd.DataFrame, events: pd.DataFrame, schema: Schema) 
     user = examples[schema.user_key].to_numpy()
     t = examples[schema.timestamp].to_numpy(np.int64)
     for name, h in schema.history.items():
+        if not len(events):  # no events reached this group (e.g. no clicks yet): every history is empty
+            out[name] = [()] * len(examples)
+            continue
         ev = events[(events[SOURCE] == h.events).to_numpy()]
         ev = ev.sort_values([TS, TIE], kind="stable", ignore_index=True)
         codes, _ = pd.factorize(np.concatenate([ev[USER].to_numpy(), user]))

@@ -252,3 +252,13 @@ def test_table_input_histories_use_the_row_time(history_logs, tmp_path):
     got = built_histories(out, key=key, names=tuple(history))
     assert sorted(got.index) == sorted(want.index)
     assert got.loc[want.index].equals(want) and (got.hist_cat.map(len) > 0).sum() > 20
+
+
+def test_a_group_without_events_gets_empty_histories():
+    from beam_jobs.history import add_histories
+    from tfads.core.schema import HistoryFeature, load_schema
+    import dataclasses
+
+    schema = dataclasses.replace(load_schema(), history={"h": HistoryFeature(field="category")})
+    out, truncated = add_histories(pd.DataFrame({"user_id": [1, 2], "ts": [5, 6]}), pd.DataFrame(), schema)
+    assert list(out.h) == [(), ()] and truncated["h"] == 0

@@ -64,7 +64,7 @@ def run_tfads(config_path: str, seed: int, data_dir: str) -> dict[str, Any]:
     ys, ps = [], []
     for path in manifest.split_files("test"):  # one file at a time: rows in array order, as DeepCTR's
         for batch in make_dataset([path], manifest, 8192, for_training=False):
-            ps.append(result.model({k: batch[k] for k in manifest.input_dtypes}, training=False)["ctr"].numpy().ravel())
+            ps.append(result.model({k: batch[k] for k in manifest.model_inputs}, training=False)["ctr"].numpy().ravel())
             ys.append(batch["click"].numpy().ravel())
     return {
         "runs": {"": {"p": np.concatenate(ps), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}},

@@ -134,7 +134,7 @@ def run_tfads(data_dir: str, optimizer: str, learning_rate: float, variant: Vari
     test = make_dataset(manifest.split_files("test"), manifest, 8192, for_training=False)
     ys, ps = [], []
     for batch in test:
-        ps.append(model({k: batch[k] for k in manifest.input_dtypes}, training=False)["ctr"].numpy().ravel())
+        ps.append(model({k: batch[k] for k in manifest.model_inputs}, training=False)["ctr"].numpy().ravel())
         ys.append(batch["click"].numpy())
     return {**result, "test_auc": auc(np.concatenate(ys), np.concatenate(ps))}
 

@@ -13,13 +13,14 @@ from tfads.data import DTYPES, make_dataset
 from tfads.core.manifest import Manifest
 
 def predict_files(model: keras.Model, manifest: Manifest, files: list[str], *, batch_size: int = 4096) -> pd.DataFrame:
-    """Run ``model`` over ``files``; columns: every raw field and derived feature, the labels by role (``click``, and
+    """Run ``model`` over ``files``; columns: every scalar raw field and derived feature (list inputs: only their
+    ``<name>_length``), the labels by role (``click``, and
     ``conversion`` for ESMM data, whatever the schema calls them), metadata and each model output
     (``ctr``; ``cvr``, ``ctcvr`` for ESMM; for calibrated models also ``*_raw``)."""
     ds = make_dataset(files, manifest, batch_size, with_meta=True, for_training=False)
-    feature_names = list(manifest.input_dtypes)  # the model's raw inputs; the batches also hold the derived features
-
-    signature = {k: tf.TensorSpec([None], DTYPES[dtype]) for k, dtype in manifest.input_dtypes.items()}
+    inputs = manifest.model_inputs  # the model's raw inputs; the batches also hold the derived features
+    lists = set(manifest.list_inputs)  # (batch, max_len) inputs: not columns of the returned frame
+    signature = {k: tf.TensorSpec([None, *shape], DTYPES[dtype]) for k, (dtype, shape) in inputs.items()}
 
     @tf.function(input_signature=[signature])
     def score(features):
@@ -27,8 +28,8 @@ def predict_files(model: keras.Model, manifest: Manifest, files: list[str], *, b
 
     parts: list[dict[str, np.ndarray]] = []
     for batch in ds:
-        out = score({k: batch[k] for k in feature_names})
-        row = {k: v.numpy() for k, v in batch.items()}
+        out = score({k: batch[k] for k in inputs})
+        row = {k: v.numpy() for k, v in batch.items() if k not in lists}
         row.update({k: v.numpy().reshape(-1) for k, v in out.items()})
         parts.append(row)
     if not parts:

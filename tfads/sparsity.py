@@ -23,7 +23,7 @@ def scenario_report(
     lookup = model.get_layer(f"{domain}_lookup")
     vocabulary = lookup.get_vocabulary()
     ds = make_dataset(manifest.split_files(split), manifest, 2048, for_training=False).take(max_batches)
-    names = list(manifest.input_dtypes)
+    names = list(manifest.model_inputs)
     batches = [({k: b[k] for k in names}, lookup(b[domain]).numpy()) for b in ds]
     report = sparsity_report(model, batches)
     return report, [vocabulary[d] for d in report.domains]

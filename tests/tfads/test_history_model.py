@@ -84,3 +84,24 @@ def test_one_history_for_many_candidates_equals_per_candidate_rows(history_manif
     once = {**batch, **{n: batch[n][:1] for n in names}}
     copied = {**batch, **{n: tf.repeat(batch[n][:1], 10, axis=0) for n in names}}
     np.testing.assert_allclose(signature(**once)["ctr"].numpy(), signature(**copied)["ctr"].numpy(), atol=1e-7)
+
+
+def test_evaluate_calibrate_and_export_take_a_history_model(history_manifest, din_model_dir, tmp_path):
+    """The command line end to end on data with histories: evaluate (scored rows keep the lengths, not the
+    lists), calibrate (AdaCalib over the history model) and export (the calibrated version serves the lists)."""
+    import json
+
+    from tfads import cli
+    from tfads.model_io import load_trained_model
+    from tfads.predict import predict_split
+
+    data = history_manifest.path
+    rows = predict_split(load_trained_model(din_model_dir), history_manifest, "test")
+    assert "hist_ad_length" in rows and "hist_ad" not in rows and rows["ctr"].between(0, 1).all()
+    assert cli.main(["evaluate", "--model-dir", din_model_dir, "--data", data, "--out", str(tmp_path / "eval")]) == 0
+    assert 0.5 < json.load(open(tmp_path / "eval" / "metrics.json"))["ctr"]["AUC"] <= 1
+    assert cli.main(["calibrate", "--model-dir", din_model_dir, "--data", data, "--out", str(tmp_path / "cal")]) == 0
+    assert cli.main(["export", "--model-dir", str(tmp_path / "cal"), "--data", data,
+                     "--model-base-path", str(tmp_path / "models")]) == 0
+    signature = tf.saved_model.load(str(tmp_path / "models" / "1")).signatures["serving_default"]
+    assert {"hist_ad", "hist_ad_length", "hist_category"} <= set(signature.structured_input_signature[1])

@@ -50,7 +50,7 @@ class Scorer:
         self.fields = fields
         self.batch_size = batch_size
         self.model = model
-        self.names = list(manifest.input_dtypes)
+        self.names = list(manifest.model_inputs)
 
     def __call__(self, records: list[bytes]) -> dict[str, np.ndarray]:
         parts: dict[str, list[np.ndarray]] = {}

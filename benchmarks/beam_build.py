@@ -9,12 +9,17 @@ with the wall time, the CPU seconds and the peak memory of every process.
 Each study writes benchmarks/results/beam_build[_memory|_one_day].{json,md}. Every run is a subprocess
 watched through /proc (Linux): "runner" is the job's main process, which on the DirectRunner also holds
 the shuffle between steps (Dataflow keeps it in its Shuffle service); "worker" is each SDK worker process.
+The memory study also runs, after each keyed run, a "bare runner": a pipeline with no job code that pushes
+the bytes the job shuffled (its manifest's build.shuffle_bytes) through as many shuffles, in random pieces
+of the job's average size made in the workers (``python -m benchmarks.beam_build --bare-runner BYTES
+PIECE_BYTES WORKERS``); the keyed worker peak minus the bare one is what the job's own code adds.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import gzip
 import json
 import os
@@ -151,6 +156,48 @@ def run_plain(logs: str, out: str) -> TreeRun:
     return run_watched([sys.executable, "-m", "benchmarks.beam_build", "--plain-only", logs, out])
 
 
+SHUFFLES = 3  # the keyed graph's shuffles of data (no history): SpreadPieces, ByBucket, ByShard
+
+
+def bare_runner(total_bytes: int, piece_bytes: int, workers: int) -> None:
+    """A pipeline with no job code: ``total_bytes`` through SHUFFLES shuffles (a third through each) as random
+    pieces of ``piece_bytes``, made in the workers; every step only passes the pieces on."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    pieces = max(1, total_bytes // SHUFFLES // piece_bytes)
+    options = PipelineOptions(direct_num_workers=workers, direct_running_mode="multi_processing")
+    with beam.Pipeline(options=options) as p:
+        _ = (
+            p
+            | "Seeds" >> beam.Create(range(pieces))  # Create's own Reshuffle spreads them (the job's SpreadFiles)
+            | "Make" >> beam.Map(lambda i: (i, os.urandom(piece_bytes)))
+            | "Shuffle1" >> beam.Reshuffle()
+            | "Pass1" >> beam.Map(lambda kv: kv)
+            | "Shuffle2" >> beam.GroupByKey()
+            | "Pass2" >> beam.FlatMap(lambda kv: ((kv[0], v) for v in kv[1]))
+            | "Shuffle3" >> beam.GroupByKey()
+            | "Drop" >> beam.Map(lambda kv: None)
+        )
+
+
+def bare_input(logs: str, out: str) -> tuple[int, int]:
+    """The keyed job's shuffled bytes (its manifest) and their average piece size. The number of pieces is
+    estimated from the job's sizing: its file pieces (SpreadPieces), a piece per key bucket of each (ByBucket)
+    and a bucket's examples per output shard (ByShard); a file's size is its gzip trailer's (files < 4 GiB)."""
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    build = manifest["build"]
+    pieces = 0
+    for path in (p for log in manifest["inputs"] for p in glob.glob(os.path.join(logs, log, "*", "*.gz"))):
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            pieces += -(-int.from_bytes(f.read(), "little") // build["piece_bytes"])
+    shards = sum(len(day["files"]) for day in manifest["days"].values())
+    elements = pieces * (1 + build["key_buckets"]) + build["key_buckets"] * shards
+    return build["shuffle_bytes"], max(1, build["shuffle_bytes"] // elements)
+
+
 def _table(rows: list[dict], baseline: str | None) -> str:
     base = next((r for r in rows if r["run"] == baseline), None)
     lines = [f"{'run':<34}{'seconds':>9}{'imps/s':>10}{'vs plain':>9}{'runner MiB':>11}{'worker MiB':>11}"
@@ -178,21 +225,40 @@ def speed_study(work: str, args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def memory_study(work: str, args: argparse.Namespace) -> tuple[dict, str]:
-    """Peak memory as a day grows (4 days each): the keyed graph, and the per-day graph up to 1M a day."""
-    rows = []
+    """Peak memory as a day grows (4 days each): the keyed graph, a bare runner with the keyed job's shuffled
+    bytes (the runner's share of a worker peak), and the per-day graph up to 1M a day."""
+    rows, split = [], []
+    out = f"{work}/out"
     for per_day in args.per_day:
         logs = _logs(work, 4, per_day)
         n = _impressions(logs)
-        for graph in ("keyed", "per-day"):
-            if graph == "per-day" and per_day > args.per_day_max:
-                continue
-            run = run_beam(logs, f"{work}/out", graph=graph, workers=args.workers)
-            rows.append({**_row(f"{graph}, {per_day:,} a day", run, n, f"{work}/out"), "graph": graph,
-                         "per_day": per_day})
-    keyed = [r for r in rows if r["graph"] == "keyed"]
-    spread = max(r["worker_peak_mib"] for r in keyed) / min(r["worker_peak_mib"] for r in keyed)
-    table = _table(rows, None) + f"\nkeyed graph: largest / smallest worker peak = {spread:.2f}"
-    return {"days": 4, "workers": args.workers, "rows": rows, "keyed_worker_peak_spread": round(spread, 2)}, table
+        keyed = _row(f"keyed, {per_day:,} a day", run_beam(logs, out, graph="keyed", workers=args.workers), n, out)
+        shuffled, piece = bare_input(logs, out)
+        run = run_watched([sys.executable, "-m", "benchmarks.beam_build", "--bare-runner", str(shuffled), str(piece),
+                           str(args.workers)])
+        bare = {**_row(f"bare runner, {per_day:,} a day", run, n),
+                "shuffle_bytes_per_impression": round(shuffled / n, 1), "piece_bytes": piece}
+        rows += [{**keyed, "graph": "keyed", "per_day": per_day}, {**bare, "graph": "bare runner", "per_day": per_day}]
+        split.append({"per_day": per_day, "keyed_worker_peak_mib": keyed["worker_peak_mib"],
+                      "bare_runner_worker_peak_mib": bare["worker_peak_mib"], "piece_bytes": piece,
+                      "job_excess_mib": keyed["worker_peak_mib"] - bare["worker_peak_mib"]})
+        if per_day <= args.per_day_max:
+            run = run_beam(logs, out, graph="per-day", workers=args.workers)
+            rows.append({**_row(f"per-day, {per_day:,} a day", run, n, out), "graph": "per-day", "per_day": per_day})
+    spread = max(s["keyed_worker_peak_mib"] for s in split) / min(s["keyed_worker_peak_mib"] for s in split)
+    excess = [s["job_excess_mib"] for s in split]
+    excess_spread = max(excess) / min(excess) if min(excess) > 0 else None
+    lines = [f"{'worker peak MiB':<20}{'keyed':>8}{'bare runner':>13}{'job excess':>12}{'bare piece KiB':>16}"]
+    for x in split:
+        lines.append(f"{x['per_day']:,} a day".ljust(20) + f"{x['keyed_worker_peak_mib']:>8,}"
+                     f"{x['bare_runner_worker_peak_mib']:>13,}{x['job_excess_mib']:>12,}{x['piece_bytes'] >> 10:>16,}")
+    table = "\n".join([_table(rows, None), "", *lines,
+                       f"keyed graph: largest / smallest worker peak = {spread:.2f}",
+                       "job excess (keyed - bare runner): largest / smallest = "
+                       + (f"{excess_spread:.2f}" if excess_spread else "n/a (not all positive)")])
+    return {"days": 4, "workers": args.workers, "shuffles": SHUFFLES, "rows": rows, "worker_peak_split": split,
+            "keyed_worker_peak_spread": round(spread, 2),
+            "job_excess_spread": round(excess_spread, 2) if excess_spread else None}, table
 
 
 def one_day_study(work: str, args: argparse.Namespace) -> tuple[dict, str]:
@@ -222,13 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--plain-only"]:  # run_plain's subprocess
         plain_build(argv[1], argv[2], load_schema())
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if argv[:1] == ["--bare-runner"]:  # the memory study's subprocess: BYTES PIECE_BYTES WORKERS
+        bare_runner(*map(int, argv[1:4]))
+        return 0
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--study", choices=sorted(STUDIES), default="speed", help="what to measure (default: speed)")
     parser.add_argument("--impressions", type=int, default=1_000_000,
                         help="speed: total impressions; one-day: the day's impressions (default 1M)")
     parser.add_argument("--days", type=int, default=7, help="speed: days of logs (generator default 7)")
     parser.add_argument("--per-day", type=int, nargs="+", default=[250_000, 1_000_000, 4_000_000],
-                        help="memory: impressions per day of each run (default: 250k 1M 4M)")
+                        help="memory: impressions per day of each run, 4 days; each size runs the keyed graph, "
+                        "a bare runner with its shuffled bytes and the per-day graph (default: 250k 1M 4M)")
     parser.add_argument("--per-day-max", type=int, default=1_000_000,
                         help="memory: largest day the per-day graph is run on (it holds a whole day per worker)")
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes (default 2)")

@@ -48,3 +48,16 @@ def test_host_idle_names_a_bad_setting(argv, message, capsys):
         host_idle.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_beam_build_bare_runner_runs_in_two_watched_worker_processes(monkeypatch):
+    # The memory study's "bare runner" row: its subprocess must run and show the DirectRunner's two SDK
+    # workers to the same process filter as the job's rows (their peak is what the study reports).
+    from benchmarks.beam_build import _row
+    from benchmarks.process_tree import run_watched
+
+    monkeypatch.chdir(ROOT)
+    run = run_watched([sys.executable, "-m", "benchmarks.beam_build", "--bare-runner", "3000000", "10000", "2"])
+    row = _row("bare runner", run, 1)
+    assert len(row["worker_cpu_s"]) == 2
+    assert row["worker_peak_mib"] > 0

@@ -23,6 +23,8 @@ k of a model against repeat k of DCNv2) with a bootstrap interval of that mean.
 
 Data and per-model results are cached under ``--out`` (keyed by their settings), so a re-run only
 trains the models whose configuration changed.
+
+User-history variants (no history / mean-pooled / DIN, with their costs) live in ``benchmarks/history_quality.py``.
 """
 
 from __future__ import annotations
@@ -167,17 +169,36 @@ def _run_dir(out: str, name: str, repeat: int) -> str:
     return os.path.join(out, "runs", name if repeat == 0 else f"{name}-r{repeat}")
 
 
+def load_cached_run(run_dir: str, key: str, label: str) -> dict[str, Any] | None:
+    """A run's cached record and scored frame (``result.json``, ``scored.parquet`` under ``run_dir``) when they
+    were made with ``key`` (a digest of the config and the data); None otherwise."""
+    result_path, scored_path = os.path.join(run_dir, "result.json"), os.path.join(run_dir, "scored.parquet")
+    if not (os.path.exists(result_path) and os.path.exists(scored_path)):
+        return None
+    with open(result_path) as f:
+        cached = json.load(f)
+    if cached["key"] != key:
+        return None
+    print(f"{label}: cached ({run_dir})", flush=True)
+    return {**cached, "scored": pd.read_parquet(scored_path)}
+
+
+def save_run(run_dir: str, record: dict[str, Any], scored: pd.DataFrame) -> dict[str, Any]:
+    """Cache a run (what ``load_cached_run`` reads back), drop its training backup; the record with the frame."""
+    scored.to_parquet(os.path.join(run_dir, "scored.parquet"))
+    with open(os.path.join(run_dir, "result.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    shutil.rmtree(os.path.join(run_dir, "model", "backup"), ignore_errors=True)
+    return {**record, "scored": scored}
+
+
 def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str, repeat: int = 0) -> dict[str, Any]:
     """Train, score the test split and return metrics plus the scored frame's key columns (cached)."""
     run_dir = _run_dir(out, name, repeat)
     key = _digest({"config": config.to_dict(), "data": open(os.path.join(out, "data.json")).read()})
-    result_path, scored_path = os.path.join(run_dir, "result.json"), os.path.join(run_dir, "scored.parquet")
-    if os.path.exists(result_path) and os.path.exists(scored_path):
-        with open(result_path) as f:
-            cached = json.load(f)
-        if cached["key"] == key:
-            print(f"{name}: cached ({run_dir})", flush=True)
-            return {**cached, "scored": pd.read_parquet(scored_path)}
+    cached = load_cached_run(run_dir, key, name)
+    if cached is not None:
+        return cached
     from tfads.core.manifest import load_manifest
     from tfads.predict import predict_split
     from tfads.sparsity import scenario_sparsity
@@ -205,11 +226,7 @@ def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str,
         "best_val_ctr_auc": max(result.history.get("val_ctr_auc", [float("nan")])),
         "pruned_share_per_layer": pruned,
     }
-    scored.to_parquet(scored_path)
-    with open(result_path, "w") as f:
-        json.dump(record, f, indent=2)
-    shutil.rmtree(os.path.join(run_dir, "model", "backup"), ignore_errors=True)
-    return {**record, "scored": scored}
+    return save_run(run_dir, record, scored)
 
 
 def test_truth(logs: str, manifest_path: str) -> pd.DataFrame:

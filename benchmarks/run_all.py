@@ -22,6 +22,7 @@ BENCHMARKS = [
     "calibration",
     "online",
     "model_quality",
+    "history_quality",
     "criteo_quality",
 ]
 NEEDS_DEMO = {"serving_latency", "bidding"}

@@ -200,15 +200,15 @@ class RouteEvents(beam.DoFn):
 
     def __init__(self, job: Job) -> None:
         self._job = job
+        windows = [h.window_s for h in job.schema.history.values()]
+        self._reach = None if None in windows else max(windows) // DAY_S + 1  # days after a day a window can see
 
     def process(self, element: tuple[tuple[int, int], list[bytes]], plan: Plan):
         (bucket, day), pieces = element
-        schema = self._job.schema
         events = pd.concat([unpack(p) for p in pieces], ignore_index=True)
         yield (bucket, day), pack(events)
-        tail = pack(last_events(events, schema))
-        windows = [h.window_s for h in schema.history.values()]
-        reach = None if None in windows else max(windows) // DAY_S + 1  # days after `day` a window can see
+        tail = pack(last_events(events, self._job.schema))
+        reach = self._reach
         for later in plan_day_numbers(plan):
             if later > day and (reach is None or later - day <= reach):
                 yield (bucket, later), tail

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.data import make_dataset
+from tfads.finetune import FinetuneMode, apply_finetune_mode
 from tfads.core.experiment import ExperimentConfig, TrainConfig
 from tfads.core.manifest import Manifest, load_manifest
 from tfads.model_io import CHECKPOINT_SUBDIR, load_trained_model, save_trained_model  # noqa: F401 (re-export)
@@ -155,6 +156,7 @@ def train(
     model_dir: str,
     *,
     init_from: str | None = None,
+    finetune: FinetuneMode = "full",
     verbose: int | str = "auto",
 ) -> TrainResult:
     """Train ``config`` on ``manifest``'s train split, validating on the valid split
@@ -162,12 +164,17 @@ def train(
     validations without a better pCTR AUC or at the ``train.epochs`` cap, and keeps the best
     validation's weights either way.
 
+    ``init_from`` (a model dir or checkpoint) starts from its weights; ``finetune`` then says what the
+    run may change (:mod:`tfads.finetune`: ``full``, ``heads`` or ``frozen_embeddings``).
+
     Writes under ``model_dir``: ``model/`` (Keras SavedModel), ``checkpoints/`` (weights per
     validation and ``final``, the kept weights), ``backup/`` (resume state while running), ``logs/``
     (TensorBoard), ``experiment.yaml``, ``model.json`` and ``history.json``.
     """
     if isinstance(manifest, str):
         manifest = load_manifest(manifest)
+    if finetune != "full" and not init_from:
+        raise ValueError(f"finetune mode {finetune!r} needs a model to start from (init_from / --init-from)")
     tc = config.train
     keras.utils.set_random_seed(tc.seed)
     if tc.deterministic:
@@ -187,7 +194,8 @@ def train(
         if init_from:
             checkpoint = resolve_checkpoint(init_from)
             model.set_weights(_weights_of(checkpoint, manifest, config))
-            log.info("initialised weights from %s", checkpoint)
+            trainable = apply_finetune_mode(model, finetune)
+            log.info("initialised weights from %s; fine-tune %s: %d layers train", checkpoint, finetune, len(trainable))
         steps_per_execution, validation_steps = execution_steps(tc, manifest, fit_steps)
         compile_model(model, config.model, tc.learning_rate, tc.optimizer, steps_per_execution=steps_per_execution)
 
@@ -232,6 +240,8 @@ def train(
                 "best_epoch": best_epoch,
                 "manifest": manifest.path,
                 "workers": workers,
+                "init_from": init_from,
+                "finetune": finetune if init_from else None,
             }
             json.dump(record, f, indent=2)
     return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=epochs_run, best_epoch=best_epoch)

@@ -18,6 +18,7 @@ import pytest
 from tfads import cli
 from tfads.datagen import generate
 from tfads.datagen import world as W
+from tfads.datagen.cold_start import ColdStart
 from tfads.datagen.world import World
 from tfads.core.schema import load_schema
 
@@ -395,3 +396,37 @@ def test_generate_rejects_what_it_cannot_write(tmp_path):
         generate(str(tmp_path / "z"), days=1, impressions_per_day=10, interest_scale=-0.5, progress=False)
     with pytest.raises(ValueError, match=r"fields\.device\.values"):
         generate(str(tmp_path / "z"), days=1, impressions_per_day=10, schema=bad, progress=False)
+
+
+def test_launched_scenes_and_late_segments_appear_on_the_launch_day_and_differ():
+    spec = ColdStart(scenes=2, segments=3, launch_day=4)
+    plain, world = World(3), World(3, cold_start=spec)
+    launches = world.launches
+    for name in ("user_cdf", "user_city", "ad_cdf", "scenario_logw", "scenario_cluster"):
+        assert np.array_equal(getattr(world, name), getattr(plain, name)), name
+    # only the launched scenes' weights deviate from the world without launches
+    moved = np.flatnonzero(np.any(world.ctr.scenario_w != plain.ctr.scenario_w, axis=1))
+    assert moved.tolist() == launches.scenes.tolist()
+    before = world.sample(np.random.default_rng(0), 30_000, 3, 0)
+    after = world.sample(np.random.default_rng(0), 30_000, 4, 0)
+    late = np.isin(before["city"], launches.segments), np.isin(after["city"], launches.segments)
+    assert not np.isin(before["scenario"], launches.scenes).any() and not late[0].any()
+    assert np.isin(after["scenario"], launches.scenes).mean() > 0.005 and late[1].mean() > 0.005
+    # every city has an own CTR term once segments launch; the late cities' share the established ones' spread
+    term = launches.segment_logit(after["city"], after["category"])
+    assert 0.2 * spec.segment_scale < term.std() < 2 * spec.segment_scale
+    assert 0.3 < term[late[1]].std() / term[~late[1]].std() < 3
+    with pytest.raises(ValueError, match="launch_day must be >= 1"):
+        ColdStart(scenes=1)
+
+
+def test_datagen_records_the_launches(tmp_path, capsys):
+    main = cli.main
+    out = tmp_path / "logs"
+    assert main(["datagen", "--out", str(out), "--days", "3", "--impressions-per-day", "3000", "--launch-scenes", "1",
+                 "--launch-segments", "2", "--no-progress"]) == 0
+    assert "launched on day 1: scenes m" in capsys.readouterr().out
+    launched = json.loads((out / "datagen.json").read_text())["settings"]["cold_start"]
+    assert launched["launch_day"] == 1 and len(launched["scenes"]) == 1 and len(launched["segments"]) == 2
+    assert main(["datagen", "--out", str(out), "--days", "3", "--launch-segments", "2", "--launch-day", "3"]) == 2
+    assert "launch_day must be < days (3)" in capsys.readouterr().err

@@ -36,6 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "so that a user's recent clicks predict what they click next; 0 removes it, in [0, 10] "
         f"(default {INTEREST_SCALE})",
     )
+    parser.add_argument(
+        "--launch-scenes",
+        type=int,
+        default=0,
+        help="cold start: this many scenes (media x slot placements) have no traffic before --launch-day and "
+        "then that of an established scene; their CTR/CVR is their cluster's plus an own deviation (default 0)",
+    )
+    parser.add_argument(
+        "--launch-segments",
+        type=int,
+        default=0,
+        help="cold start: this many cities' users appear only from --launch-day; with it every city gets an own "
+        "CTR term (a shared and an own taste over categories), so cities are related but differ (default 0)",
+    )
+    parser.add_argument(
+        "--launch-day",
+        type=int,
+        default=None,
+        help="0-based day of the launches (default: the middle day); datagen.json's settings.cold_start records "
+        "the launched scenes and cities",
+    )
     parser.add_argument("--start-date", default="2026-01-01", help="first day, YYYY-MM-DD (default 2026-01-01)")
     parser.add_argument(
         "--schema", default=str(DEFAULT_SCHEMA), help="feature/schema YAML (default configs/schema.yaml)"
@@ -46,9 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate the logs and print a short summary; 2 on a bad argument or schema."""
     from tfads.datagen import generate
+    from tfads.datagen.cold_start import ColdStart
 
     schema = load_schema(args.schema)
     try:
+        launch_day = args.days // 2 if args.launch_day is None else args.launch_day
+        cold_start = ColdStart(scenes=args.launch_scenes, segments=args.launch_segments, launch_day=launch_day)
         info = generate(
             args.out,
             days=args.days,
@@ -59,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             start_date=args.start_date,
             schema=schema,
             interest_scale=args.interest_scale,
+            cold_start=cold_start,
             progress=not args.no_progress,
         )
     except ValueError as e:
@@ -70,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {info['days']} days from {info['start_date']} (seed {info['seed']})")
     print(f"  lines: {lines}")
     print(f"  true mean pCTR {rates['mean_p_ctr']:.4f}, post-click pCVR {rates['mean_p_cvr_post_click']:.4f}")
+    launched = info["settings"].get("cold_start")
+    if launched:
+        print(f"  launched on day {launched['launch_day']}: scenes {', '.join(launched['scenes']) or 'none'}; "
+              f"cities {', '.join(launched['segments']) or 'none'}")
     print(f"  recorded bad lines (corruptions.jsonl): {bad}")
     dropped = info["dropped_after_last_day"]
     print(f"  events after the last day, not written: clicks {dropped['clicks']}, conversions {dropped['conversions']}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+
+from tfads.core.names import FINETUNE_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init-from",
         default=None,
         help="warm start: a model dir or checkpoint prefix to load weights from (fine-tuning)",
+    )
+    parser.add_argument(
+        "--finetune",
+        choices=FINETUNE_MODES,
+        default="full",
+        help="with --init-from, what the run may change: full (every weight, the default), heads (the task "
+        "towers only) or frozen_embeddings (everything but the embedding tables)",
     )
     parser.add_argument(
         "--scenarios",
@@ -57,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, **overrides))
-    result = train(config, args.data, args.model_dir, init_from=args.init_from)
+    if args.finetune != "full" and not args.init_from:
+        print("tfads train: error: --finetune needs --init-from (the model to fine-tune)", file=sys.stderr)
+        return 2
+    result = train(config, args.data, args.model_dir, init_from=args.init_from, finetune=args.finetune)
     print(f"trained {result.epochs_run:g} epoch(s), kept the weights of epoch {result.best_epoch:g}: "
           f"{summary_line(result.history)}")
     print(f"model written to {result.model_path}")

@@ -20,3 +20,6 @@ def heads(has_conversion: bool) -> tuple[str, ...]:
 
 # head -> (label role, role of the rows it is evaluated and calibrated on; None = all impressions)
 HEAD_LABELS = {CTR: (CLICK, None), CVR: (CONVERSION, CLICK), CTCVR: (CONVERSION, None)}
+
+# What a fine-tune may change (tfads.finetune): every weight, the task towers only, all but the embeddings.
+FINETUNE_MODES = ("full", "heads", "frozen_embeddings")

@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tfads.datagen import world as W
+from tfads.datagen.cold_start import NO_LAUNCHES, ColdStart
 from tfads.datagen.corrupt import LogSpec, corrupt_line
 from tfads.datagen.logs import Events, make_events
 from tfads.datagen.writer import json_lines, trace_ids, write_gz
@@ -196,6 +197,19 @@ def _validate_args(
         raise ValueError(f"start_date must be YYYY-MM-DD, got {start_date!r}") from e
 
 
+def _launch_record(world: W.World, cold_start: ColdStart) -> dict[str, Any]:
+    """What launched when, in the logs' own values (scenario ``media|slot``, city names)."""
+    scenes = world.launches.scenes
+    return {
+        "launch_day": cold_start.launch_day,
+        "scenes": [f"{W.MEDIA[s // W.N_SLOTS]}|{W.SLOTS[s % W.N_SLOTS]}" for s in scenes],
+        "segment_field": "city",
+        "segments": [str(c) for c in W.CITIES[world.launches.segments]],
+        "scene_shift": cold_start.scene_shift,
+        "segment_scale": cold_start.segment_scale,
+    }
+
+
 def generate(
     out_dir: str,
     *,
@@ -207,6 +221,7 @@ def generate(
     start_date: str = "2026-01-01",
     schema: Schema | None = None,
     interest_scale: float = W.INTEREST_SCALE,
+    cold_start: ColdStart = NO_LAUNCHES,
     progress: bool = True,
 ) -> dict:
     """Write synthetic ad logs with ground truth to ``out_dir`` (layout: docs/architecture.md "Data contract").
@@ -222,6 +237,8 @@ def generate(
       schema: the feature/schema config (default ``configs/schema.yaml``).
       interest_scale: std of the users' drifting-interest term in the true CTR logit (see
         :mod:`tfads.datagen.world`); 0 removes it (everything else unchanged).
+      cold_start: scenes and user segments (cities) that launch mid-period (:mod:`tfads.datagen.cold_start`);
+        the default launches nothing.
       progress: show a tqdm bar over days.
 
     Returns:
@@ -233,12 +250,16 @@ def generate(
       ValueError: on an argument out of range or a schema the generator cannot satisfy.
     """
     start = _validate_args(days, impressions_per_day, corrupt_rate, start_date, interest_scale)
+    if cold_start.active and cold_start.launch_day >= days:
+        raise ValueError(f"cold start: launch_day must be < days ({days}), got {cold_start.launch_day}")
     schema = schema or load_schema()
     check_schema(schema)
     out = Path(out_dir)
     _prepare_out(out)
     age = schema.fields.get("age")
-    world = W.World(seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100), interest_scale)
+    world = W.World(
+        seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100), interest_scale, cold_start
+    )
     dates = [(start + dt.timedelta(days=d)).isoformat() for d in range(days)]
     epoch0 = int(dt.datetime(start.year, start.month, start.day, tzinfo=dt.UTC).timestamp())
     run = _Run(out, schema, seed, corrupt_rate, dates, epoch0)
@@ -299,6 +320,7 @@ def generate(
             "click_window_s": window.click_window_s,
             "conversion_window_s": window.conversion_window_s,
             "interest_scale": interest_scale,
+            **({"cold_start": _launch_record(world, cold_start)} if world.launches else {}),
         },
         "counts": {log: sum(per_day.values()) for log, per_day in run.lines.items()},
         "counts_by_day": dict(run.lines),

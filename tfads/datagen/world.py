@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfads.datagen.cold_start import NO_LAUNCHES, ColdStart, Launches
+
 N_MEDIA, N_SLOTS = 20, 15
 N_SCENARIOS = N_MEDIA * N_SLOTS
 N_USERS, N_ADS, N_CAMPAIGNS, N_ADVERTISERS = 1_000_000, 100_000, 10_000, 2_000
@@ -153,7 +155,11 @@ class World:
     """Every entity of the synthetic ad market and the true probability model, fixed by ``seed``."""
 
     def __init__(
-        self, seed: int, age_range: tuple[int, int] = (12, 100), interest_scale: float = INTEREST_SCALE
+        self,
+        seed: int,
+        age_range: tuple[int, int] = (12, 100),
+        interest_scale: float = INTEREST_SCALE,
+        cold_start: ColdStart = NO_LAUNCHES,
     ) -> None:
         rng = np.random.default_rng([seed, 1])
         # Users: Zipf activity, fixed attributes.
@@ -217,6 +223,13 @@ class World:
         self.feed.cat_emb_a, self.feed.cat_emb_b = self.ctr.cat_emb_a, self.ctr.cat_emb_b  # shared tastes
         self.feed.group_emb = self.ctr.group_emb
         self._draw_interests(np.random.default_rng([seed, 3]), interest_scale)
+        self.launches: Launches | None = None
+        if cold_start.active:  # own stream: everything above is the same with and without launches
+            self.launches = Launches(
+                cold_start, np.random.default_rng([seed, 4]), self.scenario_logw, self.user_city, N_CATEGORIES
+            )
+            for effects in (self.ctr, self.cvr):
+                self.launches.shift_scenes(effects.scenario_w, effects.scenario_bias, 1.0)
         self._calibrate(np.random.default_rng([seed, 2]))
 
     def _draw_interests(self, rng: np.random.Generator, scale: float) -> None:
@@ -249,6 +262,8 @@ class World:
     def scenario_cdf(self, t: float) -> np.ndarray:
         """Cumulative scenario traffic at time ``t`` (days): Zipf shape, slowly drifting."""
         logw = self.scenario_logw + self.scenario_slope * t
+        if self.launches:
+            logw = self.launches.scene_logw(logw, t)
         return np.cumsum(np.exp(logw - logw.max()))
 
     def sample(self, rng: np.random.Generator, n: int, day: int, weekday: int) -> dict[str, np.ndarray]:
@@ -293,6 +308,8 @@ class World:
         if self.interest_scale:
             z_interest = self.interest_scale * self.interest(x, t)
             z_ctr, z_cvr = z_ctr + z_interest, z_cvr + CVR_INTEREST * z_interest
+        if self.launches:
+            z_ctr = z_ctr + self.launches.segment_logit(x["city"], x["category"])
         return sigmoid(z_ctr), sigmoid(z_cvr)
 
     def sample_feed(self, rng: np.random.Generator, n: int, day: int, weekday: int) -> dict[str, np.ndarray]:
@@ -305,7 +322,7 @@ class World:
     def _context(self, rng: np.random.Generator, n: int, day: int, weekday: int) -> dict[str, np.ndarray]:
         """What ad and feed impressions share: time of day (sorted), user and scenario (slot x media)."""
         second = np.sort(draw(rng, self.hour_cdf, n) * 3600 + rng.integers(0, 3600, n))
-        user = draw(rng, self.user_cdf, n)
+        user = draw(rng, self.user_cdf if self.launches is None else self._user_cdf(day), n)
         scenario = draw(rng, self.scenario_cdf(day + 0.5), n)
         return {
             "second": second,
@@ -317,6 +334,11 @@ class World:
             "media": scenario // N_SLOTS,
             "slot": scenario % N_SLOTS,
         }
+
+    def _user_cdf(self, day: int) -> np.ndarray:
+        """Users' cumulative sampling weights on ``day`` (late segments' users absent before their launch)."""
+        weights = np.diff(self.user_cdf, prepend=0.0)
+        return np.cumsum(self.launches.user_weights(weights, day))
 
     def _feed_prob(self, x: dict[str, np.ndarray], t: np.ndarray) -> np.ndarray:
         cluster = self.scenario_cluster[x["scenario"]]

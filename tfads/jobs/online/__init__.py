@@ -5,7 +5,8 @@ from tfads.jobs.online.config import OnlineConfig, load_online_config
 from tfads.jobs.online.loop import list_shards, pending_shards, run_loop
 from tfads.jobs.online.reservoir import Reservoir
 from tfads.jobs.online.state import OnlineState, StateStore
-from tfads.jobs.online.updater import OnlineLearner, embedding_layers
+from tfads.finetune import embedding_layers
+from tfads.jobs.online.updater import OnlineLearner
 
 __all__ = [
     "OnlineConfig",

@@ -18,6 +18,7 @@ from tfads.calibration import AdaCalib, CalibStats
 from tfads.calibration.combined import calibrated_tasks, split_calibrated, task_rows
 from tfads.core.manifest import Manifest
 from tfads.core.names import HEAD_LABELS
+from tfads.finetune import embedding_layers
 from tfads.models import build_model, compile_model
 from tfads.jobs.online.calibration import refresh_stats
 from tfads.jobs.online.config import OnlineConfig
@@ -36,11 +37,6 @@ from tfads.model_io import read_saved_experiment
 from tfads.train import load_trained_model
 
 log = logging.getLogger(__name__)
-
-
-def embedding_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The feature embedding layers (named ``*_embedding``) that hold weights."""
-    return [layer for layer in model.layers if layer.name.endswith("_embedding") and layer.weights]
 
 
 def calib_path(directory: str, task: str) -> str:

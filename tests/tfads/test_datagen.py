@@ -18,7 +18,7 @@ import pytest
 from tfads import cli
 from tfads.datagen import generate
 from tfads.datagen import world as W
-from tfads.datagen.cold_start import ColdStart
+from tfads.datagen.launches import LaunchPlan
 from tfads.datagen.world import World
 from tfads.core.schema import load_schema
 
@@ -399,8 +399,8 @@ def test_generate_rejects_what_it_cannot_write(tmp_path):
 
 
 def test_launched_scenes_and_late_segments_appear_on_the_launch_day_and_differ():
-    spec = ColdStart(scenes=2, segments=3, launch_day=4)
-    plain, world = World(3), World(3, cold_start=spec)
+    spec = LaunchPlan(scenes=2, segments=3, launch_day=4)
+    plain, world = World(3), World(3, launch_plan=spec)
     launches = world.launches
     for name in ("user_cdf", "user_city", "ad_cdf", "scenario_logw", "scenario_cluster"):
         assert np.array_equal(getattr(world, name), getattr(plain, name)), name
@@ -417,7 +417,10 @@ def test_launched_scenes_and_late_segments_appear_on_the_launch_day_and_differ()
     assert 0.2 * spec.segment_scale < term.std() < 2 * spec.segment_scale
     assert 0.3 < term[late[1]].std() / term[~late[1]].std() < 3
     with pytest.raises(ValueError, match="launch_day must be >= 1"):
-        ColdStart(scenes=1)
+        LaunchPlan(scenes=1)
+    late = World(3, launch_plan=LaunchPlan(segments=3, launch_day=1, segment_launch_day=5))
+    x = late.sample(np.random.default_rng(0), 20_000, 4, 0)
+    assert not np.isin(x["city"], late.launches.segments).any()
 
 
 def test_datagen_records_the_launches(tmp_path, capsys):
@@ -425,8 +428,8 @@ def test_datagen_records_the_launches(tmp_path, capsys):
     out = tmp_path / "logs"
     assert main(["datagen", "--out", str(out), "--days", "3", "--impressions-per-day", "3000", "--launch-scenes", "1",
                  "--launch-segments", "2", "--no-progress"]) == 0
-    assert "launched on day 1: scenes m" in capsys.readouterr().out
-    launched = json.loads((out / "datagen.json").read_text())["settings"]["cold_start"]
+    assert "launched: scenes m" in capsys.readouterr().out
+    launched = json.loads((out / "datagen.json").read_text())["settings"]["launches"]
     assert launched["launch_day"] == 1 and len(launched["scenes"]) == 1 and len(launched["segments"]) == 2
     assert main(["datagen", "--out", str(out), "--days", "3", "--launch-segments", "2", "--launch-day", "3"]) == 2
-    assert "launch_day must be < days (3)" in capsys.readouterr().err
+    assert "launch days must be < days (3)" in capsys.readouterr().err

@@ -54,8 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--launch-day",
         type=int,
         default=None,
-        help="0-based day of the launches (default: the middle day); datagen.json's settings.cold_start records "
+        help="0-based day of the launches (default: the middle day); datagen.json's settings.launches records "
         "the launched scenes and cities",
+    )
+    parser.add_argument(
+        "--segment-launch-day",
+        type=int,
+        default=None,
+        help="0-based day the late cities' users appear, if not --launch-day",
     )
     parser.add_argument("--start-date", default="2026-01-01", help="first day, YYYY-MM-DD (default 2026-01-01)")
     parser.add_argument(
@@ -67,12 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate the logs and print a short summary; 2 on a bad argument or schema."""
     from tfads.datagen import generate
-    from tfads.datagen.cold_start import ColdStart
+    from tfads.datagen.launches import LaunchPlan
 
     schema = load_schema(args.schema)
     try:
         launch_day = args.days // 2 if args.launch_day is None else args.launch_day
-        cold_start = ColdStart(scenes=args.launch_scenes, segments=args.launch_segments, launch_day=launch_day)
+        launch_plan = LaunchPlan(scenes=args.launch_scenes, segments=args.launch_segments, launch_day=launch_day,
+                                 segment_launch_day=args.segment_launch_day)
         info = generate(
             args.out,
             days=args.days,
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             start_date=args.start_date,
             schema=schema,
             interest_scale=args.interest_scale,
-            cold_start=cold_start,
+            launch_plan=launch_plan,
             progress=not args.no_progress,
         )
     except ValueError as e:
@@ -95,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {info['days']} days from {info['start_date']} (seed {info['seed']})")
     print(f"  lines: {lines}")
     print(f"  true mean pCTR {rates['mean_p_ctr']:.4f}, post-click pCVR {rates['mean_p_cvr_post_click']:.4f}")
-    launched = info["settings"].get("cold_start")
+    launched = info["settings"].get("launches")
     if launched:
-        print(f"  launched on day {launched['launch_day']}: scenes {', '.join(launched['scenes']) or 'none'}; "
-              f"cities {', '.join(launched['segments']) or 'none'}")
+        print(f"  launched: scenes {', '.join(launched['scenes']) or 'none'} on day {launched['launch_day']}; "
+              f"cities {', '.join(launched['segments']) or 'none'} on day {launched['segment_launch_day']}")
     print(f"  recorded bad lines (corruptions.jsonl): {bad}")
     dropped = info["dropped_after_last_day"]
     print(f"  events after the last day, not written: clicks {dropped['clicks']}, conversions {dropped['conversions']}")

@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tfads.datagen import world as W
-from tfads.datagen.cold_start import NO_LAUNCHES, ColdStart
+from tfads.datagen.launches import NO_LAUNCHES, LaunchPlan
 from tfads.datagen.corrupt import LogSpec, corrupt_line
 from tfads.datagen.logs import Events, make_events
 from tfads.datagen.writer import json_lines, trace_ids, write_gz
@@ -197,16 +197,17 @@ def _validate_args(
         raise ValueError(f"start_date must be YYYY-MM-DD, got {start_date!r}") from e
 
 
-def _launch_record(world: W.World, cold_start: ColdStart) -> dict[str, Any]:
+def _launch_record(world: W.World, launch_plan: LaunchPlan) -> dict[str, Any]:
     """What launched when, in the logs' own values (scenario ``media|slot``, city names)."""
     scenes = world.launches.scenes
     return {
-        "launch_day": cold_start.launch_day,
+        "launch_day": launch_plan.launch_day,
+        "segment_launch_day": launch_plan.segments_day,
         "scenes": [f"{W.MEDIA[s // W.N_SLOTS]}|{W.SLOTS[s % W.N_SLOTS]}" for s in scenes],
         "segment_field": "city",
         "segments": [str(c) for c in W.CITIES[world.launches.segments]],
-        "scene_shift": cold_start.scene_shift,
-        "segment_scale": cold_start.segment_scale,
+        "scene_shift": launch_plan.scene_shift,
+        "segment_scale": launch_plan.segment_scale,
     }
 
 
@@ -221,7 +222,7 @@ def generate(
     start_date: str = "2026-01-01",
     schema: Schema | None = None,
     interest_scale: float = W.INTEREST_SCALE,
-    cold_start: ColdStart = NO_LAUNCHES,
+    launch_plan: LaunchPlan = NO_LAUNCHES,
     progress: bool = True,
 ) -> dict:
     """Write synthetic ad logs with ground truth to ``out_dir`` (layout: docs/architecture.md "Data contract").
@@ -237,7 +238,7 @@ def generate(
       schema: the feature/schema config (default ``configs/schema.yaml``).
       interest_scale: std of the users' drifting-interest term in the true CTR logit (see
         :mod:`tfads.datagen.world`); 0 removes it (everything else unchanged).
-      cold_start: scenes and user segments (cities) that launch mid-period (:mod:`tfads.datagen.cold_start`);
+      launch_plan: scenes and user segments (cities) that launch mid-period (:mod:`tfads.datagen.launches`);
         the default launches nothing.
       progress: show a tqdm bar over days.
 
@@ -250,15 +251,15 @@ def generate(
       ValueError: on an argument out of range or a schema the generator cannot satisfy.
     """
     start = _validate_args(days, impressions_per_day, corrupt_rate, start_date, interest_scale)
-    if cold_start.active and cold_start.launch_day >= days:
-        raise ValueError(f"cold start: launch_day must be < days ({days}), got {cold_start.launch_day}")
+    if launch_plan.active and launch_plan.last_day >= days:
+        raise ValueError(f"cold start: launch days must be < days ({days}), got {launch_plan.last_day}")
     schema = schema or load_schema()
     check_schema(schema)
     out = Path(out_dir)
     _prepare_out(out)
     age = schema.fields.get("age")
     world = W.World(
-        seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100), interest_scale, cold_start
+        seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100), interest_scale, launch_plan
     )
     dates = [(start + dt.timedelta(days=d)).isoformat() for d in range(days)]
     epoch0 = int(dt.datetime(start.year, start.month, start.day, tzinfo=dt.UTC).timestamp())
@@ -320,7 +321,7 @@ def generate(
             "click_window_s": window.click_window_s,
             "conversion_window_s": window.conversion_window_s,
             "interest_scale": interest_scale,
-            **({"cold_start": _launch_record(world, cold_start)} if world.launches else {}),
+            **({"launches": _launch_record(world, launch_plan)} if world.launches else {}),
         },
         "counts": {log: sum(per_day.values()) for log, per_day in run.lines.items()},
         "counts_by_day": dict(run.lines),

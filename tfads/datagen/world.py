@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfads.datagen.cold_start import NO_LAUNCHES, ColdStart, Launches
+from tfads.datagen.launches import NO_LAUNCHES, LaunchPlan, Launches
 
 N_MEDIA, N_SLOTS = 20, 15
 N_SCENARIOS = N_MEDIA * N_SLOTS
@@ -159,7 +159,7 @@ class World:
         seed: int,
         age_range: tuple[int, int] = (12, 100),
         interest_scale: float = INTEREST_SCALE,
-        cold_start: ColdStart = NO_LAUNCHES,
+        launch_plan: LaunchPlan = NO_LAUNCHES,
     ) -> None:
         rng = np.random.default_rng([seed, 1])
         # Users: Zipf activity, fixed attributes.
@@ -224,9 +224,9 @@ class World:
         self.feed.group_emb = self.ctr.group_emb
         self._draw_interests(np.random.default_rng([seed, 3]), interest_scale)
         self.launches: Launches | None = None
-        if cold_start.active:  # own stream: everything above is the same with and without launches
+        if launch_plan.active:  # own stream: everything above is the same with and without launches
             self.launches = Launches(
-                cold_start, np.random.default_rng([seed, 4]), self.scenario_logw, self.user_city, N_CATEGORIES
+                launch_plan, np.random.default_rng([seed, 4]), self.scenario_logw, self.user_city, N_CATEGORIES
             )
             for effects in (self.ctr, self.cvr):
                 self.launches.shift_scenes(effects.scenario_w, effects.scenario_bias, 1.0)

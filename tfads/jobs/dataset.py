@@ -9,6 +9,7 @@ from beam_jobs.build_examples import build
 from beam_jobs.options import direct_options, find_inputs
 from tfads.core.schema import DEFAULT_SCHEMA
 from tfads.datagen import generate
+from tfads.datagen.launches import NO_LAUNCHES, LaunchPlan
 
 
 def build_dataset(
@@ -25,10 +26,10 @@ def build_dataset(
 
 def synthetic_dataset(
     work_dir: str, *, days: int, impressions_per_day: int, seed: int = 0, corrupt_rate: float = 0.0,
-    with_feed: bool = False, workers: int = 1, progress: bool = False,
+    with_feed: bool = False, workers: int = 1, progress: bool = False, launch_plan: LaunchPlan = NO_LAUNCHES,
 ) -> tuple[str, str]:
     """Generator logs under ``<work_dir>/logs`` built into ``<work_dir>/data``; returns (logs dir, manifest path)."""
     logs, data = os.path.join(work_dir, "logs"), os.path.join(work_dir, "data")
     generate(logs, days=days, impressions_per_day=impressions_per_day, seed=seed, corrupt_rate=corrupt_rate,
-             with_feed=with_feed, progress=progress)
+             with_feed=with_feed, progress=progress, launch_plan=launch_plan)
     return logs, build_dataset(logs, data, workers=workers, cold_start=with_feed or None)

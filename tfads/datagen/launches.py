@@ -9,7 +9,7 @@ whose users appear late, each related to but different from the established ones
   few rows are enough to adapt a model that has learned how cities differ (MAML's premise). The
   ``segments`` late cities have no users active before ``launch_day``.
 
-``ColdStart()`` (all zero) changes nothing: the world is the same as without it.
+``LaunchPlan()`` (all zero) changes nothing: the world is the same as without it.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ SEGMENT_RANKS = (10, 80)  # late cities are drawn among the cities of these user
 
 
 @dataclass(frozen=True)
-class ColdStart:
+class LaunchPlan:
     """What launches late, and how different it is.
 
     Args:
       scenes: number of scenes (media x slot placements) that launch at ``launch_day``.
       segments: number of cities whose users appear only from ``launch_day``.
-      launch_day: 0-based day of the launches.
+      launch_day: 0-based day the scenes launch.
+      segment_launch_day: 0-based day the segments' users appear (default: ``launch_day``).
       scene_shift: std of a launched scene's own weight and bias deviation, relative to the clusters'.
       segment_scale: std of the cities' own CTR term (applies to every city once ``segments`` > 0).
     """
@@ -38,19 +39,31 @@ class ColdStart:
     scenes: int = 0
     segments: int = 0
     launch_day: int = 0
+    segment_launch_day: int | None = None
     scene_shift: float = 1.0
     segment_scale: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("scenes", "segments", "launch_day"):
+        for name in ("scenes", "segments", "launch_day", "segments_day"):
             if getattr(self, name) < 0:
                 raise ValueError(f"cold start: {name} must be >= 0, got {getattr(self, name)}")
         if self.scene_shift < 0 or self.segment_scale < 0:
             raise ValueError(
                 f"cold start: scene_shift and segment_scale must be >= 0, got {self.scene_shift}, {self.segment_scale}"
             )
-        if (self.scenes or self.segments) and self.launch_day < 1:
-            raise ValueError(f"cold start: launch_day must be >= 1 when something launches, got {self.launch_day}")
+        if self.scenes and self.launch_day < 1:
+            raise ValueError(f"cold start: launch_day must be >= 1 when scenes launch, got {self.launch_day}")
+        if self.segments and self.segments_day < 1:
+            raise ValueError(f"cold start: the segments' launch day must be >= 1, got {self.segments_day}")
+
+    @property
+    def segments_day(self) -> int:
+        return self.launch_day if self.segment_launch_day is None else self.segment_launch_day
+
+    @property
+    def last_day(self) -> int:
+        """The latest launch day."""
+        return max(self.launch_day if self.scenes else 0, self.segments_day if self.segments else 0)
 
     @property
     def active(self) -> bool:
@@ -60,7 +73,7 @@ class ColdStart:
 class Launches:
     """The drawn cold-start entities of one world: which scenes and cities launch, and their effects."""
 
-    def __init__(self, spec: ColdStart, rng: np.random.Generator, scenario_logw: np.ndarray, user_city: np.ndarray,
+    def __init__(self, spec: LaunchPlan, rng: np.random.Generator, scenario_logw: np.ndarray, user_city: np.ndarray,
                  n_categories: int) -> None:
         self.spec = spec
         n_cities = int(user_city.max()) + 1
@@ -81,20 +94,17 @@ class Launches:
         self.category_taste = rng.normal(0.0, 1.0, (n_categories, SEGMENT_RANK))
         self._deviation_rng = rng
 
-    def launched(self, day: float) -> bool:
-        return day >= self.spec.launch_day
-
     def scene_logw(self, logw: np.ndarray, day: float) -> np.ndarray:
         """Scenario log-weights at ``day``: launched scenes at their level from the launch day, absent before."""
         if not len(self.scenes):
             return logw
         logw = logw.copy()
-        logw[self.scenes] = self.scene_level if self.launched(day) else -np.inf
+        logw[self.scenes] = self.scene_level if day >= self.spec.launch_day else -np.inf
         return logw
 
     def user_weights(self, weights: np.ndarray, day: float) -> np.ndarray:
         """Users' sampling weights at ``day``: late cities' users have none before the launch day."""
-        if self.launched(day) or not self.late_user.any():
+        if day >= self.spec.segments_day or not self.late_user.any():
             return weights
         return np.where(self.late_user, 0.0, weights)
 
@@ -114,4 +124,4 @@ class Launches:
         return self.segment_bias[city] + np.einsum("nr,nr->n", self.segment_taste[city], self.category_taste[category])
 
 
-NO_LAUNCHES = ColdStart()
+NO_LAUNCHES = LaunchPlan()

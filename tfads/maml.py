@@ -37,6 +37,10 @@ class MamlConfig:
       inner_steps, inner_lr: SGD steps and rate of the inner loop (also of :func:`adapt`).
       outer_lr: Adam rate of the FOMAML outer update.
       min_rows: segments with fewer rows are not tasks.
+      as_new_segments: in meta-training, replace the segment field's value of a task's rows by one no
+        vocabulary holds, so every task adapts from the out-of-vocabulary row, as a launched segment's rows
+        will (the meta-initialisation of that row is what a new segment starts from); off: tasks adapt
+        from their own trained rows. Only for a segment field that is a model input.
     """
 
     segment_field: str = "city"
@@ -50,6 +54,7 @@ class MamlConfig:
     outer_lr: float = 5e-4
     reptile_step: float = 0.5
     min_rows: int = 0
+    as_new_segments: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -187,6 +192,18 @@ def _mean_gradients(per_task: list[list], n: int) -> list:
     return out
 
 
+NEW_SEGMENT = "\x00new segment"  # a value no vocabulary holds (strings); integer fields get -1
+
+
+def as_new_segment(rows: Rows, field: str) -> Rows:
+    """``rows`` with ``field``'s input replaced by a value outside every vocabulary (unchanged if not an input)."""
+    if field not in rows.features:
+        return rows
+    column = rows.features[field]
+    unseen = NEW_SEGMENT.encode() if column.dtype.kind in "OSU" else -1
+    return dataclasses.replace(rows, features={**rows.features, field: np.full_like(column, unseen)})
+
+
 def task_segments(rows: Rows, cfg: MamlConfig) -> dict[str, np.ndarray]:
     """Segment value -> its row indices, for the segments with enough rows to be tasks."""
     values, inverse, counts = np.unique(rows.segment, return_inverse=True, return_counts=True)
@@ -220,6 +237,8 @@ def meta_train(model: keras.Model, rows: Rows, cfg: MamlConfig, *, progress: boo
         for t in chosen:
             index = rng.choice(tasks[names[t]], cfg.support + cfg.query, replace=False)
             support, query = rows.take(index[: cfg.support]), rows.take(index[cfg.support :])
+            if cfg.as_new_segments:
+                support, query = as_new_segment(support, cfg.segment_field), as_new_segment(query, cfg.segment_field)
             inner.adapt(support, cfg.inner_steps)
             if cfg.algorithm == "fomaml":
                 loss, g = inner.gradients(*query.batch())

@@ -13,7 +13,7 @@ import tf_keras as keras
 
 from tfads.cli import main
 from tfads.finetune import apply_finetune_mode, embedding_layers, head_layers
-from tfads.maml import InnerLoop, MamlConfig, Rows, _mean_gradients
+from tfads.maml import NEW_SEGMENT, InnerLoop, MamlConfig, Rows, _mean_gradients, as_new_segment
 from tfads.train import load_trained_model, train
 
 
@@ -105,11 +105,17 @@ def test_the_inner_loop_restores_the_initialisation_and_averages_sparse_rows_per
                                [[0, 0], [0.5, 0.5], [0, 0], [1.5, 1.5], [0, 0]])
 
 
-def test_rows_of_a_segment_are_in_time_order():
-    rows = Rows({"x": np.arange(5)}, {"ctr": np.zeros(5)}, {"ctr": np.ones(5)},
-                np.array(["a", "b", "a", "a", "b"]), np.array([9, 1, 3, 5, 0]))
+def test_rows_of_a_segment_are_in_time_order_and_can_pose_as_a_new_segment():
+    rows = Rows({"x": np.arange(5), "city": np.array([b"a", b"b", b"a", b"a", b"b"], dtype=object)},
+                {"ctr": np.zeros(5)}, {"ctr": np.ones(5)}, np.array(["a", "b", "a", "a", "b"]),
+                np.array([9, 1, 3, 5, 0]))
     mine = rows.of_segment("a")
     assert mine.time.tolist() == [3, 5, 9] and mine.features["x"].tolist() == [2, 3, 0]
+    new = as_new_segment(mine, "city")
+    assert set(new.features["city"]) == {NEW_SEGMENT.encode()} and new.features["x"].tolist() == [2, 3, 0]
+    assert as_new_segment(mine, "not_an_input") is mine
+    assert as_new_segment(Rows({"g": np.array([3, 4])}, {}, {}, np.array(["3", "4"]), np.zeros(2)),
+                          "g").features["g"].tolist() == [-1, -1]
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reptile-step", type=float, default=0.5, help="Reptile's interpolation step (default 0.5)")
     parser.add_argument("--exclude", default="",
                         help="comma-separated segment values to leave out (the cold-start segments to adapt to later)")
+    parser.add_argument("--keep-segment-ids", action="store_true",
+                        help="tasks adapt from their own trained embedding rows; by default each task's segment "
+                        "value is replaced by one no vocabulary holds, so tasks adapt from the out-of-vocabulary row "
+                        "as a new segment will")
     parser.add_argument("--seed", type=int, default=0, help="task and row sampling seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.epilog = ("The inner loop adapts the embedding tables and the task towers only. The output is a normal "
@@ -44,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             segment_field=args.segment_field, algorithm=args.algorithm, meta_steps=args.meta_steps,
             tasks_per_step=args.tasks_per_step, support=args.support, query=args.query, inner_steps=args.inner_steps,
             inner_lr=args.inner_lr, outer_lr=args.outer_lr, reptile_step=args.reptile_step, seed=args.seed,
+            as_new_segments=not args.keep_segment_ids,
         )
         exclude = [v for v in args.exclude.split(",") if v]
         record = run_meta_train(args.model_dir, args.data, args.out, cfg, exclude=exclude,

@@ -251,3 +251,32 @@ def bar_with_ci(
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def importance_bars(
+    panels: Mapping[str, tuple[Sequence[str], ArrayLike, ArrayLike | None]],
+    path: str | Path,
+    title: str = "Feature importance",
+) -> Path:
+    """Horizontal bars of per-feature importance, one panel per method side by side, features top to bottom in
+    the order given; ``panels`` maps method -> (features, values, std or None); NaN values draw no bar.
+
+    The figure is 4.5 inches wide per panel and 0.28 inches high per feature (plus 1.5).
+    """
+    if not panels:
+        raise ValueError("importance_bars: `panels` is empty; give at least one method.")
+    rows = max(len(names) for names, _, _ in panels.values())
+    fig = _figure((4.5 * len(panels), 0.28 * rows + 1.5))
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, (method, (names, values, std)) in zip(axes, panels.items(), strict=True):
+        y = np.arange(len(names))
+        ax.barh(y, np.nan_to_num(np.asarray(values, dtype=float)), xerr=None if std is None else np.nan_to_num(std),
+                color="tab:blue", alpha=0.8, capsize=2)
+        ax.set_yticks(y, labels=list(names), fontsize="small")
+        ax.invert_yaxis()
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_title(method)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 MAML_RECORD = "maml.json"  # the meta-training settings and curve, beside the model
 
 
-def _compiled(model_dir: str, manifest: Manifest, learning_rate: float) -> tuple[keras.Model, object]:
+def compiled_model(model_dir: str, manifest: Manifest, learning_rate: float) -> tuple[keras.Model, object]:
     """The model of ``model_dir`` rebuilt on ``manifest`` with its weights, compiled for its losses."""
     config = read_saved_experiment(model_dir)
     keras.utils.set_random_seed(config.train.seed)
@@ -48,7 +48,7 @@ def run_meta_train(
 ) -> dict:
     """Meta-train the model of ``model_dir`` over the train split's segments (minus ``exclude``) into ``out``."""
     manifest = load_manifest(data)
-    model, config = _compiled(model_dir, manifest, cfg.outer_lr)
+    model, config = compiled_model(model_dir, manifest, cfg.outer_lr)
     rows = load_rows(manifest, "train", cfg.segment_field)
     if exclude:
         rows = rows.take(np.flatnonzero(~np.isin(rows.segment, list(exclude))))
@@ -95,7 +95,7 @@ def run_adapt(
     meta-training settings when it has them, else ``cfg`` or the defaults); write the model to ``out``."""
     cfg = cfg or read_maml_config(model_dir) or MamlConfig()
     manifest = load_manifest(data)
-    model, config = _compiled(model_dir, manifest, cfg.outer_lr)
+    model, config = compiled_model(model_dir, manifest, cfg.outer_lr)
     shots_rows = segment_shots(load_rows(manifest, split, cfg.segment_field), segment, shots)
     adapt(model, shots_rows, cfg)
     path = save_trained_model(model, out, manifest.path, config)

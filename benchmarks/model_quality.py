@@ -1,4 +1,4 @@
-"""Model quality on synthetic 300-scenario data: DNN, DCNv2, STAR and DCNv2 + AdaSparse (3 forms).
+"""Model quality on synthetic 300-scenario data: DNN, DCNv2, STAR, MMoE, PLE and DCNv2 + AdaSparse (3 forms).
 
 Generates logs (``tfads.datagen``), runs the Beam job, trains every model with the same embeddings,
 deep units, epochs and seed (``configs/default.yaml`` unless overridden), scores the test split and
@@ -6,11 +6,12 @@ prints AUC, LogLoss, GAUC, the gap to the oracle AUC (true probabilities), a pai
 interval of the AUC difference to DCNv2 (over test rows only: retraining the same model moves its AUC
 by up to about 0.003, see benchmarks/results/model_quality.md), and for the AdaSparse models the UPR: the share of
 scenarios whose test AUC beats DCNv2's (all scenarios with both labels, and those with >= 100
-clicks). Then three analyses: UPR per bin of scenario clicks beside a null (DCNv2 retrained against
-itself), the domain headroom (what each model carries of the true logit's domain-specific parts and what
-the rest would add, from the generator's own parameters) and, for the pruning AdaSparse models, whether
-their masks follow the generator's scenario clusters. Writes ``model_quality.json`` and
-``per_scenario_auc.png`` under ``--out``.
+clicks). MMoE and PLE run in their multi-scene use (one output for both towers, gates reading x0 and the
+domain embedding; docs/methods.md "MMoE and PLE"). Then three analyses: UPR per bin of scenario clicks
+beside a null (DCNv2 retrained against itself), the domain headroom (what each model carries of the true
+logit's domain-specific parts and what the rest would add, from the generator's own parameters) and, for
+the pruning AdaSparse models, whether their masks follow the generator's scenario clusters. Writes
+``model_quality.json`` and ``per_scenario_auc.png`` under ``--out``.
 
     python -m benchmarks.model_quality                       # 10 days x 300k: 2.1M train rows
     python -m benchmarks.model_quality --days 8 --impressions-per-day 100000 --models dnn,dcnv2
@@ -55,6 +56,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dnn": {"backbone": "dnn", "adasparse": None},
     "dcnv2": {"backbone": "dcnv2", "adasparse": None},
     "star": {"backbone": "star", "adasparse": None},
+    "mmoe": {"backbone": "mmoe", "adasparse": None, "moe": {"use": "scenes", "gate_input": "features_domain"}},
+    "ple": {"backbone": "ple", "adasparse": None, "moe": {"use": "scenes", "gate_input": "features_domain"}},
     "dcnv2_fusion": {"backbone": "dcnv2", "adasparse": "fusion"},
     "dcnv2_binarization": {"backbone": "dcnv2", "adasparse": "binarization"},
     "dcnv2_scaling": {"backbone": "dcnv2", "adasparse": "scaling"},
@@ -102,13 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def variant_config(base: ExperimentConfig, name: str, args: argparse.Namespace, repeat: int = 0) -> ExperimentConfig:
-    """``base`` with the backbone / AdaSparse form of variant ``name``, the command-line overrides and the
-    train seed of training ``repeat``."""
+    """``base`` with the backbone / AdaSparse form (and MoE settings) of variant ``name``, the command-line
+    overrides and the train seed of training ``repeat``."""
     v = VARIANTS[name]
     m: ModelConfig = base.model
     form = v["adasparse"]
     ada = dataclasses.replace(m.adasparse, enabled=form is not None, form=form or m.adasparse.form)
-    model = dataclasses.replace(m, backbone=v["backbone"], adasparse=ada)
+    moe = dataclasses.replace(m.moe, **v.get("moe", {}))
+    model = dataclasses.replace(m, backbone=v["backbone"], adasparse=ada, moe=moe)
     if args.embedding_dim:
         model = dataclasses.replace(model, embedding_dim=args.embedding_dim)
     train = dataclasses.replace(base.train, seed=base.train.seed + repeat)

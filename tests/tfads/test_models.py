@@ -86,6 +86,47 @@ def test_backbone_round_trip_and_esmm_identity(name, batch, small_experiment, tm
         np.testing.assert_allclose(again[k].numpy(), out[k].numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "backbone, moe, per_scene_gates",
+    [
+        ("mmoe", {"use": "tasks", "gate_input": "features_domain"}, False),
+        ("ple", {"use": "scenes", "gate_input": "features"}, True),
+    ],
+)
+def test_moe_backbones_train_save_reload_and_export(
+    backbone, moe, per_scene_gates, batch, manifest_path, small_experiment, tmp_path
+):
+    """A short epoch of MMoE (a gate per ESMM task, reading x0 and the domain embedding) and PLE (one group for
+    both towers, per-scene gates): the Keras SavedModel, the rebuilt model and the export agree. (The gates
+    reading the domain embedding alone: tests/tfads/test_moe_layers.py.)"""
+    from serving.export import check_export, export_model
+    from tfads.core.experiment import MoEConfig
+    from tfads.train import train
+
+    moe = MoEConfig(num_experts=2, specific_experts=1, shared_experts=1, levels=2, expert_units=[8], **moe)
+    model_cfg = dataclasses.replace(
+        small_experiment.model,
+        backbone=backbone,
+        moe=moe,
+        adasparse=dataclasses.replace(small_experiment.model.adasparse, enabled=False),
+    )
+    train_cfg = dataclasses.replace(small_experiment.train, epochs=1, steps_per_epoch=12, validation_steps=2)
+    model_dir = str(tmp_path / "model")
+    train(dataclasses.replace(small_experiment, model=model_cfg, train=train_cfg), manifest_path, model_dir, verbose=0)
+    manifest, features = batch
+    model = load_trained_model(model_dir, float32_matmuls=True)
+    layer = model.get_layer(backbone)
+    assert (layer.num_domains > 0) == per_scene_gates
+    assert len(tf.nest.flatten(layer.output)) == (2 if moe.use == "tasks" else 1)  # a gate per task, or one for both
+    expected = model(features, training=False)
+    np.testing.assert_allclose(expected["ctcvr"].numpy(), (expected["ctr"] * expected["cvr"]).numpy(), rtol=1e-6)
+    saved = keras.models.load_model(os.path.join(model_dir, "model"), compile=False)(features, training=False)
+    for head in ("ctr", "cvr", "ctcvr"):
+        np.testing.assert_allclose(saved[head].numpy(), expected[head].numpy(), atol=1e-6)
+    version = export_model(model, manifest, str(tmp_path / "models"), version=1, warmup_examples=2)
+    assert check_export(model, manifest, version) <= 1e-5
+
+
 def test_trained_model_beats_constant_predictor(trained_model_dir, manifest_path):
     manifest = load_manifest(manifest_path)
     model = load_trained_model(trained_model_dir)

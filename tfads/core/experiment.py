@@ -70,8 +70,47 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """The ``mmoe`` and ``ple`` backbones (docs/methods.md "MMoE and PLE").
+
+    ``use``: ``tasks`` gives each ESMM tower (CTR, CVR; CTR alone for click-only data) its own gate (PLE:
+    its own experts too) and the tower reads its group's output; ``scenes`` makes one output for every
+    tower whose gates know the row's scene: through the domain embedding (``gate_input: domain`` or
+    ``features_domain``), or with ``gate_input: features`` through per-scene gate weights (one weight set
+    per value of the primary domain feature, a row using its own scene's).
+    ``num_experts``: MMoE's shared experts. ``specific_experts`` / ``shared_experts`` / ``levels``: PLE's
+    experts per group, shared experts and CGC levels. ``expert_units``: every expert's ReLU MLP widths.
+    ``gate_input``: what a gate reads: ``features`` (x0; in PLE a level's own input), ``domain`` (the
+    domain embedding) or ``features_domain`` (both concatenated).
+    """
+
+    use: Literal["tasks", "scenes"] = "tasks"
+    num_experts: int = 4
+    specific_experts: int = 1
+    shared_experts: int = 2
+    levels: int = 2
+    expert_units: list[int] = field(default_factory=lambda: [128, 64])
+    gate_input: Literal["features", "domain", "features_domain"] = "features"
+
+    def __post_init__(self) -> None:
+        for name in ("num_experts", "levels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.specific_experts < 0 or self.shared_experts < 0 or self.specific_experts + self.shared_experts < 1:
+            raise ValueError(
+                "need specific_experts >= 0, shared_experts >= 0 and at least one expert, got "
+                f"specific_experts={self.specific_experts}, shared_experts={self.shared_experts}"
+            )
+        if not self.expert_units or min(self.expert_units) < 1:
+            raise ValueError(f"expert_units must be a non-empty list of positive ints, got {self.expert_units}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The network: embeddings, backbone, AdaSparse and ESMM heads.
+
+    ``backbone``: ``dnn``, ``dcnv2``, ``star``, ``shared_bottom``, or the mixtures of experts ``mmoe`` and
+    ``ple`` (configured by ``moe``).
 
     ``numeric_encoding``: ``embedding`` (standardised value times a learned ``embedding_dim`` vector)
     or ``dense`` (the standardised value itself, one column of x0, as DeepCTR's dense features).
@@ -81,11 +120,11 @@ class ModelConfig:
     null keeps Keras' uniform +-0.05.
     ``matmul_dtype``: ``bfloat16`` runs the tfrs cross and deep (MLP / AdaSparse) matmuls in bfloat16
     (float32 variables, embeddings, residual sums and heads; about half the matmul CPU on AVX512-BF16;
-    DCN-Mix and STAR stay float32), ``float32`` is exact, ``auto`` picks bfloat16 where the CPU has
+    DCN-Mix, STAR, MMoE and PLE stay float32), ``float32`` is exact, ``auto`` picks bfloat16 where the CPU has
     native bfloat16 matmuls (AVX512-BF16 / AMX) and float32 elsewhere. Exports always use float32.
     """
 
-    backbone: Literal["dnn", "dcnv2", "star", "shared_bottom"] = "dcnv2"
+    backbone: Literal["dnn", "dcnv2", "star", "shared_bottom", "mmoe", "ple"] = "dcnv2"
     embedding_dim: int = 16
     deep_units: list[int] = field(default_factory=lambda: [256, 128])
     tower_units: list[int] = field(default_factory=lambda: [64])
@@ -93,6 +132,7 @@ class ModelConfig:
     cross: CrossConfig = field(default_factory=CrossConfig)
     adasparse: AdaSparseConfig = field(default_factory=AdaSparseConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
     direct_cvr_loss: bool = False
     cvr_loss_weight: float = 1.0
     numeric_encoding: Literal["embedding", "dense"] = "embedding"

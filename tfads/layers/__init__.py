@@ -1,11 +1,13 @@
 """Custom Keras layers of tfads: AdaSparse pruning, DCN-Mix and bfloat16-matmul crosses, STAR multi-domain layers,
-DIN sequence layers over behaviour histories and derived features computed from raw fields."""
+MMoE and PLE mixtures of experts, DIN sequence layers over behaviour histories and derived features computed from
+raw fields."""
 
 from tfads.layers.adasparse import AdaSparseMLP, AdaSparsePruner, SparsityReport, find_pruners, sparsity_report
 from tfads.layers.callbacks import AlphaAnnealer, SparsityLambdaScheduler
 from tfads.layers.dcn_mix import CrossMix
 from tfads.layers.derived import JoinFields, add_derived, derived_layers, join_fields
 from tfads.layers.low_precision_cross import LowPrecisionCross, matmul_policy
+from tfads.layers.moe import CGC, PLE, ExpertBank, MMoE, SoftmaxGate
 from tfads.layers.sequence import BroadcastRows, Dice, DinAttention, MaskedPooling
 from tfads.layers.star import PartitionedNormalization, StarDense, StarTower
 
@@ -14,13 +16,18 @@ __all__ = [
     "AdaSparsePruner",
     "AlphaAnnealer",
     "BroadcastRows",
+    "CGC",
     "CrossMix",
     "Dice",
     "DinAttention",
+    "ExpertBank",
     "JoinFields",
     "MaskedPooling",
+    "MMoE",
+    "PLE",
     "PartitionedNormalization",
     "SparsityLambdaScheduler",
+    "SoftmaxGate",
     "SparsityReport",
     "StarDense",
     "StarTower",

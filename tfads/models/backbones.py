@@ -1,13 +1,15 @@
-"""Backbones: map the stacked embeddings ``x0`` (and the domain embedding) to a shared representation."""
+"""Backbones: map the stacked embeddings ``x0`` (and the domain embedding) to the representation the towers read."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import tensorflow as tf
 import tf_keras as keras
 
 from tfads.core.experiment import ModelConfig
 from tfads.features import EmbeddedFeatures
-from tfads.layers import AdaSparseMLP, AdaSparsePruner, CrossMix, LowPrecisionCross, StarTower, matmul_policy
+from tfads.layers import PLE, AdaSparseMLP, AdaSparsePruner, CrossMix, LowPrecisionCross, MMoE, StarTower, matmul_policy
 from tfads.layers.low_precision_cross import MatmulDtype
 
 
@@ -51,8 +53,11 @@ def cross_network(x0: tf.Tensor, cfg: ModelConfig) -> tf.Tensor:
     return x
 
 
-def backbone(x0: tf.Tensor, feats: EmbeddedFeatures, cfg: ModelConfig) -> tf.Tensor:
-    """The shared representation the ESMM towers read."""
+def backbone(
+    x0: tf.Tensor, feats: EmbeddedFeatures, cfg: ModelConfig, tasks: Sequence[str] = ()
+) -> tf.Tensor | dict[str, tf.Tensor]:
+    """The representation the ESMM towers read: one tensor all of them share, or (``mmoe`` / ``ple`` with
+    ``moe.use: tasks``) a tensor per task of ``tasks``."""
     x_in = x0
     if cfg.adasparse.enabled and cfg.adasparse.on_embedding:
         x_in = _prune_embedding(x0, feats, cfg)
@@ -68,7 +73,31 @@ def backbone(x0: tf.Tensor, feats: EmbeddedFeatures, cfg: ModelConfig) -> tf.Ten
         return tower([x_in, feats.domain_index])
     if cfg.backbone == "shared_bottom":
         return mlp(x_in, cfg.deep_units, "shared_bottom", cfg.dropout)
+    if cfg.backbone in ("mmoe", "ple"):
+        return mixture_of_experts(x_in, feats, cfg, tasks)
     raise ValueError(f"unknown backbone {cfg.backbone!r}")
+
+
+def mixture_of_experts(
+    x: tf.Tensor, feats: EmbeddedFeatures, cfg: ModelConfig, tasks: Sequence[str]
+) -> tf.Tensor | dict[str, tf.Tensor]:
+    """MMoE or PLE on ``x`` (docs/methods.md "MMoE and PLE"): with ``moe.use: tasks`` one group per task
+    (a dict task -> tensor); with ``scenes`` one group for every task, its gates reading the domain
+    embedding or, for ``gate_input: features``, weighted per scene by the row's domain index."""
+    m = cfg.moe
+    groups = len(tasks) if m.use == "tasks" else 1
+    if groups < 1:
+        raise ValueError("moe.use: tasks needs the tasks the towers predict")
+    gate_input = {"features": "input", "domain": "context", "features_domain": "both"}[m.gate_input]
+    num_domains = feats.num_domains if m.use == "scenes" and m.gate_input == "features" else 0
+    extra = ([feats.domain] if gate_input != "input" else []) + ([feats.domain_index] if num_domains else [])
+    common = {"gate_input": gate_input, "num_domains": num_domains, "name": cfg.backbone}
+    if cfg.backbone == "mmoe":
+        layer = MMoE(m.num_experts, m.expert_units, num_gates=groups, **common)
+    else:
+        layer = PLE(groups, m.specific_experts, m.shared_experts, m.expert_units, num_levels=m.levels, **common)
+    outputs = layer([x, *extra] if extra else x)
+    return dict(zip(tasks, outputs, strict=True)) if m.use == "tasks" else outputs[0]
 
 
 def pruner_kwargs(cfg: ModelConfig) -> dict:

@@ -31,7 +31,8 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     ``{"ctr"}`` for click-only data.
 
     STAR and shared-bottom add a per-domain logit (STAR's auxiliary network; shared-bottom's
-    domain-specific head) to every tower.
+    domain-specific head) to every tower. MMoE and PLE with ``moe.use: tasks`` give each tower its own
+    representation (its gate's mixture).
     """
     cfg = dataclasses.replace(cfg, matmul_dtype=resolve_matmul_dtype(cfg.matmul_dtype))
     inputs = feature_inputs(manifest)
@@ -44,12 +45,13 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
         init_std=cfg.embedding_init_std,
     )
     feats.parts.extend(embed_histories(inputs, manifest, feats, cfg.history))
-    h = backbone(feats.stacked(), feats, cfg)
+    towers = (CTR, CVR) if manifest.has_conversion else (CTR,)
+    h = backbone(feats.stacked(), feats, cfg, towers)
     logits = {}
     train_stats = manifest.data["splits"]["train"]
-    towers = (CTR, CVR) if manifest.has_conversion else (CTR,)
     for task in towers:
-        logit = _tower(h, cfg.tower_units, task, float(train_stats.get(task) or 0.05))
+        h_task = h[task] if isinstance(h, dict) else h  # a backbone may give each task its own representation
+        logit = _tower(h_task, cfg.tower_units, task, float(train_stats.get(task) or 0.05))
         if cfg.backbone in ("star", "shared_bottom"):
             aux = keras.layers.Dense(1, name=f"{task}_domain_logit")(mlp(feats.domain, [16], f"{task}_domain_net"))
             logit = keras.layers.Add(name=f"{task}_logit_total")([logit, aux])

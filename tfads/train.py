@@ -22,7 +22,7 @@ from tfads.core.manifest import Manifest, load_manifest
 from tfads.model_io import CHECKPOINT_SUBDIR, load_trained_model, save_trained_model  # noqa: F401 (re-export)
 from tfads.models import build_model, compile_model
 from tfads.core.experiment import AdaSparseConfig
-from tfads.layers import AlphaAnnealer, SparsityLambdaScheduler
+from tfads.layers import AlphaAnnealer, SparsityLambdaScheduler, find_pruners
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def train(
         keras.callbacks.EarlyStopping(
             monitor="val_ctr_auc", mode="max", patience=tc.early_stopping_patience, restore_best_weights=True
         ),
-        *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps),  # the epoch's steps, not a period's
+        *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps, model=model),  # an epoch's steps
     ]
     history = model.fit(
         train_ds,
@@ -247,7 +247,9 @@ def train(
     return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=epochs_run, best_epoch=best_epoch)
 
 
-def adasparse_callbacks(cfg: AdaSparseConfig, steps_per_epoch: int | None) -> list[keras.callbacks.Callback]:
+def adasparse_callbacks(
+    cfg: AdaSparseConfig, steps_per_epoch: int | None, model: keras.Model | None = None
+) -> list[keras.callbacks.Callback]:
     """Alpha annealing and lambda growth for the AdaSparse pruners, in steps of an epoch of the run.
 
     None when AdaSparse is off or its form is ``scaling`` (no hard step, nothing to anneal). Alpha
@@ -256,9 +258,14 @@ def adasparse_callbacks(cfg: AdaSparseConfig, steps_per_epoch: int | None) -> li
     epochs cap and the size of the data, so a run that early stopping ends after an epoch or two still
     reaches the sparsity range. A fused pruner trained most of the run at the final slope validated
     better than one still annealing at the end (benchmarks/results/model_quality.md).
-    Without a known epoch size (a scenario filter) an epoch counts as 10,000 steps.
+    Without a known epoch size (a scenario filter) an epoch counts as 10,000 steps. None either for a
+    ``model`` without pruners (a backbone without the deep MLP, e.g. STAR, MMoE, PLE, has none unless
+    ``adasparse.on_embedding``).
     """
     if not cfg.enabled or cfg.form == "scaling":
+        return []
+    if model is not None and not find_pruners(model):
+        log.info("adasparse.enabled, but the %s backbone has no AdaSparse pruner: no schedules", model.name)
         return []
     epoch = steps_per_epoch or 10_000
     anneal_steps = max(1, int(epoch * cfg.alpha_anneal_epochs))

@@ -163,6 +163,9 @@ def test_adasparse_schedules_follow_the_form():
 
     assert adasparse_callbacks(AdaSparseConfig(form="scaling"), 100) == []  # no hard step: nothing to anneal
     assert adasparse_callbacks(AdaSparseConfig(enabled=False), 100) == []
+    inputs = keras.Input((4,))
+    no_pruner = keras.Model(inputs, keras.layers.Dense(1)(inputs))  # e.g. a STAR / MMoE / PLE backbone
+    assert adasparse_callbacks(AdaSparseConfig(), 100, model=no_pruner) == []
     config = AdaSparseConfig(form="fusion", alpha_anneal_epochs=0.5, lambda_growth_epochs=0.25)
     callbacks = adasparse_callbacks(config, 100)
     annealer = next(c for c in callbacks if isinstance(c, AlphaAnnealer))

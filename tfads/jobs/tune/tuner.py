@@ -161,7 +161,7 @@ def fit_trial(
         keras.callbacks.EarlyStopping(
             monitor=objective.name, mode=objective.mode, patience=budget.early_stopping_patience
         ),
-        *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps),
+        *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps, model=model),
     ]
     history = model.fit(
         train_ds,

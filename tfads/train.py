@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from tfads.core.experiment import AdaSparseConfig
 from tfads.layers import AlphaAnnealer, SparsityLambdaScheduler, find_pruners
 
 log = logging.getLogger(__name__)
+# (features, labels, sample_weights) of a training batch -> the same with other labels or weights
+TargetsFn = Callable[[dict, dict, dict], tuple[dict, dict, dict]]
 
 
 @dataclass
@@ -157,6 +160,7 @@ def train(
     *,
     init_from: str | None = None,
     finetune: FinetuneMode = "full",
+    targets: TargetsFn | None = None,
     verbose: int | str = "auto",
 ) -> TrainResult:
     """Train ``config`` on ``manifest``'s train split, validating on the valid split
@@ -166,6 +170,9 @@ def train(
 
     ``init_from`` (a model dir or checkpoint) starts from its weights; ``finetune`` then says what the
     run may change (:mod:`tfads.finetune`: ``full``, ``heads`` or ``frozen_embeddings``).
+
+    ``targets`` maps each training batch's ``(features, labels, sample_weights)`` in the input pipeline
+    (e.g. UKD's pseudo labels, :mod:`tfads.ukd`); validation batches keep the split's own labels.
 
     Writes under ``model_dir``: ``model/`` (Keras SavedModel), ``checkpoints/`` (weights per
     validation and ``final``, the kept weights), ``backup/`` (resume state while running), ``logs/``
@@ -182,6 +189,9 @@ def train(
     strategy = make_strategy()
     workers = strategy.num_replicas_in_sync
     train_ds, valid_ds, steps = train_valid_datasets(tc, manifest)
+    if targets is not None:
+        train_ds = train_ds.map(targets, num_parallel_calls=tf.data.AUTOTUNE, deterministic=tc.deterministic)
+        train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     fit_epochs, fit_steps = validation_periods(tc, steps)
     periods_per_epoch = fit_epochs // tc.epochs
     if workers > 1 or os.environ.get("TF_CONFIG"):

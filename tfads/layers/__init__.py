@@ -6,6 +6,7 @@ from tfads.layers.adasparse import AdaSparseMLP, AdaSparsePruner, SparsityReport
 from tfads.layers.callbacks import AlphaAnnealer, SparsityLambdaScheduler
 from tfads.layers.dcn_mix import CrossMix
 from tfads.layers.derived import JoinFields, add_derived, derived_layers, join_fields
+from tfads.layers.gradient_reversal import GradientReversal
 from tfads.layers.low_precision_cross import LowPrecisionCross, matmul_policy
 from tfads.layers.moe import CGC, PLE, ExpertBank, MMoE, SoftmaxGate
 from tfads.layers.sequence import BroadcastRows, Dice, DinAttention, MaskedPooling
@@ -21,6 +22,7 @@ __all__ = [
     "Dice",
     "DinAttention",
     "ExpertBank",
+    "GradientReversal",
     "JoinFields",
     "MaskedPooling",
     "MMoE",

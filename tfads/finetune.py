@@ -11,8 +11,9 @@ import tf_keras as keras
 from tfads.core.names import CTR, CVR, FINETUNE_MODES
 
 FinetuneMode = Literal["full", "heads", "frozen_embeddings"]  # FINETUNE_MODES
-# The task towers of tfads.models.esmm: tower MLP, logit, and the per-domain logit of STAR / shared-bottom.
-_HEAD = re.compile(rf"({CTR}|{CVR})_(tower_dense_\d+|logit|domain_net_dense_\d+|domain_logit)")
+# The task towers of tfads.models.esmm: tower MLP, logit, the per-domain logit of STAR / shared-bottom, and
+# AutoHERI's towers (one layer, ``heri``).
+_HEAD = re.compile(rf"({CTR}|{CVR})_(tower_dense_\d+|logit|domain_net_dense_\d+|domain_logit)|heri")
 
 
 def embedding_layers(model: keras.Model) -> list[keras.layers.Layer]:

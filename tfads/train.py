@@ -16,6 +16,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from tfads.autoheri import heri_callbacks
 from tfads.data import make_dataset
 from tfads.finetune import FinetuneMode, apply_finetune_mode
 from tfads.core.experiment import ExperimentConfig, TrainConfig
@@ -223,6 +224,7 @@ def train(
             monitor="val_ctr_auc", mode="max", patience=tc.early_stopping_patience, restore_best_weights=True
         ),
         *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps, model=model),  # an epoch's steps
+        *heri_callbacks(config, manifest, model, steps_per_execution),  # AutoHERI search: architecture steps
     ]
     history = model.fit(
         train_ds,

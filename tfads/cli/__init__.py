@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "schema": "schema tools: `tfads schema infer` writes a starter schema from a sample of a table",
     "build": "Beam job: logs -> TFRecords, vocabularies, posterior stats, manifest",
     "train": "train a CTR/CVR model from a manifest",
+    "autoheri": "AutoHERI: search the CTR -> CVR tower edges, prune them, retrain with the edges fixed",
     "ukd": "UKD: a click-adaptive teacher's pseudo-conversion labels train an entire-space ESMM student",
     "meta-train": "MAML meta-initialisation over user segments, from a trained model",
     "adapt": "k-shot adaptation of a model to a new segment's first rows",

@@ -106,11 +106,48 @@ class MoEConfig:
 
 
 @dataclass(frozen=True)
+class HeriConfig:
+    """AutoHERI (docs/methods.md "AutoHERI"): the CVR tower reads the CTR tower's hidden layers through edges.
+
+    Only with a conversion label (ESMM; click-only data builds the plain CTR tower and logs it). Both towers
+    have the widths ``tower_units``; every CTR layer i may feed every CVR layer j (L x L candidate edges, so
+    at least 2 layers make the structure worth searching). ``mode``: ``search`` gives every edge a sigmoid
+    gate, updated only by architecture steps (Adam at ``arch_learning_rate`` on batches of the valid split,
+    one after each weight step) on the ESMM loss plus ``entropy_weight`` x the gates' mean binary entropy;
+    ``fixed`` builds only ``edges`` (``[i, j]`` pairs, 0-based), ungated. ``tfads autoheri`` runs the search,
+    keeps the edges whose gate is above ``threshold`` and retrains with them fixed.
+    """
+
+    enabled: bool = False
+    mode: Literal["search", "fixed"] = "search"
+    edges: list[list[int]] = field(default_factory=list)
+    entropy_weight: float = 0.1
+    arch_learning_rate: float = 3e-3
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("search", "fixed"):
+            raise ValueError(f"heri.mode must be search or fixed, got {self.mode!r}")
+        pairs = [tuple(e) for e in self.edges]
+        if any(len(p) != 2 or min(p) < 0 for p in pairs) or len(set(pairs)) != len(pairs):
+            raise ValueError(f"heri.edges must be distinct [i, j] pairs of layer indices >= 0, got {self.edges}")
+        if self.mode == "search" and pairs:
+            raise ValueError(f"heri.edges is for mode fixed (a search has every edge), got {self.edges} with search")
+        if self.entropy_weight < 0:
+            raise ValueError(f"heri.entropy_weight must be >= 0, got {self.entropy_weight}")
+        if not self.arch_learning_rate > 0:
+            raise ValueError(f"heri.arch_learning_rate must be > 0, got {self.arch_learning_rate}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"heri.threshold must be in (0, 1), got {self.threshold}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The network: embeddings, backbone, AdaSparse and ESMM heads.
 
     ``backbone``: ``dnn``, ``dcnv2``, ``star``, ``shared_bottom``, or the mixtures of experts ``mmoe`` and
-    ``ple`` (configured by ``moe``).
+    ``ple`` (configured by ``moe``). ``heri``: AutoHERI edges from the CTR tower into the CVR tower (any
+    backbone; the towers' widths are ``tower_units``).
 
     ``numeric_encoding``: ``embedding`` (standardised value times a learned ``embedding_dim`` vector)
     or ``dense`` (the standardised value itself, one column of x0, as DeepCTR's dense features).
@@ -133,6 +170,7 @@ class ModelConfig:
     adasparse: AdaSparseConfig = field(default_factory=AdaSparseConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    heri: HeriConfig = field(default_factory=HeriConfig)
     direct_cvr_loss: bool = False
     cvr_loss_weight: float = 1.0
     numeric_encoding: Literal["embedding", "dense"] = "embedding"
@@ -145,6 +183,12 @@ class ModelConfig:
             raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
         if self.embedding_init_std is not None and self.embedding_init_std <= 0:
             raise ValueError(f"embedding_init_std must be > 0 (or null), got {self.embedding_init_std}")
+        layers = len(self.tower_units)
+        if self.heri.enabled and (not layers or any(max(e) >= layers for e in self.heri.edges)):
+            raise ValueError(
+                f"heri.edges must index the {layers} tower layers (tower_units {self.tower_units}), "
+                f"got {self.heri.edges}"
+            )
 
 
 @dataclass(frozen=True)

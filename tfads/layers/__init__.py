@@ -1,12 +1,13 @@
 """Custom Keras layers of tfads: AdaSparse pruning, DCN-Mix and bfloat16-matmul crosses, STAR multi-domain layers,
-MMoE and PLE mixtures of experts, DIN sequence layers over behaviour histories and derived features computed from
-raw fields."""
+MMoE and PLE mixtures of experts, AutoHERI's gated CTR -> CVR towers, DIN sequence layers over behaviour histories
+and derived features computed from raw fields."""
 
 from tfads.layers.adasparse import AdaSparseMLP, AdaSparsePruner, SparsityReport, find_pruners, sparsity_report
 from tfads.layers.callbacks import AlphaAnnealer, SparsityLambdaScheduler
 from tfads.layers.dcn_mix import CrossMix
 from tfads.layers.derived import JoinFields, add_derived, derived_layers, join_fields
 from tfads.layers.gradient_reversal import GradientReversal
+from tfads.layers.heri import HeriTowers
 from tfads.layers.low_precision_cross import LowPrecisionCross, matmul_policy
 from tfads.layers.moe import CGC, PLE, ExpertBank, MMoE, SoftmaxGate
 from tfads.layers.sequence import BroadcastRows, Dice, DinAttention, MaskedPooling
@@ -22,6 +23,7 @@ __all__ = [
     "Dice",
     "DinAttention",
     "ExpertBank",
+    "HeriTowers",
     "GradientReversal",
     "JoinFields",
     "MaskedPooling",

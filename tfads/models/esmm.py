@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import tensorflow as tf
@@ -11,18 +12,38 @@ import tf_keras as keras
 from tfads.core.experiment import ModelConfig
 from tfads.features import derive_features, embed_features, feature_inputs
 from tfads.sequences import embed_histories
+from tfads.layers.heri import HeriTowers
 from tfads.layers.low_precision_cross import resolve_matmul_dtype
 from tfads.core.manifest import Manifest
 from tfads.core.names import CTCVR, CTR, CVR
 from tfads.models.backbones import backbone, mlp
 from tfads.optimizers import make_optimizer
 
+log = logging.getLogger(__name__)
+HERI_LAYER = "heri"  # the HeriTowers layer of a model with model.heri enabled
 
-def _tower(h: tf.Tensor, units: list[int], name: str, base_rate: float) -> tf.Tensor:
-    """Task tower; its logit bias starts at the base rate's logit so training starts calibrated."""
+
+def _logit(h: tf.Tensor, name: str, base_rate: float) -> tf.Tensor:
+    """A task's logit; its bias starts at the base rate's logit so training starts calibrated."""
     rate = min(max(base_rate, 1e-4), 1 - 1e-4)
     init = keras.initializers.Constant(math.log(rate / (1 - rate)))
-    return keras.layers.Dense(1, bias_initializer=init, name=f"{name}_logit")(mlp(h, units, f"{name}_tower"))
+    return keras.layers.Dense(1, bias_initializer=init, name=f"{name}_logit")(h)
+
+
+def _heri_towers(reps: dict[str, tf.Tensor], cfg: ModelConfig) -> dict[str, tf.Tensor]:
+    """With ``heri`` enabled and both towers, the AutoHERI towers' outputs (the CVR tower reading the CTR
+    tower's layers through its edges); else ``{}`` (plain towers)."""
+    heri = cfg.heri
+    if not heri.enabled:
+        return {}
+    if set(reps) != {CTR, CVR}:
+        log.info("model.heri is enabled, but the data has no conversion label: plain towers, no AutoHERI edges")
+        return {}
+    layer = HeriTowers(
+        cfg.tower_units, mode=heri.mode, edges=heri.edges, entropy_weight=heri.entropy_weight, name=HERI_LAYER
+    )
+    ctr, cvr = layer([reps[CTR], reps[CVR]])
+    return {CTR: ctr, CVR: cvr}
 
 
 def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
@@ -32,7 +53,8 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
 
     STAR and shared-bottom add a per-domain logit (STAR's auxiliary network; shared-bottom's
     domain-specific head) to every tower. MMoE and PLE with ``moe.use: tasks`` give each tower its own
-    representation (its gate's mixture).
+    representation (its gate's mixture). With ``heri`` enabled (and a conversion label) the towers are one
+    :class:`~tfads.layers.heri.HeriTowers` layer named ``heri``.
     """
     cfg = dataclasses.replace(cfg, matmul_dtype=resolve_matmul_dtype(cfg.matmul_dtype))
     inputs = feature_inputs(manifest)
@@ -49,9 +71,11 @@ def build_model(manifest: Manifest, cfg: ModelConfig) -> keras.Model:
     h = backbone(feats.stacked(), feats, cfg, towers)
     logits = {}
     train_stats = manifest.data["splits"]["train"]
+    reps = {task: h[task] if isinstance(h, dict) else h for task in towers}  # a backbone may give each its own
+    heri = _heri_towers(reps, cfg)
     for task in towers:
-        h_task = h[task] if isinstance(h, dict) else h  # a backbone may give each task its own representation
-        logit = _tower(h_task, cfg.tower_units, task, float(train_stats.get(task) or 0.05))
+        hidden = heri[task] if heri else mlp(reps[task], cfg.tower_units, f"{task}_tower")
+        logit = _logit(hidden, task, float(train_stats.get(task) or 0.05))
         if cfg.backbone in ("star", "shared_bottom"):
             aux = keras.layers.Dense(1, name=f"{task}_domain_logit")(mlp(feats.domain, [16], f"{task}_domain_net"))
             logit = keras.layers.Add(name=f"{task}_logit_total")([logit, aux])
@@ -92,6 +116,11 @@ class LogitAUC(keras.metrics.AUC):
         return {**super().get_config(), "logit_range": list(self.logit_range)}
 
 
+def loss_weights(cfg: ModelConfig) -> dict[str, float]:
+    """Each head's weight in the ESMM loss: CTR and CTCVR 1, CVR ``cvr_loss_weight`` with the direct CVR loss."""
+    return {CTR: 1.0, CTCVR: 1.0, CVR: cfg.cvr_loss_weight if cfg.direct_cvr_loss else 0.0}
+
+
 def compile_model(
     model: keras.Model,
     cfg: ModelConfig,
@@ -107,7 +136,7 @@ def compile_model(
     ``steps_per_execution`` runs that many training steps per call into the compiled graph (fewer
     Python round trips; batch callbacks then run once per call)."""
     bce = keras.losses.BinaryCrossentropy()
-    weights = {CTR: 1.0, CTCVR: 1.0, CVR: cfg.cvr_loss_weight if cfg.direct_cvr_loss else 0.0}
+    weights = loss_weights(cfg)
     heads = [name for name in (CTR, CVR, CTCVR) if name in model.output_names]
     # Keras prefixes a metric with its head's name only when the model has several outputs: a click-only
     # model names its AUC ``ctr_auc`` itself, so early stopping and the history read ``val_ctr_auc`` always.

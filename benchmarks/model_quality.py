@@ -10,7 +10,9 @@ clicks). MMoE and PLE run in their multi-scene use (one output for both towers, 
 domain embedding; docs/methods.md "MMoE and PLE"). Then three analyses: UPR per bin of scenario clicks
 beside a null (DCNv2 retrained against itself), the domain headroom (what each model carries of the true
 logit's domain-specific parts and what the rest would add, from the generator's own parameters) and, for
-the pruning AdaSparse models, whether their masks follow the generator's scenario clusters. Writes
+the pruning AdaSparse models, whether their masks follow the generator's scenario clusters. For the CVR head
+(every model here is ESMM) a second table: pCVR on clicked rows, pCVR over every test impression against the
+generator's true pCVR, pCTCVR overall and per scenario and advertiser, beside the oracle. Writes
 ``model_quality.json`` and ``per_scenario_auc.png`` under ``--out``.
 
     python -m benchmarks.model_quality                       # 10 days x 300k: 2.1M train rows
@@ -46,11 +48,14 @@ import pandas as pd
 
 import tfads  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tfads.core.experiment import DEFAULT_EXPERIMENT, ExperimentConfig, ModelConfig, load_experiment
+from tfads.entire_space import TRUE, cvr_summary, oracle_frame
 from tfads.metrics import auc, bootstrap_ci, gauc, logloss, metrics_table, per_field_auc
 from benchmarks.results import add_results_argument, publish
 
 BASELINE = "dcnv2"
 AGAINST_COLUMN = "--config's model - this"  # rows '<model>@<yaml>' of --against
+CVR_TITLE = ("pCVR on clicked test rows; pCVR over every test impression against the true pCVR (docs/methods.md "
+             "section 9); pCTCVR over every impression and per field value (impression-weighted mean AUC, Field-RCE)")
 MIN_CLICKS = 100  # scenarios with at least this many test clicks for the "UPR (>=100 clicks)" column
 VARIANTS: dict[str, dict[str, Any]] = {
     "dnn": {"backbone": "dnn", "adasparse": None},
@@ -196,11 +201,34 @@ def save_run(run_dir: str, record: dict[str, Any], scored: pd.DataFrame) -> dict
     return {**record, "scored": scored}
 
 
+def cvr_fields(manifest: Any) -> list[str]:
+    """The fields pCTCVR is tabled by: the domain and the calibration fields (scenario, advertiser)."""
+    return list(dict.fromkeys([*([manifest.domain] if manifest.domain else []), *manifest.calibration_fields]))
+
+
+def kept_columns(scored: pd.DataFrame, manifest: Any) -> pd.DataFrame:
+    """The scored test rows' columns the evaluation reads: ids, labels, heads and the per-field fields."""
+    wanted = ["trace_id", "scenario", "user_id", "click", "ctr", "conversion", "cvr", "ctcvr", *cvr_fields(manifest)]
+    return scored[[c for c in dict.fromkeys(wanted) if c in scored]]
+
+
 def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str, repeat: int = 0) -> dict[str, Any]:
-    """Train, score the test split and return metrics plus the scored frame's key columns (cached)."""
+    """Train, score the test split and return metrics plus the scored frame's key columns (cached; a run cached
+    before the CVR heads were kept is re-scored from its saved model, not retrained)."""
     run_dir = _run_dir(out, name, repeat)
     key = _digest({"config": config.to_dict(), "data": open(os.path.join(out, "data.json")).read()})
     cached = load_cached_run(run_dir, key, name)
+    model_dir = os.path.join(run_dir, "model")
+    if cached is not None and "cvr" not in cached["scored"] and os.path.isdir(model_dir):
+        from tfads.core.manifest import load_manifest
+        from tfads.model_io import load_trained_model
+        from tfads.predict import predict_split
+
+        manifest = load_manifest(manifest_path)
+        model = load_trained_model(model_dir)
+        if "cvr" in model.output_names:
+            record = {k: v for k, v in cached.items() if k != "scored"}
+            return save_run(run_dir, record, kept_columns(predict_split(model, manifest, "test"), manifest))
     if cached is not None:
         return cached
     from tfads.core.manifest import load_manifest
@@ -215,7 +243,7 @@ def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str,
     train_s = time.monotonic() - t
     print(f"{name}: {summary_line(result.history)} ({train_s:.0f} s)", flush=True)
     manifest = load_manifest(manifest_path)
-    scored = predict_split(result.model, manifest, "test")[["trace_id", "scenario", "user_id", "click", "ctr"]]
+    scored = kept_columns(predict_split(result.model, manifest, "test"), manifest)
     sparsity = scenario_sparsity(result.model, manifest)
     pruned = None
     if sparsity is not None:
@@ -234,7 +262,8 @@ def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str,
 
 
 def test_truth(logs: str, manifest_path: str) -> pd.DataFrame:
-    """(trace_id, true_ctr) of the test days only (reading every day's truth is slow at this size)."""
+    """(trace_id, true_ctr, true_cvr, true_ctcvr) of the test days only (reading every day's truth is slow at this
+    size)."""
     from tfads.core.manifest import load_manifest
 
     days = load_manifest(manifest_path).data["splits"]["test"]["days"]
@@ -242,7 +271,8 @@ def test_truth(logs: str, manifest_path: str) -> pd.DataFrame:
     if not files:
         raise FileNotFoundError(f"{logs}: no truth files for the test days {days}")
     truth = pd.concat([pd.read_json(f, lines=True, dtype={"trace_id": str}) for f in files], ignore_index=True)
-    return truth.rename(columns={"p_ctr": "true_ctr"})[["trace_id", "true_ctr"]]
+    truth = truth.rename(columns={"p_ctr": "true_ctr", "p_cvr": "true_cvr"})
+    return truth.assign(true_ctcvr=truth["true_ctr"] * truth["true_cvr"])[["trace_id", *TRUE.values()]]
 
 
 def _test_day_world(logs: str, manifest_path: str) -> tuple[Any, dict[str, np.ndarray], np.ndarray, np.ndarray, float]:
@@ -513,6 +543,22 @@ def evaluate(
     return rows, per_scenario
 
 
+def cvr_rows(runs: dict[str, list[dict[str, Any]]], truth: pd.DataFrame, fields: list[str]) -> dict[str, dict]:
+    """pCVR on clicked rows, pCVR over every test impression against the true pCVR, and pCTCVR overall and per
+    field value (``tfads.entire_space.cvr_summary``) of each model with a cvr head (means over its trainings),
+    and the oracle's row; empty when no model has one (e.g. runs cached before the CVR heads were kept)."""
+    rows: dict[str, dict[str, float]] = {}
+    oracle = None
+    for name, trainings in runs.items():
+        frames = [run["scored"].merge(truth, on="trace_id", how="left") for run in trainings]
+        if not all("cvr" in f for f in frames):
+            continue
+        summaries = pd.DataFrame([cvr_summary(f, fields) for f in frames])
+        rows[name] = summaries.mean().to_dict()
+        oracle = oracle if oracle is not None else cvr_summary(oracle_frame(frames[0]), fields)
+    return {**rows, "oracle": oracle} if oracle is not None else {}
+
+
 def _display(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     def cell(v: Any) -> Any:
         return f"{v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]" if isinstance(v, list) else v
@@ -544,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"every model failed: {failed}")
     truth = test_truth(logs, manifest_path)
     rows, per_scenario = evaluate(runs, truth, args.bootstrap)
+    from tfads.core.manifest import load_manifest
+
+    manifest = load_manifest(manifest_path)
+    cvr = cvr_rows(runs, truth, cvr_fields(manifest))
     scored = {n: [r["scored"] for r in rs] for n, rs in runs.items()}
     traffic = upr_by_traffic(scored) if BASELINE in scored else {}
     first = scored[next(iter(scored))][0][["trace_id", "click"]]
@@ -554,10 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         first["click"].to_numpy(), parts, {n: [f["ctr"].to_numpy() for f in fs] for n, fs in scored.items()}
     )
 
-    from tfads.core.manifest import load_manifest
     from tfads.plots import per_field_auc_vs_traffic
 
-    manifest = load_manifest(manifest_path)
     png = per_field_auc_vs_traffic(
         per_scenario, os.path.join(out, "per_scenario_auc.png"), title="Test AUC per scenario vs traffic"
     )
@@ -570,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
         },
         "models": rows,
+        "cvr": cvr,
         "upr_by_scenario_clicks": traffic,
         "domain_headroom": headroom,
         "mask_sharing": sharing,
@@ -591,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(metrics_table(_display(rows)))
+    if cvr:
+        print(f"\n{CVR_TITLE}")
+        print(metrics_table(cvr))
     if traffic:
         print("\nUPR per bin of scenario test clicks (null: DCNv2 retrained against itself)")
         print(metrics_table(traffic))
@@ -602,7 +654,10 @@ def main(argv: list[str] | None = None) -> int:
         print(metrics_table(sharing))
     for n, message in failed.items():
         print(f"{n}: not measured: {message}")
-    publish("model_quality", report, metrics_table(_display(rows), markdown=True), args)
+    table = metrics_table(_display(rows), markdown=True)
+    if cvr:
+        table += f"\n\n{CVR_TITLE}\n\n{metrics_table(cvr, markdown=True)}"
+    publish("model_quality", report, table, args)
     return 0
 
 

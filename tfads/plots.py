@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from tfads.entire_space import truth_bins
 from tfads.metrics import calibration_bins
 
 DPI = 100
@@ -35,11 +36,17 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _reliability_axes(ax: Axes, curves: Mapping[str, tuple[ArrayLike, ArrayLike]], bins: int) -> None:
-    """Mean label vs mean prediction per equal-frequency bin, one line per curve, with the diagonal."""
+def _reliability_axes(
+    ax: Axes, curves: Mapping[str, tuple[ArrayLike, ArrayLike]], bins: int, against_truth: bool = False
+) -> None:
+    """Mean label (``against_truth``: mean true probability) vs mean prediction per equal-frequency bin, one
+    line per curve, with the diagonal."""
     top = 0.0
     for name, (y, p) in curves.items():
-        table = calibration_bins(y, p, bins)
+        if against_truth:
+            table = truth_bins(p, y, bins).rename(columns={"mean_q": "mean_y"})
+        else:
+            table = calibration_bins(y, p, bins)
         ax.plot(table["mean_p"], table["mean_y"], marker="o", markersize=3, label=name)
         top = max(top, table["mean_p"].max(), table["mean_y"].max())
     top = min(1.0, top * 1.05) or 1.0
@@ -54,22 +61,25 @@ def reliability_diagram(
     bins: int = 10,
     title: str = "Reliability diagram",
     figsize: tuple[float, float] = (6.0, 7.0),
+    *,
+    against_truth: bool = False,
 ) -> Path:
     """Reliability diagram of several models over equal-frequency bins, above a histogram of predictions.
 
     Args:
-        curves: ``model name -> (y, p)``.
+        curves: ``model name -> (y, p)``; with ``against_truth``, ``model name -> (true probability, p)``.
         path: PNG file to write (parent directories are created).
         bins: equal-frequency bins per model.
         title: figure title.
         figsize: inches; the PNG is ``figsize * DPI`` pixels.
+        against_truth: plot the mean true probability per bin (synthetic data) instead of the mean label.
     """
     if not curves:
         raise ValueError("reliability_diagram: `curves` is empty; give at least one model.")
     fig = _figure(figsize)
     ax, hist = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]})
-    _reliability_axes(ax, curves, bins)
-    ax.set_ylabel("observed rate (mean y)")
+    _reliability_axes(ax, curves, bins, against_truth)
+    ax.set_ylabel("true probability (mean q)" if against_truth else "observed rate (mean y)")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize="small")
     high = ax.get_xlim()[1]

@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
+import pytest
+
 import tfads  # noqa: F401
 
 
@@ -21,7 +24,7 @@ def test_evaluate_cli_writes_metrics_and_plots(trained_model_dir, manifest_path,
     assert result.returncode == 0, result.stderr[-2000:]
     assert "oracle" in result.stdout
     metrics = json.load(open(out / "metrics.json"))
-    assert set(metrics) == {"ctr", "cvr", "ctcvr"}
+    assert set(metrics) == {"ctr", "cvr", "ctcvr", "against_truth"}
     ctr = metrics["ctr"]
     for key in ("AUC", "LogLoss", "GAUC", "PCOC", "ECE", "Field-RCE", "Oracle AUC", "Oracle LogLoss"):
         assert key in ctr, key
@@ -29,6 +32,16 @@ def test_evaluate_cli_writes_metrics_and_plots(trained_model_dir, manifest_path,
     assert metrics["cvr"]["rows"] < metrics["ctr"]["rows"]  # pCVR is evaluated on clicked rows only
     for name in ("per_scenario_auc.csv", "per_scenario_auc.png", "reliability.png", "sparsity_map.png"):
         assert os.path.getsize(out / name) > 0, name
+    # ESMM over the entire space: pCVR / pCTCVR of every impression against the truth, pCTCVR per field value
+    truth = metrics["against_truth"]
+    assert list(truth) == ["cvr", "cvr (oracle)", "ctcvr", "ctcvr (oracle)"]
+    assert truth["cvr (oracle)"]["KL to truth"] == pytest.approx(0, abs=1e-9)
+    assert truth["cvr"]["KL to truth"] > 0 and -1 <= truth["cvr"]["Spearman"] <= 1
+    assert "Every impression" in result.stdout and "pCTCVR by scenario" in result.stdout
+    for field in ("scenario", "advertiser_id"):  # the default fields: domain-aware and calibration ones
+        table = pd.read_csv(out / f"by_{field}_ctcvr.csv")
+        assert {"auc", "pcoc", "rce", "oracle_auc"} <= set(table.columns) and table["impressions"].iloc[-1] > 0
+    assert os.path.getsize(out / "reliability_cvr_truth.png") > 0
 
 
 def test_evaluate_cli_reports_a_missing_model_clearly(manifest_path, tmp_path):

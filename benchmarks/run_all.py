@@ -22,6 +22,7 @@ BENCHMARKS = [
     "calibration",
     "online",
     "model_quality",
+    "conversion_delay",
     "history_quality",
     "criteo_quality",
 ]

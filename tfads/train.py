@@ -24,7 +24,8 @@ from tfads.core.manifest import Manifest, load_manifest
 from tfads.model_io import CHECKPOINT_SUBDIR, load_trained_model, save_trained_model  # noqa: F401 (re-export)
 from tfads.models import build_model, compile_model
 from tfads.core.experiment import AdaSparseConfig
-from tfads.layers import AlphaAnnealer, SparsityLambdaScheduler, find_pruners
+from tfads.layers import AlphaAnnealer, InRangeEarlyStopping, SparsityLambdaScheduler, find_pruners
+from tfads.layers.adasparse import PRUNED_SHARE_SUFFIX
 
 log = logging.getLogger(__name__)
 # (features, labels, sample_weights) of a training batch -> the same with other labels or weights
@@ -40,6 +41,7 @@ class TrainResult:
     model_path: str
     epochs_run: float  # epochs trained (a fraction with several validations per epoch)
     best_epoch: float  # where the kept weights were validated, in epochs
+    kept: int = -1  # index in the history's lists of the validation whose weights were kept
 
 
 def make_strategy() -> tf.distribute.Strategy:
@@ -213,16 +215,19 @@ def train(
     chief = is_chief(strategy)
     out_dir = model_dir if chief else tempfile.mkdtemp(prefix="tfads-worker-")
     tf.io.gfile.makedirs(out_dir)
+    # restores the best validation's weights also when the run reaches the epochs cap; once a validation has the
+    # AdaSparse layers inside their sparsity range, only such validations count as the best
+    stopper = InRangeEarlyStopping(
+        config.model.adasparse.r_min, config.model.adasparse.r_max,
+        monitor="val_ctr_auc", mode="max", patience=tc.early_stopping_patience, restore_best_weights=True,
+    )
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
         keras.callbacks.ModelCheckpoint(
             os.path.join(out_dir, CHECKPOINT_SUBDIR, "ckpt-{epoch:02d}"), save_weights_only=True
         ),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq=100, profile_batch=0),
-        # restores the best validation's weights also when the run reaches the epochs cap
-        keras.callbacks.EarlyStopping(
-            monitor="val_ctr_auc", mode="max", patience=tc.early_stopping_patience, restore_best_weights=True
-        ),
+        stopper,
         *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps, model=model),  # an epoch's steps
         *heri_callbacks(config, manifest, model, steps_per_execution),  # AutoHERI search: architecture steps
     ]
@@ -239,8 +244,8 @@ def train(
     model_path = save_trained_model(model, out_dir, manifest.path, config)
     # history.epoch holds period indices (from the resumed one on, after a restart)
     periods = history.epoch or [fit_epochs - 1]
-    scores = hist.get("val_ctr_auc") or []
-    best = periods[max(range(len(scores)), key=scores.__getitem__)] if scores else periods[-1]
+    kept = periods.index(stopper.best_epoch) if hist.get("val_ctr_auc") and stopper.best_epoch in periods else -1
+    best = periods[kept]
     epochs_run, best_epoch = (periods[-1] + 1) / periods_per_epoch, (best + 1) / periods_per_epoch
     if chief:
         with tf.io.gfile.GFile(os.path.join(model_dir, "history.json"), "w") as f:
@@ -256,7 +261,8 @@ def train(
                 "finetune": finetune if init_from else None,
             }
             json.dump(record, f, indent=2)
-    return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=epochs_run, best_epoch=best_epoch)
+    return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=epochs_run, best_epoch=best_epoch,
+                       kept=kept)
 
 
 def adasparse_callbacks(
@@ -288,10 +294,12 @@ def adasparse_callbacks(
     ]
 
 
-def summary_line(history: dict[str, Any]) -> str:
-    """One readable line of the losses and AUCs of the validation whose weights were kept (the best
-    ``val_ctr_auc``; the last one without it)."""
-    keys = ("loss", "ctr_auc", "ctcvr_auc", "val_loss", "val_ctr_auc", "val_ctcvr_auc")
+def summary_line(history: dict[str, Any], kept: int | None = None) -> str:
+    """One readable line of the losses, AUCs and pruned shares of the validation whose weights were kept
+    (``TrainResult.kept``; by default the best ``val_ctr_auc``, the last one without it)."""
+    keys = ("loss", "ctr_auc", "ctcvr_auc", "val_loss", "val_ctr_auc", "val_ctcvr_auc",
+            *(k for k in history if k.startswith("val_") and k.endswith(PRUNED_SHARE_SUFFIX)))
     scores = history.get("val_ctr_auc") or []
-    kept = max(range(len(scores)), key=scores.__getitem__) if scores else -1
+    if kept is None:
+        kept = max(range(len(scores)), key=scores.__getitem__) if scores else -1
     return "  ".join(f"{k}={history[k][kept]:.4f}" for k in keys if k in history)

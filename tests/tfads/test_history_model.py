@@ -100,7 +100,8 @@ def test_evaluate_calibrate_and_export_take_a_history_model(history_manifest, di
     assert "hist_ad_length" in rows and "hist_ad" not in rows and rows["ctr"].between(0, 1).all()
     assert cli.main(["evaluate", "--model-dir", din_model_dir, "--data", data, "--out", str(tmp_path / "eval")]) == 0
     assert 0.5 < json.load(open(tmp_path / "eval" / "metrics.json"))["ctr"]["AUC"] <= 1
-    assert cli.main(["calibrate", "--model-dir", din_model_dir, "--data", data, "--out", str(tmp_path / "cal")]) == 0
+    assert cli.main(["calibrate", "--model-dir", din_model_dir, "--data", data, "--out", str(tmp_path / "cal"),
+                     "--epochs", "1"]) == 0
     assert cli.main(["export", "--model-dir", str(tmp_path / "cal"), "--data", data,
                      "--model-base-path", str(tmp_path / "models")]) == 0
     signature = tf.saved_model.load(str(tmp_path / "models" / "1")).signatures["serving_default"]

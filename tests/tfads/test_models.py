@@ -243,3 +243,32 @@ def test_block_shuffle_yields_every_record_once_in_full_batches(manifest_path):
     np.testing.assert_array_equal(*values)
     with pytest.raises(ValueError, match="shuffle_block"):
         make_dataset(files, manifest, 50, shuffle_block=0)
+
+
+def test_in_range_early_stopping_keeps_only_in_range_validations_once_one_is():
+    from tfads.layers import InRangeEarlyStopping
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    stopper = InRangeEarlyStopping(0.15, 0.25, monitor="val_auc", mode="max", patience=2, restore_best_weights=True)
+    stopper.set_model(model)
+    stopper.on_train_begin()
+    # (auc, pruned share): out of range at first (no stop however long), then in range, then a better one out of it
+    run = [(0.70, 0.0), (0.72, 0.02), (0.71, 0.05), (0.69, 0.08), (0.66, 0.16), (0.68, 0.20), (0.80, 0.40),
+           (0.67, 0.21), (0.65, 0.22)]
+    stopped = None
+    for epoch, (score, share) in enumerate(run):
+        model.stop_training = False
+        stopper.on_epoch_end(epoch, {"val_auc": score, "val_pruner_0_pruned_share": share})
+        if model.stop_training:
+            stopped = epoch
+            break
+    assert stopper.reached and stopper.best_epoch == 5 and stopper.best == 0.68
+    assert stopped == 7  # two validations past the best in range; the 0.80 out of range never counted
+    plain = InRangeEarlyStopping(0.15, 0.25, monitor="val_auc", mode="max", patience=1)
+    plain.set_model(model)
+    plain.on_train_begin()
+    for epoch, score in enumerate([0.7, 0.6]):  # no pruner logs: plain early stopping
+        model.stop_training = False
+        plain.on_epoch_end(epoch, {"val_auc": score})
+    assert model.stop_training and plain.best == 0.7

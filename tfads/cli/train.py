@@ -72,6 +72,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     result = train(config, args.data, args.model_dir, init_from=args.init_from, finetune=args.finetune)
     print(f"trained {result.epochs_run:g} epoch(s), kept the weights of epoch {result.best_epoch:g}: "
-          f"{summary_line(result.history)}")
+          f"{summary_line(result.history, result.kept)}")
     print(f"model written to {result.model_path}")
     return 0

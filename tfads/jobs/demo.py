@@ -116,7 +116,7 @@ def _train(config, manifest_path: str, model_dir: str):
     from tfads.train import summary_line, train
 
     result = train(config, manifest_path, model_dir, verbose=2)
-    print(summary_line(result.history))
+    print(summary_line(result.history, result.kept))
     return result.model
 
 

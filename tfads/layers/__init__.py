@@ -3,7 +3,7 @@ MMoE and PLE mixtures of experts, AutoHERI's gated CTR -> CVR towers, DIN sequen
 and derived features computed from raw fields."""
 
 from tfads.layers.adasparse import AdaSparseMLP, AdaSparsePruner, SparsityReport, find_pruners, sparsity_report
-from tfads.layers.callbacks import AlphaAnnealer, SparsityLambdaScheduler
+from tfads.layers.callbacks import AlphaAnnealer, InRangeEarlyStopping, SparsityLambdaScheduler
 from tfads.layers.dcn_mix import CrossMix
 from tfads.layers.derived import JoinFields, add_derived, derived_layers, join_fields
 from tfads.layers.gradient_reversal import GradientReversal
@@ -17,6 +17,7 @@ __all__ = [
     "AdaSparseMLP",
     "AdaSparsePruner",
     "AlphaAnnealer",
+    "InRangeEarlyStopping",
     "BroadcastRows",
     "CGC",
     "CrossMix",

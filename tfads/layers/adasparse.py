@@ -39,6 +39,9 @@ def _validate_pruner_args(
         raise ValueError(f"AdaSparsePruner: need 0 <= r_min <= r_max < 1. Received: r_min={r_min}, r_max={r_max}.")
 
 
+PRUNED_SHARE_SUFFIX = "_pruned_share"  # metric of a pruning layer: the share of units it prunes
+
+
 @keras.utils.register_keras_serializable(package="tfads")
 class AdaSparsePruner(keras.layers.Layer):
     """Domain-aware pruner: multiplies a hidden layer by a per-unit, per-example factor ``pi``.
@@ -203,6 +206,8 @@ class AdaSparsePruner(keras.layers.Layer):
         pi, keep = self._factor(v)
         if keep is not None:
             self.add_loss(self._sparsity_loss(self.alpha * v, keep))
+            # the share of units this layer prunes, in the fit logs (and `val_...` ones) as `<name>_pruned_share`
+            self.add_metric(1.0 - tf.reduce_mean(keep), name=f"{self.name}{PRUNED_SHARE_SUFFIX}", aggregation="mean")
             if self.record_masks and tf.executing_eagerly():
                 self.last_keep = keep
         return h * tf.cast(pi, h.dtype)

@@ -1,6 +1,7 @@
-"""Keras callbacks that drive AdaSparse's training schedules: the slope alpha and the regulariser's lambda.
+"""Keras callbacks that drive AdaSparse's training schedules (the slope alpha and the regulariser's lambda) and
+early stopping that keeps a validation inside the sparsity range.
 
-Both are functions of the optimizer's step counter, so a run resumed by ``BackupAndRestore`` (or a
+The schedules are functions of the optimizer's step counter, so a run resumed by ``BackupAndRestore`` (or a
 warm start) continues the schedule where it stopped, and both write non-trainable variables that are
 saved with the model, so inference uses the final values and never changes them.
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import tf_keras as keras
 
-from tfads.layers.adasparse import AdaSparsePruner, find_pruners
+from tfads.layers.adasparse import PRUNED_SHARE_SUFFIX, AdaSparsePruner, find_pruners
 
 
 class _PrunerSchedule(keras.callbacks.Callback):
@@ -124,3 +126,51 @@ class SparsityLambdaScheduler(_PrunerSchedule):
 
     def _assign(self, pruner: AdaSparsePruner, step: int) -> None:
         pruner.lambda_hat.assign(self.lambda_at(pruner.lambda_init, step))
+
+
+class InRangeEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping with restore-best that, once a validation has every AdaSparse layer inside its sparsity
+    range, keeps only such validations as the best.
+
+    Restore-best alone can keep weights from before the schedules pulled the layers into
+    ``[r_min, r_max]`` (on small data the best validation can come early). A validation counts as in range when
+    every ``val_<pruner>_pruned_share`` of the logs lies in ``[r_min - tolerance, r_max + tolerance]``. Until the
+    first such validation the run does not stop (the epochs cap still ends it); that validation replaces any
+    earlier best, and later out-of-range ones count towards patience but never become the best. A model without
+    pruners (no such logs) behaves as :class:`keras.callbacks.EarlyStopping`.
+    """
+
+    def __init__(self, r_min: float, r_max: float, *, tolerance: float = 0.01, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= r_min <= r_max < 1.0:
+            raise ValueError(f"InRangeEarlyStopping: need 0 <= r_min <= r_max < 1. Received: {r_min}, {r_max}.")
+        self.r_min, self.r_max, self.tolerance = float(r_min), float(r_max), float(tolerance)
+        self.reached = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        self.reached = False
+
+    def in_range(self, logs: dict[str, Any]) -> bool | None:
+        """Whether every pruning layer's validation share is in range (None: the logs have none)."""
+        shares = [v for k, v in logs.items() if k.startswith("val_") and k.endswith(PRUNED_SHARE_SUFFIX)]
+        if not shares:
+            return None
+        return all(self.r_min - self.tolerance <= s <= self.r_max + self.tolerance for s in shares)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        eligible = self.in_range(logs)
+        if eligible and not self.reached:  # the first validation in range: earlier bests no longer count
+            self.reached = True
+            self.best = np.inf if self.monitor_op == np.less else -np.inf
+            self.best_weights = None
+        if eligible is False and self.reached and self.get_monitor_value(logs) is not None:
+            self.wait += 1  # counts towards patience, never a best
+            if self.wait >= self.patience:
+                self.stopped_epoch = epoch
+                self.model.stop_training = True
+            return
+        super().on_epoch_end(epoch, logs)
+        if eligible is False and not self.reached:  # not in range yet: keep training
+            self.model.stop_training, self.stopped_epoch = False, 0

@@ -7,6 +7,7 @@ import sys
 
 from tfads.cli.arg_types import number_in, positive_int
 from tfads.core.schema import DEFAULT_SCHEMA, load_schema
+from tfads.datagen.media import MediaPlan
 from tfads.datagen.world import INTEREST_SCALE
 
 
@@ -63,6 +64,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="0-based day the late cities' users appear, if not --launch-day",
     )
+    parser.add_argument(
+        "--media-features",
+        action="store_true",
+        help="the media party's private user preferences: they add to the true CTR and CVR logits, and its "
+        "observed tag affinities are written only to media/users/ (keyed by user_id) for `tfads media-party`",
+    )
+    parser.add_argument(
+        "--media-coverage",
+        type=number_in(0.0, 1.0),
+        default=MediaPlan.coverage,
+        help=f"with --media-features: share of the ad logs' users the media party knows (default {MediaPlan.coverage})",
+    )
+    parser.add_argument(
+        "--media-scale",
+        type=number_in(0.0, 10.0),
+        default=MediaPlan.ctr_scale,
+        help="with --media-features: std of the media term in the true CTR and in the true CVR logit "
+        f"(default {MediaPlan.ctr_scale})",
+    )
     parser.add_argument("--start-date", default="2026-01-01", help="first day, YYYY-MM-DD (default 2026-01-01)")
     parser.add_argument(
         "--schema", default=str(DEFAULT_SCHEMA), help="feature/schema YAML (default configs/schema.yaml)"
@@ -80,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         launch_day = args.days // 2 if args.launch_day is None else args.launch_day
         launch_plan = LaunchPlan(scenes=args.launch_scenes, segments=args.launch_segments, launch_day=launch_day,
                                  segment_launch_day=args.segment_launch_day)
+        media_plan = MediaPlan(enabled=args.media_features, ctr_scale=args.media_scale, cvr_scale=args.media_scale,
+                               coverage=args.media_coverage)
         info = generate(
             args.out,
             days=args.days,
@@ -91,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             schema=schema,
             interest_scale=args.interest_scale,
             launch_plan=launch_plan,
+            media_plan=media_plan,
             progress=not args.no_progress,
         )
     except ValueError as e:
@@ -106,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
     if launched:
         print(f"  launched: scenes {', '.join(launched['scenes']) or 'none'} on day {launched['launch_day']}; "
               f"cities {', '.join(launched['segments']) or 'none'} on day {launched['segment_launch_day']}")
+    media = info["settings"].get("media")
+    if media:
+        print(f"  media party's user table (not an ad-side log): {media['table']}")
     print(f"  recorded bad lines (corruptions.jsonl): {bad}")
     dropped = info["dropped_after_last_day"]
     print(f"  events after the last day, not written: clicks {dropped['clicks']}, conversions {dropped['conversions']}")

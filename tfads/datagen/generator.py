@@ -7,6 +7,7 @@ day whose events are complete (events only move forward in time).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from tfads.datagen import world as W
 from tfads.datagen.launches import NO_LAUNCHES, LaunchPlan
+from tfads.datagen.media import MEDIA_DIR, MEDIA_TABLE, NO_MEDIA, MediaPlan
 from tfads.datagen.corrupt import LogSpec, corrupt_line
 from tfads.datagen.logs import Events, make_events
 from tfads.datagen.writer import json_lines, trace_ids, write_gz
@@ -29,7 +31,7 @@ DAY_S = 86_400
 MAX_DAYS = 3660  # keeps the per-day trace-id namespaces of orphans and feed lines apart
 FEED_SHARE = 0.5  # organic-feed impressions per ad impression
 EVENT_LOGS = ("clicks", "conversions")
-OWNED = ("impressions", "clicks", "conversions", "feed", "truth", "corruptions.jsonl", "datagen.json")
+OWNED = ("impressions", "clicks", "conversions", "feed", "truth", "corruptions.jsonl", "datagen.json", MEDIA_DIR)
 # Trace-id index namespaces: impressions use [0, 2**40); injected orphans and feed lines their own.
 NAMESPACE = {"clicks": 1 << 40, "conversions": 2 << 40, "feed": 3 << 40}
 NAMES = {"media": W.MEDIA, "slot": W.SLOTS, "city": W.CITIES, "category": W.CATEGORIES}
@@ -223,6 +225,7 @@ def generate(
     schema: Schema | None = None,
     interest_scale: float = W.INTEREST_SCALE,
     launch_plan: LaunchPlan = NO_LAUNCHES,
+    media_plan: MediaPlan = NO_MEDIA,
     progress: bool = True,
 ) -> dict:
     """Write synthetic ad logs with ground truth to ``out_dir`` (layout: docs/architecture.md "Data contract").
@@ -240,6 +243,8 @@ def generate(
         :mod:`tfads.datagen.world`); 0 removes it (everything else unchanged).
       launch_plan: scenes and user segments (cities) that launch mid-period (:mod:`tfads.datagen.launches`);
         the default launches nothing.
+      media_plan: the media party's private user preferences (:mod:`tfads.datagen.media`): with
+        ``enabled`` they add to the true logits and their observed tags go to ``media/users/`` only.
       progress: show a tqdm bar over days.
 
     Returns:
@@ -259,8 +264,9 @@ def generate(
     _prepare_out(out)
     age = schema.fields.get("age")
     world = W.World(
-        seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100), interest_scale, launch_plan
+        seed, (int(age.min or 0), int(age.max or 120)) if age else (12, 100), interest_scale, launch_plan, media_plan
     )
+    seen_users: list[np.ndarray] = []
     dates = [(start + dt.timedelta(days=d)).isoformat() for d in range(days)]
     epoch0 = int(dt.datetime(start.year, start.month, start.day, tzinfo=dt.UTC).timestamp())
     run = _Run(out, schema, seed, corrupt_rate, dates, epoch0)
@@ -281,6 +287,8 @@ def generate(
             df = getattr(events, log)
             for d, part in df.groupby((df[tcol] - epoch0) // DAY_S):
                 pending[log][int(d)].append(part)
+        if world.media:
+            seen_users.append(x["user_id"])
         imps = _columns(x, list(schema.fields), key, tid, tcol, ts)
         _check_ranges(imps, schema)
         run.emit("impressions", day, imps.assign(corruptible=~events.referenced))
@@ -299,6 +307,9 @@ def generate(
                 day,
                 _columns(f, list(schema.feed.fields), key, feed_ids, tcol, epoch0 + day * DAY_S + f["second"]),
             )
+    if world.media:  # the media party's own file, never an ad-side log
+        write_gz(out / MEDIA_TABLE, json_lines(world.media.table(np.concatenate(seen_users))))
+        run.files.append(MEDIA_TABLE)
     with open(out / "corruptions.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in run.records)
     result = {
@@ -322,6 +333,7 @@ def generate(
             "conversion_window_s": window.conversion_window_s,
             "interest_scale": interest_scale,
             **({"launches": _launch_record(world, launch_plan)} if world.launches else {}),
+            **({"media": {**dataclasses.asdict(media_plan), "table": MEDIA_TABLE}} if world.media else {}),
         },
         "counts": {log: sum(per_day.values()) for log, per_day in run.lines.items()},
         "counts_by_day": dict(run.lines),

@@ -12,6 +12,7 @@ Both probabilities are logistic in a logit built from
     scenarios have the data to learn theirs, tail scenarios have to borrow from their cluster),
   * a bias per scenario (so per-scenario calibration matters),
   * drift: the category embeddings of the cross rotate slowly with time and scenario traffic shifts,
+  * optionally, the media party's private user preferences (:mod:`tfads.datagen.media`),
   * user interests: ``interest_scale * <u_user(t), c_ad>`` with a persistent, slowly drifting latent
     interest vector per user, ``u(t) = a_u cos(w_u t) + b_u sin(w_u t)`` (rank ``INTEREST_RANK``,
     ``w_u`` in rad/day drawn per user from ``INTEREST_DRIFT``), and an interest embedding per ad: its
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfads.datagen.launches import NO_LAUNCHES, LaunchPlan, Launches
+from tfads.datagen.media import NO_MEDIA, MediaPlan, MediaWorld
 
 N_MEDIA, N_SLOTS = 20, 15
 N_SCENARIOS = N_MEDIA * N_SLOTS
@@ -160,6 +162,7 @@ class World:
         age_range: tuple[int, int] = (12, 100),
         interest_scale: float = INTEREST_SCALE,
         launch_plan: LaunchPlan = NO_LAUNCHES,
+        media_plan: MediaPlan = NO_MEDIA,
     ) -> None:
         rng = np.random.default_rng([seed, 1])
         # Users: Zipf activity, fixed attributes.
@@ -230,6 +233,9 @@ class World:
             )
             for effects in (self.ctr, self.cvr):
                 self.launches.shift_scenes(effects.scenario_w, effects.scenario_bias, 1.0)
+        self.media: MediaWorld | None = None
+        if media_plan.enabled:  # own stream too: the media party's users and their effect on the logits
+            self.media = MediaWorld(media_plan, np.random.default_rng([seed, 5]), N_USERS, N_CATEGORIES)
         self._calibrate(np.random.default_rng([seed, 2]))
 
     def _draw_interests(self, rng: np.random.Generator, scale: float) -> None:
@@ -310,6 +316,9 @@ class World:
             z_ctr, z_cvr = z_ctr + z_interest, z_cvr + CVR_INTEREST * z_interest
         if self.launches:
             z_ctr = z_ctr + self.launches.segment_logit(x["city"], x["category"])
+        if self.media:
+            media_ctr, media_cvr = self.media.logits(x["user_id"], x["category"])
+            z_ctr, z_cvr = z_ctr + media_ctr, z_cvr + media_cvr
         return sigmoid(z_ctr), sigmoid(z_cvr)
 
     def sample_feed(self, rng: np.random.Generator, n: int, day: int, weekday: int) -> dict[str, np.ndarray]:

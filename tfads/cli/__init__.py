@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "simulate-ab": "replay held-out traffic through the A/B arms",
     "tune": "keras-tuner sweep over a YAML search space",
     "online": "incremental online learning over new shards",
+    "media-party": "federated media embeddings: the media party (its users' embeddings over gRPC, split learning)",
+    "ad-party": "federated media embeddings: the ad party (PSI, split-learning training, test metrics)",
     "demo": "run the whole pipeline end to end on embedded defaults",
 }
 

@@ -1,0 +1,156 @@
+"""Split learning across two processes on 127.0.0.1: equal to one-process training, and resumable aligned
+after either party dies."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfads.core.experiment import load_experiment
+from tfads.core.manifest import load_manifest
+from tfads.datagen import generate
+from tfads.datagen.media import MEDIA_TABLE, MediaPlan
+from tfads.federated.ad_party import AdPartyTrainer
+from tfads.federated.central import CentralTrainer
+from tfads.federated.channel import PeerLost
+from tfads.federated.config import PrivacyConfig, SplitConfig
+from tfads.federated.data import MediaTable, load_split
+from tfads.federated.media_party import MediaService
+from tfads.federated.models import build_bottom
+from tfads.federated.tls import self_signed
+from tfads.jobs.dataset import build_dataset
+from tfads.jobs.federated import run_ad_party, top_model_config
+
+# no noise, no binding clip: the split run must equal one-process training
+EXACT = SplitConfig(batch_size=128, epochs=1, checkpoint_every=5, seed=3,
+                    privacy=PrivacyConfig(embedding_clip=1e6, embedding_noise=0.0, gradient_clip=1e9,
+                                          gradient_noise=0.0))
+ATOL = 1e-5  # float32 weights after ~25 Adam steps; measured difference 0.0 in one process
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    """4 days x 2000 impressions with the media party's table, built by the Beam job; the model config."""
+    root = tmp_path_factory.mktemp("fed")
+    generate(str(root / "logs"), days=4, impressions_per_day=2000, seed=11, progress=False,
+             media_plan=MediaPlan(enabled=True))
+    manifest = build_dataset(str(root / "logs"), str(root / "data"))
+    base = load_experiment().model
+    model = top_model_config(dataclasses.replace(base, embedding_dim=8, deep_units=[16], tower_units=[8]))
+    return {"manifest": manifest, "table": str(root / "logs" / MEDIA_TABLE), "model": model, "root": root}
+
+
+@pytest.fixture(scope="module")
+def reference(fed):
+    """The same models trained in one process on the same batches."""
+    trainer = CentralTrainer(load_manifest(fed["manifest"]), fed["model"], EXACT, MediaTable.load(fed["table"]))
+    trainer.train()
+    return trainer
+
+
+@contextlib.contextmanager
+def media_party(fed, state: str, *extra: str):
+    """``tfads media-party`` as a subprocess; yields (process, target) once it prints where it listens."""
+    cmd = [sys.executable, "-m", "tfads.cli", "media-party", "--media", fed["table"], "--state", state,
+           "--seed", str(EXACT.seed), "--embedding-clip", "1e6", "--embedding-noise", "0", "--idle-timeout", "120",
+           *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # blocks until the party listens (or exits: EOF)
+        assert line.startswith("listening on "), f"media party did not start: {line!r}, exit {proc.poll()}"
+        yield proc, line.split()[-1]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def _bottom_at(fed, state: str, step: int) -> list[np.ndarray]:
+    """The media party's bottom weights in its checkpoint of ``step`` (read into a fresh model)."""
+    table = MediaTable.load(fed["table"])
+    model = build_bottom(table.features.shape[1], EXACT.bottom_units, EXACT.media_dim, EXACT.privacy.embedding_clip)
+    tf.train.Checkpoint(model=model).restore(os.path.join(state, "media", f"ckpt-{step}")).expect_partial()
+    return model.get_weights()
+
+
+def _assert_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    assert len(got) == len(want)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, want, strict=True)) < ATOL
+
+
+def test_split_over_grpc_with_tls_equals_one_process_training(fed, reference, tmp_path):
+    cert, key = self_signed(str(tmp_path / "tls"))
+    state = str(tmp_path / "media")
+    with media_party(fed, state, "--tls-cert", cert, "--tls-key", key) as (proc, target):
+        result = run_ad_party(fed["manifest"], target, str(tmp_path / "ad"), fed["model"], EXACT, ca_path=cert)
+        assert proc.wait(timeout=30) == 0  # told to stop
+    final = result["final_step"]
+    assert final == result["steps"] == reference.order.steps_per_epoch
+    want = reference.evaluate(load_split(load_manifest(fed["manifest"]), "test"))
+    assert result["metrics"] == pytest.approx(want, abs=1e-5)
+    assert result["bytes_by_method"]["Forward"] > 0 and result["training_bytes_per_epoch"] > 0
+    _assert_close(_bottom_at(fed, state, final), reference.bottom.get_weights())
+
+
+def test_a_dead_party_stops_the_other_and_both_resume_aligned(fed, reference, tmp_path):
+    manifest = load_manifest(fed["manifest"])
+    media_state, ad_state = str(tmp_path / "media"), str(tmp_path / "ad")
+
+    class AdCrash(RuntimeError):
+        pass
+
+    def crash_at(step):
+        def hook(s):
+            if s == step:
+                raise AdCrash(s)
+        return hook
+
+    with media_party(fed, media_state) as (proc, target):
+        # the ad party dies at step 7 (checkpoint 5); the media party, at step 7, keeps serving
+        first = AdPartyTrainer(manifest, fed["model"], EXACT, ad_state, _peer(target))
+        first.align()
+        with pytest.raises(AdCrash):
+            first.train(on_step=crash_at(7))
+        # a new ad party: both restore step 5; then the media party is killed at step 12 (checkpoint 10)
+        second = AdPartyTrainer(manifest, fed["model"], EXACT, ad_state, _peer(target))
+        second.align()
+        assert second.step == 5
+        with pytest.raises(PeerLost, match="Forward failed"):
+            second.train(on_step=lambda s: s == 12 and proc.kill())
+    with media_party(fed, media_state) as (proc, target):
+        third = AdPartyTrainer(manifest, fed["model"], EXACT, ad_state, _peer(target))
+        third.align()
+        assert third.step == 10
+        third.train()
+        third.stop_peer()
+        assert proc.wait(timeout=30) == 0
+    final = reference.order.steps_per_epoch
+    assert third.step == final
+    _assert_close(third.top.get_weights(), reference.top.get_weights())
+    _assert_close(_bottom_at(fed, media_state, final), reference.bottom.get_weights())
+
+
+def test_media_service_refuses_misaligned_steps(fed, tmp_path):
+    service = MediaService(MediaTable.load(fed["table"]), EXACT, str(tmp_path))
+    with pytest.raises(ValueError, match="no intersection yet"):
+        service.embed({"index": np.array([0])})
+    service.rows = service.table.features[:4]
+    with pytest.raises(ValueError, match="next step is 1"):
+        service.forward({"step": np.int64(2), "index": np.array([0])})
+    service.forward({"step": np.int64(1), "index": np.array([0, 3])})
+    with pytest.raises(ValueError, match="pending forward is step 1"):
+        service.backward({"step": np.int64(2), "index": np.array([0]), "gradient": np.zeros((1, 8), np.float32)})
+    with pytest.raises(ValueError, match="out of the intersection"):
+        service.embed({"index": np.array([4])})
+
+
+def _peer(target: str):
+    from tfads.federated.channel import Peer
+
+    return Peer(target, deadline_s=20.0)

@@ -21,7 +21,7 @@ from tfads.federated.ad_party import AdPartyTrainer
 from tfads.federated.central import CentralTrainer
 from tfads.federated.channel import PeerLost
 from tfads.federated.config import PrivacyConfig, SplitConfig
-from tfads.federated.data import MediaTable, load_split
+from tfads.federated.data import MediaTable, Split, load_split
 from tfads.federated.media_party import MediaService
 from tfads.federated.models import build_bottom
 from tfads.federated.tls import self_signed
@@ -154,3 +154,53 @@ def _peer(target: str):
     from tfads.federated.channel import Peer
 
     return Peer(target, deadline_s=20.0)
+
+
+def test_served_two_party_prediction_equals_in_process(fed, reference, tmp_path):
+    from serving.bidding import BiddingParams
+    from serving.experiment import Arm, Experiment
+    from serving.federated import MediaBidClient, export_ad_model, export_media_model
+    from serving.local_server import embedded_server
+    from tests.conftest import free_port
+    from tfads.federated.training import predict
+
+    manifest = load_manifest(fed["manifest"])
+    table = MediaTable.load(fed["table"])
+    export_media_model(reference.bottom, table.keys, table.features, str(tmp_path / "media"), version=1)
+    export_ad_model(reference.top, manifest, str(tmp_path / "ctr"), media_dim=EXACT.media_dim, version=1)
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list {\n" + "".join(
+        f'  config {{ name: "{name}" base_path: "{tmp_path / name}" model_platform: "tensorflow" }}\n'
+        for name in ("media", "ctr")) + "}\n")
+    test = load_split(manifest, "test")
+    users = test.features["user_id"]
+    known = next(i for i, u in enumerate(users) if str(u) in reference.index)
+    unknown = next(i for i, u in enumerate(users) if str(u) not in reference.index)
+    scalars = list(manifest.input_dtypes)
+
+    def request(row: int) -> tuple[dict, Split]:
+        rows = test.rows(np.array([row, 1, 2]))
+        rows.features["user_id"] = np.full(3, users[row])  # three candidate ads for this row's user
+        py = lambda v: v.item() if isinstance(v, np.generic) else v  # noqa: E731
+        candidates = [{n: (py(rows.features[n][i]).decode() if isinstance(rows.features[n][i], bytes)
+                           else py(rows.features[n][i])) for n in scalars} for i in range(3)]
+        return {"request_id": str(row), "user_id": int(users[row]), "features": {}, "candidates": candidates}, rows
+
+    experiment = Experiment("fed", "salt", [Arm("fed", 1.0, model_name="ctr", bidding=BiddingParams(outputs="raw"))])
+    with embedded_server([f"--model_config_file={config}"], ["media", "ctr"]) as target:
+        for media_target, row, served_match in ((target, known, 1.0), (target, unknown, 0.0),
+                                                (f"127.0.0.1:{free_port()}", known, 0.0)):
+            with MediaBidClient.from_manifest(target, manifest.data, experiment, media_target=media_target,
+                                              media_dim=EXACT.media_dim, media_deadline_ms=2000,
+                                              deadline_ms=5000) as client:
+                client.check_inputs()
+                body, rows = request(row)
+                response = client.bid(body)
+                assert response.source == "model"
+                assert client.media_fallbacks == (1 if media_target != target else 0)
+            embedding = np.zeros((3, EXACT.media_dim), np.float32)
+            if served_match:
+                embedding[:] = reference.bottom(table.rows_of([str(users[row])]), training=False).numpy()
+            want = predict(reference.top, rows, embedding, np.full(3, served_match))
+            np.testing.assert_allclose(response.p_ctr, want["ctr"], atol=1e-5)
+            np.testing.assert_allclose(response.p_cvr, want["cvr"], atol=1e-5)

@@ -117,22 +117,24 @@ def test_a_dead_party_stops_the_other_and_both_resume_aligned(fed, reference, tm
         first.align()
         with pytest.raises(AdCrash):
             first.train(on_step=crash_at(7))
-        # a new ad party: both restore step 5; then the media party is killed at step 12 (checkpoint 10)
+        # a new ad party: both restore step 5 (the media party was at 7); the media party is killed at step 12
         second = AdPartyTrainer(manifest, fed["model"], EXACT, ad_state, _peer(target))
         second.align()
         assert second.step == 5
         with pytest.raises(PeerLost, match="Forward failed"):
             second.train(on_step=lambda s: s == 12 and proc.kill())
+    assert second.step == 12
     with media_party(fed, media_state) as (proc, target):
-        third = AdPartyTrainer(manifest, fed["model"], EXACT, ad_state, _peer(target))
-        third.align()
-        assert third.step == 10
-        third.train()
-        third.stop_peer()
+        # the media party restarts from step 10; the ad party, ahead at 12, rolls back to it
+        second.peer = _peer(target)
+        second.align()
+        assert second.step == 10
+        second.train()
+        second.stop_peer()
         assert proc.wait(timeout=30) == 0
     final = reference.order.steps_per_epoch
-    assert third.step == final
-    _assert_close(third.top.get_weights(), reference.top.get_weights())
+    assert second.step == final
+    _assert_close(second.top.get_weights(), reference.top.get_weights())
     _assert_close(_bottom_at(fed, media_state, final), reference.bottom.get_weights())
 
 
@@ -204,3 +206,12 @@ def test_served_two_party_prediction_equals_in_process(fed, reference, tmp_path)
             want = predict(reference.top, rows, embedding, np.full(3, served_match))
             np.testing.assert_allclose(response.p_ctr, want["ctr"], atol=1e-5)
             np.testing.assert_allclose(response.p_cvr, want["cvr"], atol=1e-5)
+
+
+def test_media_party_stops_cleanly_when_nobody_calls(fed, tmp_path):
+    from tfads.jobs.federated import TARGET_FILE, run_media_party
+
+    targets = []
+    assert run_media_party(fed["table"], str(tmp_path), EXACT, idle_timeout_s=0.2, ready=targets.append) == 3
+    assert (tmp_path / TARGET_FILE).read_text().strip() == targets[0]
+    assert sorted(p.name for p in (tmp_path / "media").iterdir() if p.name.startswith("ckpt-0"))  # step 0 kept

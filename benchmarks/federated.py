@@ -100,9 +100,9 @@ def summarise(runs: list[dict], noise_levels: list[float], default: float) -> tu
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--days", type=int, default=7)
-    p.add_argument("--impressions", type=int, default=15000)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--days", type=int, default=9)
+    p.add_argument("--impressions", type=int, default=50000)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.5, 1.0, 2.0])
     add_results_argument(p)

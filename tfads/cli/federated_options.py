@@ -25,7 +25,10 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the ad party's fusion head, comma-separated widths (default 32)")
     parser.add_argument("--batch-size", type=positive_int, default=_DEFAULT.batch_size)
     parser.add_argument("--epochs", type=positive_int, default=_DEFAULT.epochs)
-    parser.add_argument("--learning-rate", type=number_in(1e-6, 1.0), default=_DEFAULT.learning_rate)
+    parser.add_argument("--learning-rate", type=number_in(1e-6, 1.0), default=_DEFAULT.learning_rate,
+                        help=f"the tfads model's (LazyAdam; default {_DEFAULT.learning_rate})")
+    parser.add_argument("--media-learning-rate", type=number_in(1e-6, 1.0), default=_DEFAULT.media_learning_rate,
+                        help=f"Adam's on the bottom model and the fusion head (default {_DEFAULT.media_learning_rate})")
     parser.add_argument("--seed", type=int, default=_DEFAULT.seed, help="the same on both sides")
     parser.add_argument("--checkpoint-every", type=positive_int, default=_DEFAULT.checkpoint_every,
                         help="steps between the parties' checkpoints (the ad party decides)")
@@ -43,7 +46,8 @@ def split_config(args: argparse.Namespace) -> SplitConfig:
     """The run's settings from the flags of :func:`add_split_arguments`."""
     return SplitConfig(
         media_dim=args.media_dim, bottom_units=args.bottom_units, fusion_units=args.fusion_units,
-        batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed,
+        batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate,
+        media_learning_rate=args.media_learning_rate, seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         privacy=PrivacyConfig(embedding_clip=args.embedding_clip, embedding_noise=args.embedding_noise,
                               gradient_clip=args.gradient_clip, gradient_noise=args.gradient_noise),

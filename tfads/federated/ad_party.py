@@ -28,7 +28,9 @@ from tfads.federated.data import BatchOrder, Split, load_split, media_index
 from tfads.federated.privacy import add_noise, clip_rows
 from tfads.federated.psi import AdParty as PsiAd
 from tfads.federated.psi import Intersection
-from tfads.federated.training import build_seeded_top, esmm_loss, full_embedding, metrics, predict, top_inputs
+from tfads.optimizers import make_optimizer
+from tfads.federated.training import (TOP_OPTIMIZER, build_seeded_top, esmm_loss, full_embedding, metrics, predict,
+                                      split_variables, top_inputs)
 
 log = logging.getLogger(__name__)
 EMBED_CHUNK = 16384  # rows per evaluation Embed call
@@ -75,10 +77,14 @@ class AdPartyTrainer:
         self.train_split = load_split(manifest, "train")
         self.order = BatchOrder(len(self.train_split), cfg.batch_size, cfg.seed)
         self.top = build_seeded_top(manifest, model_cfg, cfg)
-        self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
-        self.optimizer.build(self.top.trainable_variables)
+        self.variables = split_variables(self.top)
+        self.optimizer = make_optimizer(TOP_OPTIMIZER, cfg.learning_rate)
+        self.optimizer.build(self.variables[0])
+        self.fusion_optimizer = keras.optimizers.Adam(cfg.media_learning_rate)
+        self.fusion_optimizer.build(self.variables[1])
         self.checkpoints = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.top, optimizer=self.optimizer), os.path.join(state_dir, "ad"),
+            tf.train.Checkpoint(model=self.top, optimizer=self.optimizer, fusion_optimizer=self.fusion_optimizer),
+            os.path.join(state_dir, "ad"),
             max_to_keep=3, checkpoint_name="ckpt")
         if not self.checkpoints.checkpoints:
             self.checkpoints.save(checkpoint_number=0)
@@ -153,9 +159,10 @@ class AdPartyTrainer:
             tape.watch(embedding)
             outputs = self.top(top_inputs(features, embedding, matched), training=True)
             loss = esmm_loss(outputs, labels, weights, self.model_cfg) + tf.add_n([0.0, *self.top.losses])
-        variables = self.top.trainable_variables
-        grads = tape.gradient(loss, [*variables, embedding])
-        self.optimizer.apply_gradients(zip(grads[:-1], variables, strict=True))
+        base, fusion = self.variables
+        grads = tape.gradient(loss, [*base, *fusion, embedding])
+        self.optimizer.apply_gradients(zip(grads[: len(base)], base, strict=True))
+        self.fusion_optimizer.apply_gradients(zip(grads[len(base) : -1], fusion, strict=True))
         return grads[-1]
 
     def checkpoint(self) -> None:

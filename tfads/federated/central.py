@@ -3,8 +3,8 @@
 (``use_media=False``: every row takes the default embedding).
 
 The bottom and top models are built exactly as each party builds its own (same seeds), trained by one
-gradient tape over both with one Adam per model (Adam is per parameter, so this equals the two parties'
-optimizers).
+gradient tape over both with each model's own optimizer (Adam, LazyAdam: per parameter, so this equals the
+two parties' optimizers).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from tfads.core.manifest import Manifest
 from tfads.federated.config import SplitConfig
 from tfads.federated.data import BatchOrder, MediaTable, Split, load_split, media_index
 from tfads.federated.models import build_bottom
-from tfads.federated.training import build_seeded_top, esmm_loss, metrics, predict, top_inputs
+from tfads.optimizers import make_optimizer
+from tfads.federated.training import (TOP_OPTIMIZER, build_seeded_top, esmm_loss, metrics, predict, split_variables,
+                                      top_inputs)
 
 
 class CentralTrainer:
@@ -35,8 +37,10 @@ class CentralTrainer:
         self.bottom = build_bottom(table.features.shape[1], cfg.bottom_units, cfg.media_dim,
                                    cfg.privacy.embedding_clip)
         self.top = build_seeded_top(manifest, model_cfg, cfg)
-        self.bottom_opt = keras.optimizers.Adam(cfg.learning_rate)
-        self.top_opt = keras.optimizers.Adam(cfg.learning_rate)
+        self.bottom_opt = keras.optimizers.Adam(cfg.media_learning_rate)
+        self.top_opt = make_optimizer(TOP_OPTIMIZER, cfg.learning_rate)
+        self.fusion_opt = keras.optimizers.Adam(cfg.media_learning_rate)
+        self.top_vars = split_variables(self.top)
         self.position = self._position(self.train_split)
 
     def _position(self, split: Split) -> np.ndarray:
@@ -61,10 +65,12 @@ class CentralTrainer:
             embedding = tf.gather(padded, slot)
             outputs = self.top(top_inputs(features, embedding, matched), training=True)
             loss = esmm_loss(outputs, labels, weights, self.model_cfg) + tf.add_n([0.0, *self.top.losses])
-        bottom_vars, top_vars = self.bottom.trainable_variables, self.top.trainable_variables
-        grads = tape.gradient(loss, [*bottom_vars, *top_vars])
-        self.bottom_opt.apply_gradients(zip(grads[: len(bottom_vars)], bottom_vars, strict=True))
-        self.top_opt.apply_gradients(zip(grads[len(bottom_vars) :], top_vars, strict=True))
+        bottom, (base, fusion) = self.bottom.trainable_variables, self.top_vars
+        grads = tape.gradient(loss, [*bottom, *base, *fusion])
+        n, m = len(bottom), len(bottom) + len(base)
+        self.bottom_opt.apply_gradients(zip(grads[:n], bottom, strict=True))
+        self.top_opt.apply_gradients(zip(grads[n:m], base, strict=True))
+        self.fusion_opt.apply_gradients(zip(grads[m:], fusion, strict=True))
 
     def evaluate(self, split: Split) -> dict[str, float]:
         position = self._position(split)

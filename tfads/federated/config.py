@@ -45,7 +45,9 @@ class SplitConfig:
       fusion_units: hidden layers of the ad party's fusion head (media embedding x the tfads model's x0).
       batch_size: examples per step (the ad party's rows; its matched rows go to the media party).
       epochs: passes over the ad party's train split.
-      learning_rate: Adam's, on both sides.
+      learning_rate: the tfads model's (LazyAdam, as tfads training).
+      media_learning_rate: Adam's on the bottom model (media party) and the fusion head (ad party): the
+        media interaction is a bilinear form learned from a small start, slowly at the base rate.
       seed: model initialisation (each party's) and the batch order.
       checkpoint_every: both parties checkpoint every this many steps (and at the end).
       privacy: clipping and noise.
@@ -57,6 +59,7 @@ class SplitConfig:
     batch_size: int = 512
     epochs: int = 2
     learning_rate: float = 0.002
+    media_learning_rate: float = 0.01
     seed: int = 0
     checkpoint_every: int = 50
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -65,5 +68,6 @@ class SplitConfig:
         for name in ("media_dim", "batch_size", "epochs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"federated: {name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"federated: learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("learning_rate", "media_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"federated: {name} must be > 0, got {getattr(self, name)}")

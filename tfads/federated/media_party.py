@@ -50,7 +50,7 @@ class MediaService:
         keras.utils.set_random_seed(cfg.seed)
         self.bottom = build_bottom(table.features.shape[1], cfg.bottom_units, cfg.media_dim,
                                    cfg.privacy.embedding_clip)
-        self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
+        self.optimizer = keras.optimizers.Adam(cfg.media_learning_rate)
         self.optimizer.build(self.bottom.trainable_variables)
         self.checkpoints = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=self.bottom, optimizer=self.optimizer), os.path.join(state_dir, "media"),

@@ -4,10 +4,12 @@
   bound (:class:`ClipRows`, inside the graph so the gradient flows through the clip);
 * top (ad party): the tfads model built from the manifest and config (unchanged), plus two inputs,
   ``media_embedding`` (batch, media_dim) and ``media_matched`` (batch,) in {0, 1}. Rows without a media match
-  use a learned default embedding (:class:`MediaDefault`). A fusion head reads the media embedding, a
-  projection of the tfads model's ``x0`` (its stacked feature embeddings) and their elementwise product,
-  and adds one logit per task to the tfads model's own logits; the heads are then the usual
-  ``ctr``, ``cvr``, ``ctcvr = ctr * cvr``.
+  use a learned default embedding (:class:`MediaDefault`). A fusion head adds one logit per task to the
+  tfads model's own logits from an MLP over [media embedding, ``x0``] (``x0``: the tfads model's stacked
+  feature embeddings) and a DCN-style cross ``x0 * W m`` (each feature embedding coordinate times a linear
+  map of the media embedding); the heads are then the usual ``ctr``, ``cvr``, ``ctcvr = ctr * cvr``.
+  The fusion layers (``fusion_*``, ``media_default``) train with the media learning rate
+  (:func:`fusion_variables`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ def _logit_layer(model: keras.Model, task: str) -> tf.Tensor:
     return model.get_layer(f"{task}_logit_total" if f"{task}_logit_total" in names else f"{task}_logit").output
 
 
+def fusion_variables(top: keras.Model) -> list[tf.Variable]:
+    """The top model's fusion head and default embedding (the rest is the tfads model)."""
+    layers = [layer for layer in top.layers if layer.name == "media_default" or layer.name.startswith("fusion_")]
+    return [v for layer in layers for v in layer.trainable_variables]
+
+
 def build_top(manifest: Manifest, cfg: ModelConfig, media_dim: int, fusion_units: list[int]) -> keras.Model:
     """The ad party's model: the tfads model's inputs plus ``media_embedding`` and ``media_matched``; the
     outputs of the tfads model (``ctr`` and, with a conversion label, ``cvr`` and ``ctcvr``)."""
@@ -90,10 +98,11 @@ def build_top(manifest: Manifest, cfg: ModelConfig, media_dim: int, fusion_units
     matched = keras.Input((), name=MEDIA_MATCHED)
     x0, *logits = inner(inputs)
     media = MediaDefault(media_dim, name="media_default")([embedding, matched])
-    projected = keras.layers.Dense(media_dim, name="fusion_x0")(x0)
-    h = keras.layers.Concatenate(name="fusion_in")([media, projected, keras.layers.Multiply()([media, projected])])
+    cross = keras.layers.Multiply(name="fusion_cross")([x0, keras.layers.Dense(x0.shape[-1], name="fusion_x0")(media)])
+    h = keras.layers.Concatenate(name="fusion_in")([media, x0])
     for i, width in enumerate(fusion_units):
         h = keras.layers.Dense(width, activation="relu", name=f"fusion_{i}")(h)
+    h = keras.layers.Concatenate(name="fusion_out")([h, cross])
     delta = keras.layers.Dense(len(tasks), kernel_initializer="zeros", name="fusion_logits")(h)
     outputs = {}
     for i, task in enumerate(tasks):

@@ -12,16 +12,24 @@ from tfads.core.manifest import Manifest
 from tfads.core.names import CTCVR, CTR, CVR
 from tfads.federated.config import SplitConfig
 from tfads.federated.data import Split
-from tfads.federated.models import MEDIA_EMBEDDING, MEDIA_MATCHED, build_top
+from tfads.federated.models import MEDIA_EMBEDDING, MEDIA_MATCHED, build_top, fusion_variables
 from tfads.models.esmm import loss_weights
 
 TOP_SEED_OFFSET = 1  # the top model is built after set_random_seed(seed + 1), the bottom after seed
+TOP_OPTIMIZER = "lazy_adam"  # as tfads training: plain Adam's momentum moves every embedding row each step
 
 
 def build_seeded_top(manifest: Manifest, model_cfg: ModelConfig, cfg: SplitConfig) -> keras.Model:
     """The ad party's top model, built from the run's seed (the same weights in every process)."""
     keras.utils.set_random_seed(cfg.seed + TOP_SEED_OFFSET)
     return build_top(manifest, model_cfg, cfg.media_dim, cfg.fusion_units)
+
+
+def split_variables(top: keras.Model) -> tuple[list[tf.Variable], list[tf.Variable]]:
+    """(the tfads model's trainable variables, the fusion head's): they train with different optimizers."""
+    fusion = fusion_variables(top)
+    ids = {id(v) for v in fusion}
+    return [v for v in top.trainable_variables if id(v) not in ids], fusion
 
 
 def esmm_loss(outputs: dict[str, tf.Tensor], labels: dict, weights: dict, model_cfg: ModelConfig) -> tf.Tensor:

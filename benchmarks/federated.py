@@ -26,7 +26,8 @@ from tfads.core.experiment import load_experiment
 from tfads.core.manifest import load_manifest
 from tfads.datagen import generate
 from tfads.datagen.media import MEDIA_TABLE, MediaPlan
-from tfads.federated.ad_party import AdPartyTrainer, LocalPeer
+from tfads.federated.ad_party import AdPartyTrainer
+from tfads.federated.channel import LocalPeer
 from tfads.federated.central import CentralTrainer
 from tfads.federated.config import NO_NOISE, PrivacyConfig, SplitConfig
 from tfads.federated.data import MediaTable, load_split

@@ -114,6 +114,23 @@ def next_version(model_base_path: str) -> int:
     return max(versions, default=0) + 1
 
 
+def version_paths(model_base_path: str, version: int | None) -> tuple[int, str, str]:
+    """``(version, final path, empty hidden temporary path)`` of a new version (default: the next one); the
+    version is written to the temporary path and renamed to the final one.
+
+    Raises:
+      FileExistsError: if that version already exists.
+    """
+    version = version or next_version(model_base_path)
+    final = os.path.join(model_base_path, str(version))
+    if tf.io.gfile.exists(final):
+        raise FileExistsError(f"{final} already exists; pick another --version")
+    tmp = os.path.join(model_base_path, f".tmp-{version}-{os.getpid()}")
+    if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    return version, final, tmp
+
+
 def export_model(
     model: keras.Model,
     manifest: Manifest,
@@ -129,13 +146,7 @@ def export_model(
     Raises:
       FileExistsError: if that version already exists.
     """
-    version = version or next_version(model_base_path)
-    final = os.path.join(model_base_path, str(version))
-    if tf.io.gfile.exists(final):
-        raise FileExistsError(f"{final} already exists; pick another --version")
-    tmp = os.path.join(model_base_path, f".tmp-{version}-{os.getpid()}")
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
+    version, final, tmp = version_paths(model_base_path, version)
     module = ServingModule(model, manifest)
     signatures = {
         "serving_default": module.serving_default,

@@ -14,7 +14,6 @@ Both are written as ``<base>/<version>/`` through a hidden temporary directory a
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_p
 
 from serving.client import BidClient, BidRequestError, _user_id
 from serving.experiment import Arm
-from serving.export import next_version
+from serving.export import version_paths
 from tfads.core.manifest import Manifest
 from tfads.core.names import RAW_SUFFIX
 from tfads.data import DTYPES
@@ -39,13 +38,7 @@ MEDIA_USER = "user_id"
 
 
 def _save_version(module: tf.Module, signatures: dict, base_path: str, version: int | None) -> str:
-    version = version or next_version(base_path)
-    final = os.path.join(base_path, str(version))
-    if tf.io.gfile.exists(final):
-        raise FileExistsError(f"{final} already exists; pick another version")
-    tmp = os.path.join(base_path, f".tmp-{version}-{os.getpid()}")
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
+    _, final, tmp = version_paths(base_path, version)
     tf.saved_model.save(module, tmp, signatures=signatures)
     tf.io.gfile.rename(tmp, final)
     return final

@@ -24,6 +24,7 @@ from tfads.federated.config import PrivacyConfig, SplitConfig
 from tfads.federated.data import MediaTable, Split, load_split
 from tfads.federated.media_party import MediaService
 from tfads.federated.models import build_bottom
+from tfads.federated.training import build_seeded_top
 from tfads.federated.tls import self_signed
 from tfads.jobs.dataset import build_dataset
 from tfads.jobs.federated import run_ad_party, top_model_config
@@ -84,21 +85,7 @@ def _assert_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
     assert max(float(np.abs(a - b).max()) for a, b in zip(got, want, strict=True)) < ATOL
 
 
-def test_split_over_grpc_with_tls_equals_one_process_training(fed, reference, tmp_path):
-    cert, key = self_signed(str(tmp_path / "tls"))
-    state = str(tmp_path / "media")
-    with media_party(fed, state, "--tls-cert", cert, "--tls-key", key) as (proc, target):
-        result = run_ad_party(fed["manifest"], target, str(tmp_path / "ad"), fed["model"], EXACT, ca_path=cert)
-        assert proc.wait(timeout=30) == 0  # told to stop
-    final = result["final_step"]
-    assert final == result["steps"] == reference.order.steps_per_epoch
-    want = reference.evaluate(load_split(load_manifest(fed["manifest"]), "test"))
-    assert result["metrics"] == pytest.approx(want, abs=1e-5)
-    assert result["bytes_by_method"]["Forward"] > 0 and result["training_bytes_per_epoch"] > 0
-    _assert_close(_bottom_at(fed, state, final), reference.bottom.get_weights())
-
-
-def test_a_dead_party_stops_the_other_and_both_resume_aligned(fed, reference, tmp_path):
+def test_split_over_grpc_equals_one_process_and_resumes_aligned_after_either_party_dies(fed, reference, tmp_path):
     manifest = load_manifest(fed["manifest"])
     media_state, ad_state = str(tmp_path / "media"), str(tmp_path / "ad")
 
@@ -123,19 +110,21 @@ def test_a_dead_party_stops_the_other_and_both_resume_aligned(fed, reference, tm
         assert second.step == 5
         with pytest.raises(PeerLost, match="Forward failed"):
             second.train(on_step=lambda s: s == 12 and proc.kill())
-    assert second.step == 12
-    with media_party(fed, media_state) as (proc, target):
-        # the media party restarts from step 10; the ad party, ahead at 12, rolls back to it
-        second.peer = _peer(target)
-        second.align()
-        assert second.step == 10
-        second.train()
-        second.stop_peer()
-        assert proc.wait(timeout=30) == 0
+    # both restart (the media party now over TLS): the job resumes at step 10, the last step both saved
+    cert, key = self_signed(str(tmp_path / "tls"))
+    with media_party(fed, media_state, "--tls-cert", cert, "--tls-key", key) as (proc, target):
+        result = run_ad_party(fed["manifest"], target, ad_state, fed["model"], EXACT, ca_path=cert)
+        assert proc.wait(timeout=30) == 0  # told to stop
     final = reference.order.steps_per_epoch
-    assert second.step == final
-    _assert_close(second.top.get_weights(), reference.top.get_weights())
+    assert (result["start_step"], result["final_step"]) == (10, final)
+    # ... and the result is that of one-process training on the same batches
+    want = reference.evaluate(load_split(manifest, "test"))
+    assert result["metrics"] == pytest.approx(want, abs=1e-5)
+    assert result["bytes_by_method"]["Forward"] > 0 and result["training_bytes_per_epoch"] > 0
     _assert_close(_bottom_at(fed, media_state, final), reference.bottom.get_weights())
+    top = build_seeded_top(manifest, fed["model"], EXACT)
+    tf.train.Checkpoint(model=top).restore(os.path.join(ad_state, "ad", f"ckpt-{final}")).expect_partial()
+    _assert_close(top.get_weights(), reference.top.get_weights())
 
 
 def test_media_service_refuses_misaligned_steps(fed, tmp_path):

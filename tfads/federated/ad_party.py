@@ -3,8 +3,8 @@ matched rows, receive their embeddings, train the top model, send back the (clip
 w.r.t. the embeddings; checkpoints on both sides every ``checkpoint_every`` steps; resume at the latest
 step both parties saved.
 
-The peer is anything with ``call(method, message) -> message`` (:class:`tfads.federated.channel.Peer` over
-gRPC, or :class:`LocalPeer` in one process for tests and sweeps); each call past its deadline raises
+The peer is anything with ``call(method, message) -> message`` and byte counters (``channel.Peer`` over gRPC,
+or ``channel.LocalPeer`` in one process for tests and sweeps); each call past its deadline raises
 :class:`~tfads.federated.channel.PeerLost` and training stops there, both checkpoints intact.
 """
 
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +21,6 @@ import tf_keras as keras
 
 from tfads.core.experiment import ModelConfig
 from tfads.core.manifest import Manifest
-from tfads.federated.channel import Handler, Message, pack, unpack
 from tfads.federated.config import SplitConfig
 from tfads.federated.data import BatchOrder, Split, load_split, media_index
 from tfads.federated.privacy import add_noise, clip_rows
@@ -34,26 +32,6 @@ from tfads.federated.training import (TOP_OPTIMIZER, build_seeded_top, esmm_loss
 
 log = logging.getLogger(__name__)
 EMBED_CHUNK = 16384  # rows per evaluation Embed call
-
-
-class LocalPeer:
-    """The media party's handlers in this process, through the same message encoding as the channel."""
-
-    def __init__(self, handlers: Mapping[str, Handler]) -> None:
-        self.handlers = dict(handlers)
-        self.sent: Counter[str] = Counter()
-        self.received: Counter[str] = Counter()
-
-    def call(self, method: str, message: Mapping[str, object], **_: object) -> Message:
-        request = pack(message)
-        response = pack(self.handlers[method](unpack(request)))
-        self.sent[method] += len(request)
-        self.received[method] += len(response)
-        return unpack(response)
-
-    @property
-    def bytes_exchanged(self) -> int:
-        return sum(self.sent.values()) + sum(self.received.values())
 
 
 @dataclass

@@ -74,7 +74,37 @@ def serve(handlers: Mapping[str, Handler], address: str, *,
     return server, port
 
 
-class Peer:
+class CountingPeer:
+    """Serialized bytes per method and direction of a peer's calls."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+
+    def count(self, method: str, request: bytes, response: bytes) -> Message:
+        self.sent[method] += len(request)
+        self.received[method] += len(response)
+        return unpack(response)
+
+    @property
+    def bytes_exchanged(self) -> int:
+        """Bytes of serialized messages both ways (gRPC framing and TLS records not included)."""
+        return sum(self.sent.values()) + sum(self.received.values())
+
+
+class LocalPeer(CountingPeer):
+    """The media party's handlers in this process, through the same message encoding (and bytes) as gRPC."""
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        super().__init__()
+        self.handlers = dict(handlers)
+
+    def call(self, method: str, message: Mapping[str, object], **_: object) -> Message:
+        request = pack(message)
+        return self.count(method, request, pack(self.handlers[method](unpack(request))))
+
+
+class Peer(CountingPeer):
     """The ad party's end: one call per method with a deadline, bytes counted per direction.
 
     Args:
@@ -85,11 +115,10 @@ class Peer:
 
     def __init__(self, target: str, *, deadline_s: float = 30.0,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
+        super().__init__()
         self.target, self.deadline_s = target, deadline_s
         self.channel = (grpc.secure_channel(target, credentials, options=OPTIONS) if credentials
                         else grpc.insecure_channel(target, options=OPTIONS))
-        self.sent: Counter[str] = Counter()
-        self.received: Counter[str] = Counter()
 
     def call(self, method: str, message: Mapping[str, object], *, wait_for_ready: bool = False,
              timeout_s: float | None = None) -> Message:
@@ -100,14 +129,7 @@ class Peer:
             response = stub(request, timeout=timeout_s or self.deadline_s, wait_for_ready=wait_for_ready)
         except grpc.RpcError as e:
             raise PeerLost(f"media party at {self.target}: {method} failed: {e.code().name}: {e.details()}") from e
-        self.sent[method] += len(request)
-        self.received[method] += len(response)
-        return unpack(response)
-
-    @property
-    def bytes_exchanged(self) -> int:
-        """Bytes of serialized messages both ways (gRPC framing and TLS records not included)."""
-        return sum(self.sent.values()) + sum(self.received.values())
+        return self.count(method, request, response)
 
     def close(self) -> None:
         self.channel.close()

@@ -204,3 +204,12 @@ def test_media_party_stops_cleanly_when_nobody_calls(fed, tmp_path):
     assert run_media_party(fed["table"], str(tmp_path), EXACT, idle_timeout_s=0.2, ready=targets.append) == 3
     assert (tmp_path / TARGET_FILE).read_text().strip() == targets[0]
     assert sorted(p.name for p in (tmp_path / "media").iterdir() if p.name.startswith("ckpt-0"))  # step 0 kept
+
+
+def test_ad_party_command_stops_with_exit_3_when_the_media_party_is_unreachable(fed, tmp_path, capsys):
+    from tests.conftest import free_port
+    from tfads.cli import main
+
+    code = main(["ad-party", "--data", fed["manifest"], "--media-target", f"127.0.0.1:{free_port()}",
+                 "--state", str(tmp_path), "--deadline", "1", "--batch-size", "128"])
+    assert code == 3 and "PsiReply failed" in capsys.readouterr().err

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
             target = f.read().strip()
     os.makedirs(args.state, exist_ok=True)
     try:
-        result = run_ad_party(args.data, target, args.state, load_experiment(args.config).model, split_config(args),
+        experiment = load_experiment(args.config) if args.config else load_experiment()
+        result = run_ad_party(args.data, target, args.state, experiment.model, split_config(args),
                               deadline_s=args.deadline, ca_path=args.tls_ca, stop_media=not args.keep_media)
     except PeerLost as e:
         print(f"tfads ad-party: stopped: {e}", file=sys.stderr)

@@ -112,15 +112,20 @@ def test_split_over_grpc_equals_one_process_and_resumes_aligned_after_either_par
             second.train(on_step=lambda s: s == 12 and proc.kill())
     # both restart (the media party now over TLS): the job resumes at step 10, the last step both saved
     cert, key = self_signed(str(tmp_path / "tls"))
-    with media_party(fed, media_state, "--tls-cert", cert, "--tls-key", key) as (proc, target):
-        result = run_ad_party(fed["manifest"], target, ad_state, fed["model"], EXACT, ca_path=cert)
-        assert proc.wait(timeout=30) == 0  # told to stop
+    media_export = tmp_path / "media_model"
+    with media_party(fed, media_state, "--tls-cert", cert, "--tls-key", key, "--export-base", str(media_export)) as (
+            proc, target):
+        result = run_ad_party(fed["manifest"], target, ad_state, fed["model"], EXACT, ca_path=cert,
+                              export_base=str(tmp_path / "ctr"))
+        assert proc.wait(timeout=60) == 0  # told to stop, then exported its embedding model
+    assert (media_export / "1" / "saved_model.pb").is_file()
     final = reference.order.steps_per_epoch
     assert (result["start_step"], result["final_step"]) == (10, final)
     # ... and the result is that of one-process training on the same batches
     want = reference.evaluate(load_split(manifest, "test"))
     assert result["metrics"] == pytest.approx(want, abs=1e-5)
     assert result["bytes_by_method"]["Forward"] > 0 and result["training_bytes_per_epoch"] > 0
+    assert result["export"] == str(tmp_path / "ctr" / "1")
     _assert_close(_bottom_at(fed, media_state, final), reference.bottom.get_weights())
     top = build_seeded_top(manifest, fed["model"], EXACT)
     tf.train.Checkpoint(model=top).restore(os.path.join(ad_state, "ad", f"ckpt-{final}")).expect_partial()

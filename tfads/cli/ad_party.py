@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deadline", type=float, default=30.0,
                         help="seconds per call before the media party counts as lost (default 30)")
     parser.add_argument("--keep-media", action="store_true", help="do not tell the media party to stop at the end")
+    parser.add_argument("--export-base", default=None,
+                        help="export the trained model (raw fields + media_embedding, media_matched) as the next TF "
+                        "Serving version under this model base path")
     add_split_arguments(parser)
     parser.epilog = ("Writes <state>/ad_result.json. Exit 3 when the media party is lost (dead or past --deadline): "
                      "both checkpoints stay; restart both with the same --state dirs to resume aligned.")
@@ -38,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         experiment = load_experiment(args.config) if args.config else load_experiment()
         result = run_ad_party(args.data, target, args.state, experiment.model, split_config(args),
-                              deadline_s=args.deadline, ca_path=args.tls_ca, stop_media=not args.keep_media)
+                              deadline_s=args.deadline, ca_path=args.tls_ca, stop_media=not args.keep_media,
+                              export_base=args.export_base)
     except PeerLost as e:
         print(f"tfads ad-party: stopped: {e}", file=sys.stderr)
         return 3

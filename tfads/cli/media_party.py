@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", default=None, help="PEM private key for TLS")
     parser.add_argument("--idle-timeout", type=float, default=300.0,
                         help="stop (exit 3, checkpoints kept) after this many seconds without a call (default 300)")
+    parser.add_argument("--export-base", default=None,
+                        help="after the ad party says stop, export the embedding model (user_id -> media_embedding) "
+                        "as the next TF Serving version under this model base path")
     add_split_arguments(parser)
     parser.epilog = ("Resumable: restart with the same --state; the ad party's Hello agrees the step both saved last. "
                      "Exit 0 when the ad party says stop.")
@@ -32,4 +35,5 @@ def run(args: argparse.Namespace) -> int:
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     return run_media_party(args.media, args.state, split_config(args), listen=args.listen, tls=tls,
                            idle_timeout_s=args.idle_timeout,
-                           ready=lambda target: print(f"listening on {target}", flush=True))
+                           ready=lambda target: print(f"listening on {target}", flush=True),
+                           export_base=args.export_base)

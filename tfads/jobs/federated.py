@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from serving.federated import export_ad_model, export_media_model
 from tfads.core.experiment import ModelConfig
 from tfads.core.manifest import load_manifest
 from tfads.federated import privacy
@@ -28,10 +29,11 @@ AD_RESULT = "ad_result.json"
 
 def run_media_party(table_path: str, state_dir: str, cfg: SplitConfig, *, listen: str = "127.0.0.1:0",
                     tls: tuple[str, str] | None = None, idle_timeout_s: float = 300.0,
-                    ready: Callable[[str], None] | None = None) -> int:
+                    ready: Callable[[str], None] | None = None, export_base: str | None = None) -> int:
     """Serve until the ad party calls Stop (0) or no call arrives for ``idle_timeout_s`` (3, a clean stop:
     the checkpoints stay for a resume). Writes ``<state_dir>/media_target`` (``host:port``) once listening and
-    calls ``ready(host:port)``."""
+    calls ``ready(host:port)``. With ``export_base``, a clean stop then exports the embedding model (the bottom
+    model and the whole user table) as the next version there (:func:`serving.federated.export_media_model`)."""
     service = MediaService(MediaTable.load(table_path), cfg, state_dir)
     server, port = serve(service.handlers(), listen, credentials=server_credentials(*tls) if tls else None)
     host = listen.rsplit(":", 1)[0]
@@ -50,6 +52,9 @@ def run_media_party(table_path: str, state_dir: str, cfg: SplitConfig, *, listen
             code = 3
             break
     server.stop(grace=2).wait()
+    if export_base and code == 0:
+        path = export_media_model(service.bottom, service.table.keys, service.table.features, export_base)
+        log.info("media embedding model exported to %s", path)
     return code
 
 
@@ -64,9 +69,10 @@ def top_model_config(model_cfg: ModelConfig) -> ModelConfig:
 
 def run_ad_party(manifest_path: str, media_target: str, state_dir: str, model_cfg: ModelConfig, cfg: SplitConfig,
                  *, deadline_s: float = 30.0, ca_path: str | None = None, stop_media: bool = True,
-                 on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+                 on_step: Callable[[int], None] | None = None, export_base: str | None = None) -> dict[str, Any]:
     """Align, train (resuming at the step both parties saved last), evaluate on the test split, write and
-    return ``<state_dir>/ad_result.json``.
+    return ``<state_dir>/ad_result.json``. With ``export_base``, the top model (taking the media embedding) is
+    exported as the next version there (:func:`serving.federated.export_ad_model`; ``export`` in the result).
 
     Raises:
       PeerLost: the media party did not answer within ``deadline_s`` (the checkpoints stay).
@@ -100,6 +106,8 @@ def run_ad_party(manifest_path: str, media_target: str, state_dir: str, model_cf
             "gradient_per_example": privacy.account(p.gradient_noise, cfg.epochs),
         },
     }
+    if export_base:
+        result["export"] = export_ad_model(trainer.top, manifest, export_base, media_dim=cfg.media_dim)
     with open(os.path.join(state_dir, AD_RESULT), "w") as f:
         json.dump(result, f, indent=2, default=float)
     return result

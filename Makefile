@@ -24,9 +24,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check tfads beam_jobs serving tests benchmarks
 	$(BIN)/lint-imports --no-logo
 
+# Test workers (pytest-xdist): each test file runs whole in one worker, so module fixtures are built once;
+# session fixtures are built once per worker. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint
 	# pytest exits 5 when it collects no tests: not a failure of the code.
-	$(BIN)/python -m pytest -q tests; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # The serving and bidding benchmarks measure the demo's exports: run the demo first if they are missing.
 bench: $(STAMP)

@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--days", type=int, default=10, help="days of logs (default 10: 7 train, valid, calib, test)")
     p.add_argument("--impressions-per-day", type=int, default=100_000)
     p.add_argument("--data-seed", type=int, default=0, help="generator seed")
-    p.add_argument("--scenes", type=int, default=2, help="scenes launching on --scene-launch-day (default 2)")
+    p.add_argument("--scenes", type=int, default=3, help="scenes launching on --scene-launch-day (default 3)")
     p.add_argument("--scene-launch-day", type=int, default=5, help="0-based (default 5: 2 training days of them)")
     p.add_argument("--segments", type=int, default=12, help="cities appearing on the test day (default 12)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per model (default 3)")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SEGMENT_RANK = 4  # dimensions of the cities' category tastes
-SCENE_RANKS = (5, 25)  # launched scenes take the traffic level of a scene ranked in this range
+SCENE_RANKS = (3, 8)  # launched scenes take the traffic level of a scene ranked in this range (2-4 % each)
 SEGMENT_RANKS = (10, 80)  # late cities are drawn among the cities of these user-count ranks
 
 

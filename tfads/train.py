@@ -228,7 +228,9 @@ def train(
         ),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq=100, profile_batch=0),
         stopper,
-        *adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps, model=model),  # an epoch's steps
+        # an epoch's steps; a warm start keeps the slope and lambda it loaded (a fresh optimizer would restart the
+        # schedules at step 0: soft masks, nothing pruned, for the whole fine-tune)
+        *([] if init_from else adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps, model=model)),
         *heri_callbacks(config, manifest, model, steps_per_execution),  # AutoHERI search: architecture steps
     ]
     history = model.fit(

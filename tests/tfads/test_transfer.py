@@ -13,6 +13,7 @@ import tf_keras as keras
 
 from tfads.cli import main
 from tfads.finetune import apply_finetune_mode, embedding_layers, head_layers
+from tfads.layers import find_pruners
 from tfads.maml import NEW_SEGMENT, InnerLoop, MamlConfig, Rows, _mean_gradients, as_new_segment
 from tfads.train import load_trained_model, train
 
@@ -37,6 +38,8 @@ def test_a_fine_tune_changes_only_what_its_mode_allows(mode, tmp_path, manifest_
     changed = {name for name, weights in _trainable(base).items()
                if any(not np.array_equal(a, b) for a, b in zip(weights, _trainable(tuned)[name], strict=True))}
     assert changed and changed <= allowed, (mode, sorted(changed - allowed))
+    # the AdaSparse slope stays where training left it (no schedule restarts on a warm start)
+    assert [p.alpha.numpy() for p in find_pruners(tuned)] == [p.alpha.numpy() for p in find_pruners(base)]
     record = json.load(open(os.path.join(out, "history.json")))
     assert record["finetune"] == mode and record["init_from"] == trained_model_dir
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -105,14 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impressions", type=int, default=50000)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.5, 1.0, 2.0])
+    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.5, 2.0])
+    p.add_argument("--cache-dir", default=None,
+                   help="keep each finished seed's runs here as seed<N>.json and reuse them (a crash loses one seed)")
     add_results_argument(p)
     args = p.parse_args(argv)
     default = PrivacyConfig().embedding_noise
     runs = []
     for seed in args.seeds:
+        cached = os.path.join(args.cache_dir, f"seed{seed}.json") if args.cache_dir else None
+        if cached and os.path.isfile(cached):
+            with open(cached) as f:
+                runs.append(json.load(f))
+            continue
         with tempfile.TemporaryDirectory(prefix="tfads-federated-") as work:
             runs.append(run_seed(seed, args, work))
+        if cached:
+            os.makedirs(args.cache_dir, exist_ok=True)
+            with open(cached, "w") as f:
+                json.dump(runs[-1], f, default=float)
     summary, table = summarise(runs, args.noise, default)
     publish("federated", {"summary": summary, "runs": runs, "default_noise": default}, table, args)
     print(table)

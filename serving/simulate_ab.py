@@ -12,9 +12,15 @@ the reserve wins and pays max(second bid, reserve) per impression (CPM billing).
 conversions of a won impression are drawn from the winner's true probabilities. Opportunities,
 competitor bids and random draws are shared by the arms (common random numbers).
 
-Per arm: impressions won, clicks, conversions, CTR, CVR, CPC, CPM, spend (what our advertisers pay),
-advertiser value (CPC: price per click, oCPC: target CPA per conversion, CPM: price per mille),
+Per arm: impressions won, clicks, conversions, CTR, CVR, CPC, CPM, CPA, spend (what our advertisers pay),
+advertiser value (CPC: price per click, oCPC / oCPA: target CPA per conversion, CPM: price per mille),
 ROI = value / spend, revenue (the exchange's income from every sale, competitors' included).
+
+Bid terms: as logged (each candidate's ``bid_type`` and ``price``), or one bid type and / or price for every
+candidate (``ReplaySettings.bid_type`` / ``price``): with ``OCPA`` every bid is ``1000 * pCTR * pCVR *
+target CPA`` from the arm's model, so arms serving different CVR models compare on ROI and revenue. The
+override changes only the bid arithmetic (``serving.bidding``, with the arm's shading and caps) applied to
+the probabilities the server returned; the model still receives the logged fields.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.bidding import ecpm
+from serving.bidding import BID_TYPES, compute_bids, ecpm
 from serving.client import BidClient, with_derived
 from serving.traffic import opportunities
 from tfads.core.manifest import load_manifest
@@ -61,12 +67,13 @@ METRICS: dict[str, Callable[[Sums], np.ndarray]] = {
     "cvr": _ratio("conversions", "clicks"),
     "cpc": _ratio("spend", "clicks"),
     "cpm": _ratio("spend", "won", 1000.0),
+    "cpa": _ratio("spend", "conversions"),
     "spend": lambda s: s["spend"],
     "advertiser_value": lambda s: s["value"],
     "roi": _ratio("value", "spend"),
     "revenue": lambda s: s["revenue"],
 }
-UPLIFT_METRICS = ("ctr", "cvr", "cpc", "cpm", "roi", "revenue")
+UPLIFT_METRICS = ("ctr", "cvr", "cpc", "cpm", "cpa", "roi", "revenue")
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,10 @@ class AuctionParams:
 
 @dataclass(frozen=True)
 class Environment:
-    """Everything the arms share: truth, bid terms, competitor bids, reserve and random draws ([n, K])."""
+    """Everything the arms share: truth, bid terms, competitor bids, reserve and random draws ([n, K]).
+
+    ``rebid``: the bid terms are not the logged ones, so the replay computes each arm's bids from the
+    probabilities its model returned and these terms."""
 
     true_ctr: np.ndarray
     true_cvr: np.ndarray
@@ -96,20 +106,25 @@ class Environment:
     u_click: np.ndarray
     u_conversion: np.ndarray
     scenario: np.ndarray
+    rebid: bool = False
 
 
 def make_environment(
     requests: Sequence[Mapping[str, Any]], truth: pd.DataFrame, params: AuctionParams, rng: np.random.Generator,
     *, key: str, domain: str | None, derived: Mapping[str, tuple[Sequence[str], str]] | None = None,
+    bid_type: str = "", price: float | None = None,
 ) -> Environment:
     """Look up each candidate's truth (the generator's ``trace_id``, the candidates' ``key``) and draw
     competitor bids and click/conversion uniforms; an opportunity's scenario is its first candidate's
     ``domain`` value, joined from its parts when ``domain`` is a derived feature (``derived``: name ->
-    (parts, separator)) the candidates do not carry.
+    (parts, separator)) the candidates do not carry. ``bid_type`` / ``price`` replace every candidate's
+    logged bid terms ("" / None: as logged); competitor bids and the reserve follow the terms used.
 
     Raises:
-      ValueError: a candidate without truth (names its key).
+      ValueError: a candidate without truth (names its key), or an unknown ``bid_type``.
     """
+    if bid_type and bid_type not in BID_TYPES:
+        raise ValueError(f"bid_type must be one of {', '.join(BID_TYPES)} (or empty: as logged). Got {bid_type!r}.")
     by_trace = truth.set_index("trace_id")[["p_ctr", "p_cvr"]]
     traces = [[str(c[key]) for c in r["candidates"]] for r in requests]
     flat = [t for row in traces for t in row]
@@ -118,18 +133,21 @@ def make_environment(
         raise ValueError(f"no truth for trace_id {missing[0]!r} ({len(missing)} candidates lack truth)")
     shape = (len(traces), len(traces[0]))
     true = by_trace.loc[flat].to_numpy(np.float64)
-    bid_type = np.array([[c["bid_type"] for c in r["candidates"]] for r in requests], dtype=object)
-    price = np.array([[float(c["price"]) for c in r["candidates"]] for r in requests])
+    logged_type = np.array([[c["bid_type"] for c in r["candidates"]] for r in requests], dtype=object)
+    logged_price = np.array([[float(c["price"]) for c in r["candidates"]] for r in requests])
+    kinds = np.full(shape, bid_type, dtype=object) if bid_type else logged_type
+    prices = np.full(shape, float(price)) if price is not None else logged_price
     true_ctr, true_cvr = true[:, 0].reshape(shape), true[:, 1].reshape(shape)
-    base = float(np.median(ecpm(true_ctr, true_cvr, bid_type, price)))
+    base = float(np.median(ecpm(true_ctr, true_cvr, kinds, prices)))
     competitors = base * params.competitor_scale * np.exp(
         params.competitor_sigma * rng.standard_normal((shape[0], params.competitors))
     )
     return Environment(
-        true_ctr=true_ctr, true_cvr=true_cvr, bid_type=bid_type, price=price, competitor_bids=competitors,
+        true_ctr=true_ctr, true_cvr=true_cvr, bid_type=kinds, price=prices, competitor_bids=competitors,
         reserve=base * params.reserve_ratio, u_click=rng.random(shape), u_conversion=rng.random(shape),
         scenario=np.array([str(with_derived(r["candidates"][0], derived or {}).get(domain, "all")) for r in requests],
                           dtype=object),
+        rebid=bool(bid_type) or price is not None,
     )
 
 
@@ -166,7 +184,11 @@ def replay(
             response = client.bid(request, arm=arm)
             row = out.setdefault(response.arm, np.zeros((len(requests), len(COLUMNS))))[i]
             versions.setdefault(response.arm, Counter())[response.model_version or response.source] += 1
-            winner, price, revenue = second_price(response.bids, env.competitor_bids[i], env.reserve)
+            bids = response.bids
+            if env.rebid:
+                bids = compute_bids(response.p_ctr, response.p_cvr, env.bid_type[i], env.price[i],
+                                    client.experiment.arm(response.arm).bidding)
+            winner, price, revenue = second_price(bids, env.competitor_bids[i], env.reserve)
             row[col["routed"]] = 1
             row[col["revenue"]] = revenue / 1000.0
             if winner is None:
@@ -312,7 +334,7 @@ def _bar_arms(summary: Mapping[str, Any], metric: str) -> dict[str, tuple[float,
 
 
 def write_report(summary: Mapping[str, Any], settings: Mapping[str, Any], out_dir: str) -> dict[str, str]:
-    """Write ``ab_report.md``, ``ab_summary.json`` and PNGs (CTR, CPC per arm; uplift per metric)."""
+    """Write ``ab_report.md``, ``ab_summary.json`` and PNGs (CTR, CPC, ROI per arm; uplift per metric)."""
     from tfads.plots import bar_with_ci
 
     os.makedirs(out_dir, exist_ok=True)
@@ -321,7 +343,7 @@ def write_report(summary: Mapping[str, Any], settings: Mapping[str, Any], out_di
         f.write(render_markdown(summary, settings))
     with open(paths["json"], "w") as f:
         json.dump({"settings": dict(settings), **summary}, f, indent=2, default=float)
-    for metric in ("ctr", "cpc"):
+    for metric in ("ctr", "cpc", "roi"):
         bars = _bar_arms(summary, metric)
         if bars:
             paths[metric] = str(bar_with_ci(bars, os.path.join(out_dir, f"ab_{metric}.png"), metric.upper(),
@@ -362,6 +384,8 @@ class ReplaySettings:
     min_impressions: int = 20
     bootstrap: int = 200
     seed: int = 0
+    bid_type: str = ""  # one bid type for every candidate (OCPA: bids from each arm's pCTR x pCVR); "": as logged
+    price: float | None = None  # one price (oCPA / oCPC: the target CPA) for every candidate; None: as logged
 
 
 def simulate_ab(
@@ -392,7 +416,7 @@ def simulate_ab(
         )
     derived = {name: (d.concat, d.separator) for name, d in manifest.derived.items()}
     env = make_environment(requests, truth, settings.auction, rng, key=manifest.key, domain=manifest.domain,
-                           derived=derived)
+                           derived=derived, bid_type=settings.bid_type, price=settings.price)
     with connect() as client:
         client.wait_until_available(timeout_s=60)
         outcomes, versions = replay(client, requests, env, paired=settings.assignment == "paired")
@@ -402,7 +426,8 @@ def simulate_ab(
     summary["versions"] = {arm: {str(k): v for k, v in c.items()} for arm, c in versions.items()}
     reported = {
         "experiment": experiment.name, "opportunities": len(requests), "candidates": settings.candidates,
-        "assignment": settings.assignment, "competitors": settings.auction.competitors,
+        "assignment": settings.assignment, "bid_type": settings.bid_type or "as logged",
+        "price": "as logged" if settings.price is None else settings.price, "competitors": settings.auction.competitors,
         "reserve_cpm": round(env.reserve, 4), "seed": settings.seed,
     }
     return summary, reported

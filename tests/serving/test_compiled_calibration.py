@@ -13,6 +13,7 @@ from serving.export import check_export, export_model
 from tfads.calibration.combined import combined_model
 from tfads.calibration import AdaCalib, compute_calibration_stats
 from tfads.core.manifest import load_manifest
+from tfads.data import feature_spec, parse_examples
 from tfads.model_io import load_trained_model
 
 
@@ -66,6 +67,15 @@ def test_calibrated_export_serves_the_tables(trained_model_dir, manifest_path, t
 
     path = export_model(model, manifest, str(tmp_path / "models"))
     assert check_export(model, manifest, path, atol=1e-5) <= 1e-5  # fed raw fields only
+    # the served pCTCVR, what an oCPA bid multiplies, is calibrated pCTR x calibrated pCVR, as in Keras
+    records = tf.data.TFRecordDataset(manifest.split_files("test"), compression_type="GZIP").batch(256)
+    serialized = next(iter(records))
+    served = tf.saved_model.load(path).signatures["predict_examples"](examples=serialized)
+    keras_out = model(parse_examples(serialized, manifest, feature_spec(manifest, with_labels=False)), training=False)
+    ctcvr = served["ctcvr"].numpy()
+    np.testing.assert_allclose(ctcvr, served["ctr"].numpy() * served["cvr"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ctcvr, keras_out["ctcvr"].numpy().reshape(-1), atol=1e-6)
+    assert not np.allclose(ctcvr, served["ctcvr_raw"].numpy())
     inputs = tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]
     assert set(inputs) == set(manifest.input_dtypes) and "scenario" not in inputs  # computed inside (decision 0027)
     ops = {n.op for f in tf.saved_model.load(path).signatures["serving_default"].graph.as_graph_def().library.function

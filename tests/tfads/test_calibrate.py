@@ -29,8 +29,14 @@ def test_combined_model_has_raw_and_calibrated_heads(calibrated, trained_model_d
         # the frozen base model is untouched: raw outputs equal the base model's outputs
         np.testing.assert_allclose(scored[f"{k}_raw"].to_numpy(), base[k].to_numpy(), atol=1e-6)
         assert np.all((scored[k] > 0) & (scored[k] < 1))
+    # the served pCTCVR is what an oCPA bid multiplies: calibrated pCTR x calibrated pCVR (decision 0035)
     np.testing.assert_allclose(scored["ctcvr"], scored["ctr"] * scored["cvr"], rtol=1e-5)
-    # monotone per scenario: the ranking inside each scenario is unchanged
+    assert not np.allclose(scored["cvr"], scored["cvr_raw"])  # pCVR has a layer of its own
+    for head in ("ctr", "cvr"):  # monotone per scenario: sorted by the raw head, the calibrated one never drops
+        ordered = scored.sort_values(["scenario", f"{head}_raw"], kind="stable")
+        steps = ordered.groupby("scenario")[head].diff().dropna()
+        assert steps.min() >= -1e-6, (head, steps.min())
+    # the ranking inside each scenario is unchanged
     y = scored["click"].to_numpy()
     raw = per_field_auc(y, scored["ctr_raw"].to_numpy(), scored["scenario"].to_numpy()).set_index("value")
     cal = per_field_auc(y, scored["ctr"].to_numpy(), scored["scenario"].to_numpy()).set_index("value")
@@ -63,6 +69,22 @@ def test_report_compares_adacalib_with_baselines(calibrated, manifest_path):
     assert rows["AdaCalib"]["LogLoss"] <= 1.02 * rows["uncalibrated"]["LogLoss"]
     assert rows["AdaCalib"]["AUC"] >= rows["uncalibrated"]["AUC"] - 0.07
     assert 0.5 < rows["AdaCalib"]["PCOC"] < 1.5
+
+
+def test_report_covers_every_head_on_its_own_rows(calibrated):
+    assert set(calibrated.results) == {"test"}  # no --holdout: the test day only
+    rows = calibrated.results["test"]
+    assert set(rows) == {"ctr", "cvr", "ctcvr"}
+    test = calibrated.test
+    clicked, impressions = int(test["click"].sum()), len(test)
+    for head, n in (("ctr", impressions), ("cvr", clicked), ("ctcvr", impressions)):
+        assert {"uncalibrated", "per-field isotonic", "AdaCalib"} <= set(rows[head])
+        assert len(calibrated.preds["test"][head]["AdaCalib"]) == n  # pCVR on clicked rows only
+    # a baseline's pCTCVR is its pCTR x its pCVR, as AdaCalib's is
+    preds, clicks = calibrated.preds["test"], test["click"].to_numpy() == 1
+    np.testing.assert_allclose(preds["ctcvr"]["isotonic"][clicks], (preds["ctr"]["isotonic"][clicks]
+                                                                    * preds["cvr"]["isotonic"]), rtol=1e-6)
+    assert "pCTCVR on the test day" in calibrated.table and "pCVR on the test day" in calibrated.table
 
 
 def test_calibrate_without_a_calib_split_says_what_it_needs(logs_dir, trained_model_dir, tmp_path, capsys):

@@ -18,8 +18,9 @@ from tfads.layers.derived import JoinFields, derived_layers
 def calibrated_tasks(heads: tuple[str, ...] | list[str]) -> list[str]:
     """The heads AdaCalib calibrates among a model's ``heads``: ``ctr``, and ``cvr`` for ESMM.
 
-    Each is fitted on the rows of ``names.HEAD_LABELS[task]`` (CVR: clicked impressions); the
-    calibrated pCTCVR is the product of the two.
+    Each is fitted on the rows of ``names.HEAD_LABELS[task]`` (CVR: clicked impressions); the served
+    pCTCVR is the product of the two calibrated heads, the number an oCPA bid multiplies (why not a
+    layer of its own: docs/decisions/0035-calibrated-bids.md).
     """
     return [task for task in (CTR, CVR) if task in heads]
 

@@ -90,12 +90,15 @@ class Shrunk:
       shift: logit shift of each value's function from the global one ``[V]``.
       posterior: bin count -> shrunken bin posterior rates ``[V, K]``.
       value_strength / bin_strength: the estimated prior strengths (``alpha``, and ``beta_K`` per K).
+      credibility: the weight ``E_v / (E_v + alpha)`` the value's posterior gives its own rows (the rest goes
+        to the global function) ``[V]``; 1 for the global entry.
     """
 
     shift: np.ndarray
     posterior: dict[int, np.ndarray]
     value_strength: float
     bin_strength: dict[int, float]
+    credibility: np.ndarray
 
 
 def _platt(x: np.ndarray, n: np.ndarray, hits: np.ndarray, iters: int = 25) -> tuple[float, float]:
@@ -145,4 +148,6 @@ def shrink(glob: ValueStats, values: list[ValueStats], bin_counts: tuple[int, ..
         e = n * prior
         beta[k] = gamma_prior_strength(hits[1:].ravel(), e[1:].ravel())
         posterior[k] = np.clip(prior * (hits + beta[k]) / (e + beta[k]), _EPS, 1 - _EPS)
-    return Shrunk(shift=shift, posterior=posterior, value_strength=alpha, bin_strength=beta)
+    credibility = expected / (expected + alpha)
+    credibility[0] = 1.0
+    return Shrunk(shift=shift, posterior=posterior, value_strength=alpha, bin_strength=beta, credibility=credibility)

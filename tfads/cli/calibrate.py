@@ -21,10 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "without a calib split (splits.calib_days: 0). Early stopping has seen these rows, so a calib split is "
         "better when the data allows",
     )
+    parser.add_argument(
+        "--holdout", type=float, default=None, metavar="FRACTION",
+        help="hold the last ceil(FRACTION x shard files) of each calib day out of fitting (a random slice of its "
+        "rows) and report calibration on them beside the test day: the calib day is where calibration is defined, the "
+        "test day adds the day-to-day drift. The calibrated model is then fitted on the rest only",
+    )
     parser.epilog = (
         "The posterior statistics are computed by the Beam job beam_jobs.calibration_stats (DirectRunner here); "
         "the report compares AdaCalib with Platt, temperature, histogram binning, isotonic, per-field isotonic "
-        "and NeuCalib on the test split."
+        "and NeuCalib for each head (pCTR on impressions, pCVR on clicked rows, pCTCVR = calibrated pCTR x "
+        "calibrated pCVR on impressions) on the test split and, with --holdout, on held-out calib rows."
     )
 
 
@@ -33,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = calibrate_and_report(
         args.model_dir, args.data, args.out, fields=args.fields, logs=args.logs, epochs=args.epochs,
-        calib_from_valid=args.calib_from_valid,
+        calib_from_valid=args.calib_from_valid, holdout=args.holdout,
     )
     print(report.table)
     print(f"combined model: {report.model_path}")

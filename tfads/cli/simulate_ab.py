@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from serving.bidding import BID_TYPES
 from serving.experiment import load_experiment_file
 from serving.simulate_ab import (
     UPLIFT_METRICS,
@@ -14,6 +15,7 @@ from serving.simulate_ab import (
     simulate_ab,
     write_report,
 )
+from tfads.cli.arg_types import number_in
 from tfads.cli.client_options import add_client_arguments, connect
 
 
@@ -26,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=int, default=5, help="candidate ads per opportunity (K)")
     parser.add_argument("--assignment", choices=["paired", "hash"], default="paired",
                         help="paired: every opportunity through every arm; hash: through its user's arm")
+    parser.add_argument("--bid-type", choices=BID_TYPES, default="",
+                        help="bid every candidate with this bid type instead of its logged one: OCPA bids "
+                        "1000 x pCTR x pCVR x target CPA from each arm's model, so arms serving different CVR models "
+                        "compare on ROI and revenue (default: as logged)")
+    parser.add_argument("--price", type=number_in(1e-9, 1e9), default=None,
+                        help="every candidate's price: the target CPA for OCPA / OCPC, the CPC bid, the CPM "
+                        "(default: each candidate's logged price)")
     parser.add_argument("--competitors", type=int, default=3, help="synthetic competitor bids per opportunity")
     parser.add_argument("--competitor-scale", type=float, default=1.0, help="median competitor bid / median eCPM")
     parser.add_argument("--competitor-sigma", type=float, default=0.8, help="log-normal spread of competitor bids")
@@ -46,6 +55,7 @@ def settings_from_args(args: argparse.Namespace) -> ReplaySettings:
         auction=AuctionParams(args.competitors, args.competitor_scale, args.competitor_sigma, args.reserve_ratio),
         control=args.control, treatment=args.treatment, uplift_metric=args.uplift_metric,
         min_impressions=args.min_impressions, bootstrap=args.bootstrap, seed=args.seed,
+        bid_type=args.bid_type, price=args.price,
     )
 
 

@@ -184,13 +184,19 @@ class Manifest:
         return [self.resolve(f) for f in self.data["splits"][split]["files"]]
 
     def with_calib_from(self, split: str, fraction: float) -> Manifest:
-        """This manifest with a calib split held out of ``split``: the last ``ceil(fraction * shards)`` shard files of
-        each of its days (an example's shard is a hash of its key, so that is a random slice of the rows), which
-        ``split`` then no longer lists. Counts of the two splits are unknown afterwards (None)."""
+        """This manifest with a calib split held out of ``split`` (:meth:`with_held_out`)."""
+        return self.with_held_out(split, fraction, "calib", option=f"--calib-from-{split}")
+
+    def with_held_out(self, split: str, fraction: float, into: str, *, option: str = "") -> Manifest:
+        """This manifest with a split ``into`` held out of ``split``: the last ``ceil(fraction * shards)`` shard files
+        of each of its days (an example's shard is a hash of its key, so that is a random slice of the rows), which
+        ``split`` then no longer lists. Counts of the two splits are unknown afterwards (None). ``option`` names
+        the command-line option in errors."""
+        option = option or f"holding {into} out of {split}:"
         if not 0 < fraction < 1:
-            raise ConfigError(f"--calib-from-{split} {fraction}: expected a fraction between 0 and 1")
+            raise ConfigError(f"{option} {fraction}: expected a fraction between 0 and 1")
         if split not in self.data["splits"]:
-            raise ConfigError(f"{self.path}: no split {split!r} to hold a calib slice out of")
+            raise ConfigError(f"{self.path}: no split {split!r} to hold a {into} slice out of")
         by_dir: dict[str, list[str]] = {}
         for f in self.data["splits"][split]["files"]:
             by_dir.setdefault(posixpath.dirname(f), []).append(f)
@@ -198,12 +204,11 @@ class Manifest:
         kept = [f for f in self.data["splits"][split]["files"] if f not in held]
         if not held or not kept:
             raise ConfigError(f"{self.path}: {split} has {len(held) + len(kept)} shard file(s); holding out {fraction} "
-                              f"of each day's shards leaves {len(kept)} for {split} and {len(held)} for calib")
+                              f"of each day's shards leaves {len(kept)} for {split} and {len(held)} for {into}")
         data = copy.deepcopy(self.data)
         unknown = dict.fromkeys(("examples", "feed_examples", "clicks", "conversions", "ctr", "cvr"))
         data["splits"][split] = {**data["splits"][split], **unknown, "files": kept}
-        data["splits"]["calib"] = {**unknown, "days": data["splits"][split]["days"], "files": held,
-                                   "held_out_of": split}
+        data["splits"][into] = {**unknown, "days": data["splits"][split]["days"], "files": held, "held_out_of": split}
         return Manifest(self.path, data)
 
     def day_files(self, day: str) -> list[str]:

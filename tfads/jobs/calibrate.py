@@ -17,6 +17,7 @@ from tfads import metrics, plots
 from tfads.calibration import (
     AdaCalib,
     CalibStats,
+    Calibrator,
     HistogramBinning,
     IsotonicCalibrator,
     NeuCalib,
@@ -28,7 +29,7 @@ from tfads.calibration import (
 from tfads.calibration.combined import calibrated_tasks, combined_model, task_rows
 from tfads.core.configtools import ConfigError
 from tfads.core.manifest import Manifest
-from tfads.core.names import CTR, CVR, HEAD_LABELS
+from tfads.core.names import CTCVR, CTR, CVR, HEAD_LABELS, RAW_SUFFIX
 
 log = logging.getLogger(__name__)
 BASELINES = {
@@ -65,8 +66,17 @@ def beam_calibration_stats(
                                                               strict=True)}
 
 
+HOLDOUT = "calib_holdout"  # the split `--holdout` makes of the calib split's last shard files
+EVALUATIONS = {HOLDOUT: "held-out calib rows", "test": "test day"}
+
+
 def _task_rows(frame: pd.DataFrame, task: str) -> pd.DataFrame:
     return frame[task_rows(frame, task)]
+
+
+def heads_of(frame: pd.DataFrame) -> list[str]:
+    """The heads a scored frame holds: ``ctr``, and ``cvr`` and ``ctcvr`` for ESMM."""
+    return [task for task in (CTR, CVR, CTCVR) if task in frame]
 
 
 def fit_calibration_layers(
@@ -75,7 +85,7 @@ def fit_calibration_layers(
     """One AdaCalib layer per calibrated head (``ctr``; ``cvr`` for ESMM), trained on the base model's
     calib-split predictions (columns: the heads, the labels by role, the fields)."""
     layers = {}
-    for task in calibrated_tasks([c for c in (CTR, CVR) if c in calib]):
+    for task in calibrated_tasks(heads_of(calib)):
         label, _ = HEAD_LABELS[task]
         rows = _task_rows(calib, task)
         layers[task] = fit_adacalib(
@@ -89,28 +99,45 @@ def fit_calibration_layers(
     return layers
 
 
+def fit_baselines(calib: pd.DataFrame, field: str) -> dict[str, dict[str, Calibrator]]:
+    """Every baseline calibrator fitted per calibrated head on the base model's calib predictions:
+    ``{task: {name: calibrator}}``; per-field baselines use ``field``."""
+    fitted = {}
+    for task in calibrated_tasks(heads_of(calib)):
+        label, _ = HEAD_LABELS[task]
+        rows = _task_rows(calib, task)
+        fitted[task] = {name: cls().fit(rows[task].to_numpy(), rows[label].to_numpy(), rows[field].to_numpy())
+                        for name, cls in BASELINES.items()}
+    return fitted
+
+
 def compare(
-    calib: pd.DataFrame,
     test: pd.DataFrame,
+    baselines: dict[str, dict[str, Calibrator]],
     *,
     fields: Sequence[str],
     task: str = CTR,
     report_fields: Sequence[str] = (),
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
-    """Metrics on the test split for: no calibration, each baseline (fitted on calib) and AdaCalib.
+    """Metrics of ``task`` on the evaluation rows ``test``: no calibration, each baseline and AdaCalib.
 
-    ``test`` must come from the combined model (columns ``<task>`` and ``<task>_raw``); ``calib`` from
-    the base model. Per-field baselines use ``fields[0]``; Field-RCE / Field-ECE are reported for
-    ``fields`` and ``report_fields``. Returns (rows for :func:`tfads.metrics.metrics_table`,
-    predictions per method).
+    ``test`` must come from the combined model (columns ``<head>`` and ``<head>_raw``); ``baselines`` from
+    :func:`fit_baselines`. pCTCVR is served as calibrated pCTR x calibrated pCVR
+    (:func:`tfads.calibration.combined.combined_model`), so a baseline's pCTCVR is the product of its own
+    pCTR and pCVR. Per-field baselines use ``fields[0]``; Field-RCE / Field-ECE are reported for ``fields``
+    and ``report_fields``. Returns (rows for :func:`tfads.metrics.metrics_table`, predictions per method on
+    the task's rows).
     """
     label, _ = HEAD_LABELS[task]
-    calib, test = _task_rows(calib, task), _task_rows(test, task)
-    field = fields[0]
-    preds = {"uncalibrated": test[f"{task}_raw"].to_numpy()}
-    for name, cls in BASELINES.items():
-        calibrator = cls().fit(calib[task].to_numpy(), calib[label].to_numpy(), calib[field].to_numpy())
-        preds[name] = calibrator.predict(preds["uncalibrated"], test[field].to_numpy())
+    test = _task_rows(test, task)
+    field = test[fields[0]].to_numpy()
+    preds = {"uncalibrated": test[task + RAW_SUFFIX].to_numpy()}
+    for name in BASELINES:
+        if task == CTCVR:
+            preds[name] = np.prod([baselines[t][name].predict(test[t + RAW_SUFFIX].to_numpy(), field)
+                                   for t in (CTR, CVR)], axis=0)
+        else:
+            preds[name] = baselines[task][name].predict(preds["uncalibrated"], field)
     preds["AdaCalib"] = test[task].to_numpy()
     y = test[label].to_numpy()
     truth = f"true_{task}"
@@ -137,6 +164,7 @@ def reliability_plots(
     field: str,
     task: str = CTR,
     show: Sequence[str] = ("uncalibrated", "AdaCalib"),
+    where: str = "test split",
 ) -> list[str]:
     """Overall reliability diagram and a grid for the 6 largest and 6 long-tail field values."""
     label, _ = HEAD_LABELS[task]
@@ -146,7 +174,7 @@ def reliability_plots(
     overall = plots.reliability_diagram(
         {name: (y, p) for name, p in chosen.items()},
         os.path.join(out_dir, f"reliability_{task}.png"),
-        title=f"p{task.upper()} reliability (test split)",
+        title=f"p{task.upper()} reliability ({where})",
     )
     values = plots.head_and_tail_values(rows[field].to_numpy(), k=6, min_count=100)
     grid = plots.reliability_grid(
@@ -163,16 +191,32 @@ def reliability_plots(
 
 @dataclass
 class CalibrationReport:
-    """What ``calibrate_and_report`` produced."""
+    """What ``calibrate_and_report`` produced.
+
+    ``results[split][task]`` are the metric rows of every method (:func:`compare`) on an evaluation split
+    (``calib_holdout`` with ``holdout``, and ``test``), ``preds[split][task]`` their predictions on the
+    task's rows, ``evaluated[split]`` the combined model's predictions (with truth if given) and ``calib``
+    the base model's predictions on the rows the calibrators were fitted on.
+    """
 
     model: keras.Model
     model_path: str
-    rows: dict[str, dict[str, float]]
+    results: dict[str, dict[str, dict[str, dict[str, float]]]]
     table: str
     files: list[str]
-    calib: pd.DataFrame | None = None  # the base model's calib-split predictions
-    test: pd.DataFrame | None = None  # the combined model's test-split predictions (with truth if given)
-    preds: dict[str, np.ndarray] | None = None  # calibrated pCTR of each method on the test rows
+    calib: pd.DataFrame
+    evaluated: dict[str, pd.DataFrame]
+    preds: dict[str, dict[str, dict[str, np.ndarray]]]
+
+    @property
+    def rows(self) -> dict[str, dict[str, float]]:
+        """pCTR on the test split, every method."""
+        return self.results["test"][CTR]
+
+    @property
+    def test(self) -> pd.DataFrame:
+        """The combined model's test-split predictions."""
+        return self.evaluated["test"]
 
 
 def calibrate_and_report(
@@ -185,13 +229,16 @@ def calibrate_and_report(
     epochs: int = 5,
     beam_args: Sequence[str] = (),
     calib_from_valid: float | None = None,
+    holdout: float | None = None,
 ) -> CalibrationReport:
     """The whole ``tfads calibrate`` job: stats (Beam) -> fit -> combined model -> comparison report.
 
     ``fields``: the fields AdaCalib calibrates per value (default: the manifest's first calibration
     field, a domain-aware one when there is one); the report covers every calibration field.
     ``calib_from_valid``: fit on this fraction of the valid split's shards instead of a calib split
-    (``Manifest.with_calib_from``).
+    (``Manifest.with_calib_from``). ``holdout``: fit on the calib split less this fraction of its shard
+    files and report calibration on those held-out rows (where it is defined) beside the test day (which
+    adds the day-to-day drift).
     """
     import json
 
@@ -210,6 +257,8 @@ def calibrate_and_report(
     if "calib" not in manifest.data["splits"] or not manifest.split_files("calib"):
         raise ConfigError(f"{manifest_path}: no calib split; set splits.calib_days >= 1 in the schema and rebuild, "
                           "or hold a slice of valid out with --calib-from-valid 0.5")
+    if holdout is not None:
+        manifest = manifest.with_held_out("calib", holdout, HOLDOUT, option="--holdout")
     base = load_trained_model(model_dir)
     stats_fields = list(dict.fromkeys([*fields, *manifest.calibration_fields]))
     stats = beam_calibration_stats(base, manifest, os.path.join(out_dir, "work"), beam_args, stats_fields)
@@ -220,20 +269,41 @@ def calibrate_and_report(
     model_path = save_trained_model(
         model, out_dir, manifest.path, config, calibration={t: layer.get_config() for t, layer in layers.items()}
     )
-    test = predict_split(model, manifest, "test")
+    splits = [split for split in EVALUATIONS if split in manifest.data["splits"]]
+    evaluated = {split: predict_split(model, manifest, split) for split in splits}
     if logs:
-        calib, test = attach_truth(calib, logs), attach_truth(test, logs)
+        calib = attach_truth(calib, logs)
+        evaluated = {split: attach_truth(frame, logs) for split, frame in evaluated.items()}
+    baselines = fit_baselines(calib, fields[0])
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    preds: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for split, frame in evaluated.items():
+        for task in heads_of(frame):
+            results.setdefault(split, {})[task], preds.setdefault(split, {})[task] = compare(
+                frame, baselines, fields=fields, task=task, report_fields=manifest.calibration_fields)
     report_dir = os.path.join(out_dir, "report")
     os.makedirs(report_dir, exist_ok=True)
-    rows, preds = compare(calib, test, fields=fields, report_fields=manifest.calibration_fields)
-    best = best_baseline(rows, fields[0])
-    shown = {k: rows[k] for k in ("uncalibrated", best, "AdaCalib")}
-    table = metrics.metrics_table(shown)
     files = [os.path.join(report_dir, "calibration.md"), os.path.join(report_dir, "calibration.json")]
+    sections, short = [], []
+    for split, by_task in results.items():
+        for task, rows in by_task.items():
+            title = f"p{task.upper()} on the {EVALUATIONS[split]} ({_rows_note(task)})"
+            sections += [f"## {title}", "", metrics.metrics_table(rows, markdown=True), ""]
+            shown = {k: rows[k] for k in ("uncalibrated", best_baseline(rows, fields[0]), "AdaCalib")}
+            short += [title + ":", metrics.metrics_table(shown), ""]
     with open(files[0], "w") as f:
-        f.write(metrics.metrics_table(rows, markdown=True) + "\n")
+        f.write("\n".join(sections))
     with open(files[1], "w") as f:
-        json.dump(rows, f, indent=2, default=float)
-    files += [str(p) for p in reliability_plots(test, preds, report_dir, field=fields[0],
-                                                show=("uncalibrated", best, "AdaCalib"))]
-    return CalibrationReport(model, model_path, rows, table, files, calib=calib, test=test, preds=preds)
+        json.dump(results, f, indent=2, default=float)
+    where = next(iter(evaluated))
+    for task in heads_of(evaluated[where]):
+        best = best_baseline(results[where][task], fields[0])
+        files += [str(p) for p in reliability_plots(evaluated[where], preds[where][task], report_dir, field=fields[0],
+                                                    task=task, show=("uncalibrated", best, "AdaCalib"),
+                                                    where=EVALUATIONS[where])]
+    return CalibrationReport(model, model_path, results, "\n".join(short).rstrip(), files, calib, evaluated, preds)
+
+
+def _rows_note(task: str) -> str:
+    label, only = HEAD_LABELS[task]
+    return f"label {label}, rows with {only} = 1" if only else f"label {label}, all impressions"

@@ -25,6 +25,7 @@ BENCHMARKS = [
     "conversion_delay",
     "history_quality",
     "criteo_quality",
+    "ps_training",
 ]
 NEEDS_DEMO = {"serving_latency", "bidding"}
 

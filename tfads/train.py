@@ -1,6 +1,6 @@
 """Training: Keras fit over the manifest's TFRecords with checkpoints, resume, early stopping on the
 validation pCTR AUC (the best validation's weights are kept; ``epochs`` is a cap) and optional
-multi-worker distribution (``TF_CONFIG``)."""
+distribution (``TF_CONFIG``: multi-worker mirrored, or parameter servers with a ``ps`` job, :mod:`tfads.cluster`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfads.autoheri import heri_callbacks
+from tfads.cluster import cluster_size, has_parameter_servers, lost_parameter_server, parameter_server_strategy
+from tfads.cluster import per_worker_inputs, shard_layout
 from tfads.data import make_dataset
 from tfads.finetune import FinetuneMode, apply_finetune_mode
 from tfads.core.experiment import ExperimentConfig, TrainConfig
@@ -44,9 +46,13 @@ class TrainResult:
     kept: int = -1  # index in the history's lists of the validation whose weights were kept
 
 
-def make_strategy() -> tf.distribute.Strategy:
-    """MultiWorkerMirroredStrategy when ``TF_CONFIG`` names a cluster, else the default strategy."""
+def make_strategy(ps_shard_bytes: int = TrainConfig.ps_shard_bytes) -> tf.distribute.Strategy:
+    """ParameterServerStrategy when ``TF_CONFIG``'s cluster has a ``ps`` job (variables split into shards of at
+    least ``ps_shard_bytes``, :func:`tfads.cluster.parameter_server_strategy`), MultiWorkerMirroredStrategy when
+    it names another cluster, else the default strategy."""
     if os.environ.get("TF_CONFIG"):
+        if has_parameter_servers():
+            return parameter_server_strategy(ps_shard_bytes)
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -78,32 +84,65 @@ def train_valid_datasets(
     Training repeats with ``steps_per_epoch`` (default: one pass over the train split) unless a
     scenario filter is set, whose size is unknown in advance: then an epoch is one filtered pass.
     """
-    train_ds = make_dataset(
-        manifest.split_files("train"),
-        manifest,
-        tc.batch_size,
-        shuffle=True,
-        shuffle_buffer=tc.shuffle_buffer,
-        shuffle_block=tc.shuffle_block,
-        seed=tc.seed,
-        repeat=tc.scenarios is None,
-        scenarios=tc.scenarios,
-        use_sample_weight=tc.use_sample_weight,
-        deterministic=tc.deterministic,
-    )
-    valid_ds = make_dataset(
-        manifest.split_files("valid"),
-        manifest,
-        tc.batch_size,
-        scenarios=tc.scenarios,
-        use_sample_weight=tc.use_sample_weight,
-    )
+    train_ds, valid_ds = train_dataset(tc, manifest, tc.seed), valid_dataset(tc, manifest)
     if tc.validation_steps:
         valid_ds = valid_ds.take(tc.validation_steps)
     steps = steps_per_epoch or tc.steps_per_epoch
     if steps is None and tc.scenarios is None:
         steps = max(1, math.ceil(manifest.split_count("train") / tc.batch_size))
     return train_ds, valid_ds, steps
+
+
+def train_dataset(tc: TrainConfig, manifest: Manifest, seed: int | tf.Tensor) -> tf.data.Dataset:
+    """The shuffled training stream (repeated unless a scenario filter is set), shuffled with ``seed``."""
+    return make_dataset(
+        manifest.split_files("train"),
+        manifest,
+        tc.batch_size,
+        shuffle=True,
+        shuffle_buffer=tc.shuffle_buffer,
+        shuffle_block=tc.shuffle_block,
+        seed=seed,
+        repeat=tc.scenarios is None,
+        scenarios=tc.scenarios,
+        use_sample_weight=tc.use_sample_weight,
+        deterministic=tc.deterministic,
+    )
+
+
+def valid_dataset(tc: TrainConfig, manifest: Manifest) -> tf.data.Dataset:
+    """The valid split in file order, once (``train.validation_steps`` not applied)."""
+    return make_dataset(
+        manifest.split_files("valid"), manifest, tc.batch_size, scenarios=tc.scenarios,
+        use_sample_weight=tc.use_sample_weight,
+    )
+
+
+def parameter_server_inputs(
+    tc: TrainConfig, manifest: Manifest, strategy: tf.distribute.Strategy, targets: TargetsFn | None = None
+) -> tuple[Any, Any, int, int]:
+    """Input of a parameter-server run: ``(train, valid, steps per epoch, validation steps)``, the datasets as
+    creators each worker runs (:func:`tfads.cluster.per_worker_inputs`). Both step counts must be known: by
+    default one pass over the split.
+
+    Raises:
+      ValueError: a scenario filter is set (its epoch size is unknown in advance), or ``targets`` (a map whose
+        model lives on the chief, which the workers cannot run).
+    """
+    if tc.scenarios is not None:
+        raise ValueError(
+            "train.scenarios: a scenario filter leaves the epoch size unknown, which parameter-server training "
+            f"needs; train it in one process or with MultiWorkerMirroredStrategy. Received: {tc.scenarios}."
+        )
+    if targets is not None:
+        raise ValueError("targets (e.g. UKD's pseudo labels) run in one process or with MultiWorkerMirroredStrategy, "
+                         "not with parameter servers")
+    train_ds, valid_ds = per_worker_inputs(
+        strategy, lambda pipeline: train_dataset(tc, manifest, tc.seed + pipeline), lambda: valid_dataset(tc, manifest)
+    )
+    steps = tc.steps_per_epoch or max(1, math.ceil(manifest.split_count("train") / tc.batch_size))
+    validation = tc.validation_steps or max(1, math.ceil(manifest.split_count("valid") / tc.batch_size))
+    return train_ds, valid_ds, steps, validation
 
 
 def execution_steps(tc: TrainConfig, manifest: Manifest, steps: int | None) -> tuple[int, int | None]:
@@ -189,15 +228,19 @@ def train(
     keras.utils.set_random_seed(tc.seed)
     if tc.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy()
-    workers = strategy.num_replicas_in_sync
-    train_ds, valid_ds, steps = train_valid_datasets(tc, manifest)
-    if targets is not None:
-        train_ds = train_ds.map(targets, num_parallel_calls=tf.data.AUTOTUNE, deterministic=tc.deterministic)
-        train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
+    strategy = make_strategy(tc.ps_shard_bytes)
+    parameter_servers = isinstance(strategy, tf.distribute.ParameterServerStrategy)
+    workers = cluster_size()["worker"] if parameter_servers else strategy.num_replicas_in_sync
+    if parameter_servers:
+        train_ds, valid_ds, steps, ps_validation_steps = parameter_server_inputs(tc, manifest, strategy, targets)
+    else:
+        train_ds, valid_ds, steps = train_valid_datasets(tc, manifest)
+        if targets is not None:
+            train_ds = train_ds.map(targets, num_parallel_calls=tf.data.AUTOTUNE, deterministic=tc.deterministic)
+            train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     fit_epochs, fit_steps = validation_periods(tc, steps)
     periods_per_epoch = fit_epochs // tc.epochs
-    if workers > 1 or os.environ.get("TF_CONFIG"):
+    if not parameter_servers and (workers > 1 or os.environ.get("TF_CONFIG")):
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train_ds, valid_ds = train_ds.with_options(options), valid_ds.with_options(options)
@@ -210,16 +253,22 @@ def train(
             trainable = apply_finetune_mode(model, finetune)
             log.info("initialised weights from %s; fine-tune %s: %d layers train", checkpoint, finetune, len(trainable))
         steps_per_execution, validation_steps = execution_steps(tc, manifest, fit_steps)
+        if parameter_servers:  # the coordinator needs every step count
+            validation_steps = ps_validation_steps
         compile_model(model, config.model, tc.learning_rate, tc.optimizer, steps_per_execution=steps_per_execution)
+    for line in shard_layout(model.variables) if parameter_servers else []:
+        log.info("sharded over parameter servers: %s", line)
 
     chief = is_chief(strategy)
     out_dir = model_dir if chief else tempfile.mkdtemp(prefix="tfads-worker-")
     tf.io.gfile.makedirs(out_dir)
     # restores the best validation's weights also when the run reaches the epochs cap; once a validation has the
-    # AdaSparse layers inside their sparsity range, only such validations count as the best
+    # AdaSparse layers inside their sparsity range, only such validations count as the best. With parameter servers
+    # the kept weights come from that validation's checkpoint: a copy in memory would put every table on the chief
     stopper = InRangeEarlyStopping(
         config.model.adasparse.r_min, config.model.adasparse.r_max,
-        monitor="val_ctr_auc", mode="max", patience=tc.early_stopping_patience, restore_best_weights=True,
+        monitor="val_ctr_auc", mode="max", patience=tc.early_stopping_patience,
+        restore_best_weights=not parameter_servers,
     )
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
@@ -233,16 +282,24 @@ def train(
         *([] if init_from else adasparse_callbacks(config.model.adasparse, steps_per_epoch=steps, model=model)),
         *heri_callbacks(config, manifest, model, steps_per_execution),  # AutoHERI search: architecture steps
     ]
-    history = model.fit(
-        train_ds,
-        validation_data=valid_ds,
-        epochs=fit_epochs,
-        steps_per_epoch=fit_steps,
-        validation_steps=validation_steps,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    try:
+        history = model.fit(
+            train_ds,
+            validation_data=valid_ds,
+            epochs=fit_epochs,
+            steps_per_epoch=fit_steps,
+            validation_steps=validation_steps,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
+        lost = lost_parameter_server(e) if parameter_servers else None
+        if lost is None:
+            raise
+        raise lost from e
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    if parameter_servers and hist.get("val_ctr_auc"):
+        _restore_period(model, out_dir, stopper.best_epoch)
     model_path = save_trained_model(model, out_dir, manifest.path, config)
     # history.epoch holds period indices (from the resumed one on, after a restart)
     periods = history.epoch or [fit_epochs - 1]
@@ -259,12 +316,22 @@ def train(
                 "best_epoch": best_epoch,
                 "manifest": manifest.path,
                 "workers": workers,
+                "parameter_servers": cluster_size().get("ps", 0) if parameter_servers else 0,
                 "init_from": init_from,
                 "finetune": finetune if init_from else None,
             }
             json.dump(record, f, indent=2)
     return TrainResult(model=model, history=hist, model_path=model_path, epochs_run=epochs_run, best_epoch=best_epoch,
                        kept=kept)
+
+
+def _restore_period(model: keras.Model, out_dir: str, period: int) -> None:
+    """Load the weights ``ModelCheckpoint`` saved at the end of validation period ``period`` (0-based)."""
+    path = os.path.join(out_dir, CHECKPOINT_SUBDIR, f"ckpt-{period + 1:02d}")
+    if not tf.io.gfile.exists(path + ".index"):
+        log.warning("no checkpoint %s of the kept validation: keeping the last weights", path)
+        return
+    model.load_weights(path).expect_partial()
 
 
 def adasparse_callbacks(

@@ -47,11 +47,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "benchmarks/results/train_throughput.md)")
     parser.epilog = (
         "Resumable: a killed run restarted with the same --model-dir continues from the last validation. "
-        "Distributed: set TF_CONFIG on each worker to use MultiWorkerMirroredStrategy."
+        "Distributed: set TF_CONFIG on each task and run the same command: MultiWorkerMirroredStrategy, or with a "
+        "'ps' job ParameterServerStrategy (the chief trains, worker and ps tasks serve it until killed; "
+        "docs/deploy.md)."
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from tfads.cluster import ParameterServerLost, serve, server_role
+
+    try:
+        role = server_role()
+    except ValueError as e:
+        print(f"tfads train: error: {e}", file=sys.stderr)
+        return 2
+    if role is not None:  # a worker or ps task of a parameter-server cluster: serve the chief until killed
+        serve()
+        return 0
     from tfads.core.experiment import DEFAULT_EXPERIMENT, load_experiment
     from tfads.train import summary_line, train
 
@@ -70,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
     if args.finetune != "full" and not args.init_from:
         print("tfads train: error: --finetune needs --init-from (the model to fine-tune)", file=sys.stderr)
         return 2
-    result = train(config, args.data, args.model_dir, init_from=args.init_from, finetune=args.finetune)
+    try:
+        result = train(config, args.data, args.model_dir, init_from=args.init_from, finetune=args.finetune)
+    except ParameterServerLost as e:
+        print(f"tfads train: error: {e}", file=sys.stderr)
+        return 1
     print(f"trained {result.epochs_run:g} epoch(s), kept the weights of epoch {result.best_epoch:g}: "
           f"{summary_line(result.history, result.kept)}")
     print(f"model written to {result.model_path}")

@@ -210,6 +210,9 @@ class TrainConfig:
     steps_per_execution: int = 1
     shuffle_block: int = 1  # shuffle blocks of this many consecutive records (tfads.data.make_dataset)
     deterministic: bool = False  # op determinism and a fixed tf.data order: the same seed gives the same model
+    # with parameter servers (TF_CONFIG with a ps job): a variable splits along its rows into shards of at least
+    # this many bytes, at most one per ps; smaller ones live whole on one ps (tfads.cluster)
+    ps_shard_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         if self.steps_per_execution < 1:
@@ -222,6 +225,8 @@ class TrainConfig:
             raise ValueError(f"validations_per_epoch must be >= 1, got {self.validations_per_epoch}")
         if self.early_stopping_patience < 0:
             raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.ps_shard_bytes < 1:
+            raise ValueError(f"ps_shard_bytes must be >= 1, got {self.ps_shard_bytes}")
 
 
 @dataclass(frozen=True)

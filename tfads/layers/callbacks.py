@@ -26,6 +26,9 @@ class _PrunerSchedule(keras.callbacks.Callback):
 
     def __init__(self) -> None:
         super().__init__()
+        # reads no logs: Keras then passes them unconverted, and allows the schedule under parameter servers
+        # (which refuse batch-level callbacks that need the logs as numbers)
+        self._supports_tf_logs = True
         self._pruners: list[AdaSparsePruner] = []
         self._epoch_step: int | None = None  # optimizer step at the epoch's first batch
         self._epoch_batch = 0  # index of the epoch's first batch (> 0 when resumed mid-epoch)

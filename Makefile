@@ -17,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tfads demo --out $(DEMO_DIR)
+	$(BIN)/tfads demo --out $(DEMO_DIR) $(DEMO_FLAGS)
 
 # ruff, then the one-way layers and no import cycles (import-linter contracts in pyproject.toml).
 lint: $(STAMP)

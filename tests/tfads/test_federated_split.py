@@ -218,3 +218,36 @@ def test_ad_party_command_stops_with_exit_3_when_the_media_party_is_unreachable(
     code = main(["ad-party", "--data", fed["manifest"], "--media-target", f"127.0.0.1:{free_port()}",
                  "--state", str(tmp_path), "--deadline", "1", "--batch-size", "128"])
     assert code == 3 and "PsiReply failed" in capsys.readouterr().err
+
+
+def test_demo_federated_step_trains_exports_and_serves_both_parties(fed, tmp_path, capsys):
+    """``tfads demo --federated``'s step: the media party in its own process exits cleanly after exporting, the
+    ad party's export and its embedding model serve from one config, and bids fall back without the media server."""
+    from serving.server.configs import read_text_proto, validate_model_server_config
+    from tensorflow_serving.config import model_server_config_pb2
+    from tfads.jobs.demo_federated import AD_MODEL, MEDIA_MODEL, serve_and_bid, train_and_export
+
+    cfg = dataclasses.replace(EXACT, checkpoint_every=1000)
+    result, config_file = train_and_export(str(fed["root"] / "logs"), fed["manifest"], fed["model"],
+                                           str(tmp_path / "work"), str(tmp_path / "models"), cfg)
+    assert result["final_step"] == result["steps_per_epoch"] and result["intersection"] > 0
+    for name in (MEDIA_MODEL, AD_MODEL):
+        assert os.listdir(tmp_path / "models" / name) == ["1"]
+    validate_model_server_config(read_text_proto(config_file, model_server_config_pb2.ModelServerConfig), config_file)
+    capsys.readouterr()
+    serve_and_bid(config_file, fed["manifest"], cfg.media_dim, str(tmp_path / "server.log"))
+    out = capsys.readouterr().out
+    assert "media fallbacks: 0 of 3 requests" in out and "media fallbacks: 3 of 3 requests" in out
+    assert out.count("source=model") == 6
+
+
+def test_split_flags_are_what_the_party_commands_parse_back():
+    import argparse
+
+    from tfads.cli.federated_options import add_split_arguments, split_config
+    from tfads.jobs.demo_federated import split_flags
+
+    parser = argparse.ArgumentParser()
+    add_split_arguments(parser)
+    cfg = dataclasses.replace(EXACT, bottom_units=[16, 4], media_dim=5)
+    assert split_config(parser.parse_args(["--state", "s", *split_flags(cfg)])) == cfg

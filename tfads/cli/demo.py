@@ -14,9 +14,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: the experiment config's")
     parser.add_argument("--opportunities", type=int, default=1500, help="auctions replayed in the A/B simulation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--federated", action="store_true",
+                        help="one more step: the logs get a media party's private user table; the media party runs "
+                        "as its own process, the ad party trains against it by split learning (PSI, gRPC), both "
+                        "exports are served and the bidding client fetches the media embedding")
 
 
 def run(args: argparse.Namespace) -> int:
     run_demo(DemoSettings(out=args.out, days=args.days, impressions_per_day=args.impressions_per_day,
-                          epochs=args.epochs, opportunities=args.opportunities, seed=args.seed))
+                          epochs=args.epochs, opportunities=args.opportunities, seed=args.seed,
+                          federated=args.federated))
     return 0

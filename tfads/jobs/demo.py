@@ -2,7 +2,9 @@
 
 synthetic logs -> Beam job (DirectRunner, 2 workers) -> train DCNv2 + AdaSparse + ESMM (and a plain
 DCNv2 control) -> evaluate beside the oracle -> AdaCalib -> export two TF Serving versions ->
-embedded TF-Serving-compatible server -> bids through the gRPC client for both A/B arms -> A/B replay.
+embedded TF-Serving-compatible server -> bids through the gRPC client for both A/B arms -> A/B replay;
+with ``federated``, one more step: the media party's private user table, split learning against it in its own
+process, both parties' exports served and scored (:mod:`tfads.jobs.demo_federated`).
 """
 
 from __future__ import annotations
@@ -15,19 +17,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-STEPS = 8
-
-
 class _Steps:
     """Numbered step headers with timings."""
 
-    def __init__(self) -> None:
-        self.n = 0
+    def __init__(self, total: int) -> None:
+        self.n, self.total = 0, total
         self.start = time.monotonic()
 
     def __call__(self, title: str, work: Callable[[], Any]) -> Any:
         self.n += 1
-        print(f"\n=== {self.n}/{STEPS} {title} ===", flush=True)
+        print(f"\n=== {self.n}/{self.total} {title} ===", flush=True)
         t = time.monotonic()
         result = work()
         print(f"--- step {self.n} done in {time.monotonic() - t:.0f} s (total {time.monotonic() - self.start:.0f} s)")
@@ -44,14 +43,16 @@ class DemoSettings:
     epochs: int | None = None  # None: the experiment config's
     opportunities: int = 1500
     seed: int = 0
+    federated: bool = False  # the optional step: media party + split learning (the logs get its user table)
 
 
 def run_demo(args: DemoSettings) -> None:
     """Every step of the main job, printing what a user needs to see; artefacts under ``args.out``."""
     out = os.path.abspath(args.out)
-    paths = {k: os.path.join(out, k) for k in ("logs", "data", "model", "control", "calibrated", "models", "eval")}
+    paths = {k: os.path.join(out, k)
+             for k in ("logs", "data", "model", "control", "calibrated", "models", "eval", "federated")}
     manifest_path = os.path.join(paths["data"], "manifest.json")
-    step = _Steps()
+    step = _Steps(9 if args.federated else 8)
 
     step(
         f"synthetic ad logs: {args.days} days x {args.impressions_per_day:,} impressions -> {paths['logs']}",
@@ -92,14 +93,21 @@ def run_demo(args: DemoSettings) -> None:
         "embedded TF-Serving-compatible server + gRPC bidding client: bids and the A/B replay",
         lambda: _serve_and_bid(config_file, manifest_path, paths, args),
     )
+    if args.federated:
+        step(
+            "federated media embeddings: PSI, split learning with the media party's process, both exports served",
+            lambda: _federated(config, manifest_path, paths, args),
+        )
     print(f"\nall artefacts under {out}")
 
 
 def _datagen(logs: str, args: DemoSettings) -> None:
     from tfads.datagen import generate
+    from tfads.datagen.media import NO_MEDIA, MediaPlan
 
     info = generate(
-        logs, days=args.days, impressions_per_day=args.impressions_per_day, seed=args.seed, corrupt_rate=0.005
+        logs, days=args.days, impressions_per_day=args.impressions_per_day, seed=args.seed, corrupt_rate=0.005,
+        media_plan=MediaPlan(enabled=True) if args.federated else NO_MEDIA,
     )
     print("lines written: " + ", ".join(f"{k} {v:,}" for k, v in info["counts"].items()))
 
@@ -208,3 +216,13 @@ def _serve_and_bid(config_file: str, manifest_path: str, paths: dict[str, str], 
         files = write_report(summary, settings, os.path.join(args.out, "ab_report"))
         print(render_markdown(summary, settings, max_scenarios=15))
         print("report: " + ", ".join(files.values()))
+
+
+def _federated(config, manifest_path: str, paths: dict[str, str], args: DemoSettings) -> None:
+    from tfads.federated.config import SplitConfig
+    from tfads.jobs.demo_federated import serve_and_bid, train_and_export
+
+    cfg = SplitConfig(seed=args.seed)
+    _, config_file = train_and_export(paths["logs"], manifest_path, config.model, paths["federated"], paths["models"],
+                                      cfg)
+    serve_and_bid(config_file, manifest_path, cfg.media_dim, os.path.join(paths["federated"], "server.log"))

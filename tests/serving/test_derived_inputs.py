@@ -11,76 +11,29 @@ import pytest
 import yaml
 
 import tfads  # noqa: F401  (before TensorFlow)
-import grpc
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
 
 from serving.export import export_model
 from serving.local_server import embedded_server, model_config_text
+from tests.serving.answers import keras_answers, raw_rows, served_answers
 from tests.own_logs import RENAMED, click_only_schema, rewrite_click_only
-from tfads.core.manifest import Manifest, load_manifest
+from tfads.core.manifest import load_manifest
 from tfads.data import feature_spec, with_derived
 
-ROWS = 256
 SURFACE = "surface_day"  # the user's derived feature: site :: placement :: weekday
 SEPARATOR = " :: "
-
-
-def _test_rows(manifest: Manifest) -> tuple[dict[str, np.ndarray], list[bytes]]:
-    """The first ROWS test examples: their raw inputs, and re-serialised tf.Examples holding only those."""
-    records = tf.data.TFRecordDataset(manifest.split_files("test"), compression_type="GZIP").batch(ROWS)
-    parsed = tf.io.parse_example(next(iter(records)), feature_spec(manifest, with_labels=False))
-    raw = {k: v.numpy() for k, v in parsed.items()}
-    assert set(raw) == set(manifest.input_dtypes) and not set(raw) & set(manifest.derived)
-    examples = []
-    for i in range(len(next(iter(raw.values())))):
-        feature = {}
-        for name, values in raw.items():
-            v = values[i]
-            if values.dtype == object:
-                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-            elif values.dtype.kind == "i":
-                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
-            else:
-                feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
-        examples.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    return raw, examples
-
-
-def _served(target: str, model: str, version: int, raw: dict[str, np.ndarray], examples: list[bytes],
-            heads: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Predict (serving_default, raw tensors) and Regress (tf.Examples) answers of one version."""
-    with grpc.insecure_channel(target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name, request.model_spec.version.value = model, version
-        for name, values in raw.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(values))
-        response = stub.Predict(request, timeout=60)
-        predicted = {k: tf.make_ndarray(response.outputs[k]).reshape(-1) for k in heads}
-        regress = regression_pb2.RegressionRequest()
-        regress.model_spec.name, regress.model_spec.version.value = model, version
-        regress.model_spec.signature_name = "regress"
-        regress.input.example_list.examples.extend(tf.train.Example.FromString(e) for e in examples)
-        regressed = stub.Regress(regress, timeout=60)
-    return predicted, np.array([r.value for r in regressed.result.regressions])
-
-
-def _keras(model, raw: dict[str, np.ndarray], heads: tuple[str, ...]) -> dict[str, np.ndarray]:
-    out = model({k: tf.constant(v) for k, v in raw.items()}, training=False)
-    return {k: out[k].numpy().reshape(-1) for k in heads}
 
 
 def test_session_model_served_from_raw_fields_scores_as_keras(ab_server, trained_model_dir, manifest_path):
     from tfads.model_io import load_trained_model
 
     manifest = load_manifest(manifest_path)
-    raw, examples = _test_rows(manifest)
+    raw, examples = raw_rows(manifest)
     assert "scenario" not in raw  # the Beam job wrote it; requests do not carry it
     model = load_trained_model(trained_model_dir, float32_matmuls=True)  # what the export serves
-    want = _keras(model, raw, manifest.heads)
+    want = keras_answers(model, raw, manifest.heads)
     for version in (1, 2):
-        predicted, regressed = _served(ab_server, "ctr", version, raw, examples, manifest.heads)
+        predicted, regressed = served_answers(ab_server, "ctr", version, raw, examples, manifest.heads)
         for head in manifest.heads:
             np.testing.assert_allclose(predicted[head], want[head], atol=1e-5, rtol=0)
         np.testing.assert_allclose(regressed, want["ctr"], atol=1e-5, rtol=0)
@@ -153,14 +106,14 @@ def test_users_derived_feature_is_computed_in_graph_and_served(surface_data, sma
         signature = tf.saved_model.load(str(base / version)).signatures["serving_default"]
         assert set(signature.structured_input_signature[1]) == set(manifest.input_dtypes)
 
-    raw, examples = _test_rows(manifest)
+    raw, examples = raw_rows(manifest)
     heads = ("ctr", "ctr_raw")
     config_file = tmp_path / "models.config"
     config_file.write_text(model_config_text("ctr", str(base), {"plain": 1, "calibrated": 2}))
     with embedded_server([f"--model_config_file={config_file}"], ["ctr"]) as target:
         for version, keras_model in ((1, model), (2, calibrated)):
-            want = _keras(keras_model, raw, ("ctr",))["ctr"]
-            predicted, regressed = _served(target, "ctr", version, raw, examples, heads)
+            want = keras_answers(keras_model, raw, ("ctr",))["ctr"]
+            predicted, regressed = served_answers(target, "ctr", version, raw, examples, heads)
             np.testing.assert_allclose(predicted["ctr"], want, atol=1e-5, rtol=0)
             np.testing.assert_allclose(regressed, want, atol=1e-5, rtol=0)
     assert np.max(np.abs(predicted["ctr"] - predicted["ctr_raw"])) > 1e-4  # version 2 did calibrate

@@ -12,7 +12,10 @@ only on the test day (unseen by every model). One Beam build; every model trains
 - ``V2``: the global model with the scene as a domain feature (the default: DCNv2 + AdaSparse), and
   ``--v2-backbones`` more (e.g. ``star``);
 - ``V3``: V2 fine-tuned on the target scenes (all weights, ``--finetune-lr``, its own early stopping on the
-  scenes' validation rows).
+  scenes' validation rows);
+- ``V1+ft`` (ablation): V1 fine-tuned the same way, which separates fine-tuning from the scene structure.
+
+Segment results are cached in ``<out>/segments.json`` (by their settings and the V2 runs).
 
 **Segments** (the late cities' test-day rows in time order: the first k are the adaptation rows, every row
 after the largest k is evaluated, so all k and methods score the same rows): ``none`` (V2 as is),
@@ -113,17 +116,20 @@ def prepare_data(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
 
 
 def scene_configs(base: ExperimentConfig, args: argparse.Namespace, scenes: list[str], seed: int) -> dict:
-    """name -> (config, fine-tuned from); V3 fine-tunes V2 of the same seed."""
+    """name -> (config, fine-tuned from); V3 fine-tunes V2 of the same seed, V1+ft V1."""
     def with_train(config: ExperimentConfig, **train: Any) -> ExperimentConfig:
         return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed, **train))
 
     v2 = with_train(base)
+    global_model = dataclasses.replace(base, model=dataclasses.replace(
+        base.model, adasparse=dataclasses.replace(base.model.adasparse, enabled=False)))
     configs = {
         "V0": (with_train(base, scenarios=scenes), None),
-        "V1": (with_train(dataclasses.replace(base, model=dataclasses.replace(
-            base.model, adasparse=dataclasses.replace(base.model.adasparse, enabled=False)))), None),
+        "V1": (with_train(global_model), None),
         "V2": (v2, None),
         "V3": (with_train(base, scenarios=scenes, learning_rate=args.finetune_lr), "V2"),
+        # the ablation: V3's fine-tune applied to V1 (does fine-tuning help the global model without scene structure?)
+        "V1+ft": (with_train(global_model, scenarios=scenes, learning_rate=args.finetune_lr), "V1"),
     }
     for backbone in filter(None, args.v2_backbones.split(",")):
         configs[f"V2_{backbone}"] = (with_train(dataclasses.replace(
@@ -172,14 +178,19 @@ def scene_study(args, base, logs, manifest_path, scenes) -> tuple[dict, dict]:
     oracle = truth.loc[target["trace_id"]].to_numpy()
     preds = {n: [f.set_index("trace_id").loc[target["trace_id"], "ctr"].to_numpy() for f in frames]
              for n, frames in runs.items()}
+    scene_of = target["scenario"].to_numpy()
     for name, ps in preds.items():
         rows[name] = {"auc": np.mean([auc(y, p) for p in ps]), "logloss": np.mean([logloss(y, p) for p in ps])}
         for scene in scenes:
-            m = (target["scenario"] == scene).to_numpy()
+            m = scene_of == scene
             rows[name][f"auc {scene}"] = np.mean([auc(y[m], p[m]) for p in ps])
+        rows[name]["per-scene auc"] = np.mean([rows[name][f"auc {scene}"] for scene in scenes])
     rows["oracle"] = {"auc": auc(y, oracle), "logloss": logloss(y, oracle)}
-    for other in [n for n in preds if n != "V3"]:
-        diffs[f"V3 - {other}"] = paired_auc_diff(y, preds["V3"], preds[other], args.bootstrap)
+    pairs = [("V3", other) for other in preds if other != "V3"] + [("V1+ft", "V1")]
+    for mine, other in pairs:  # pooled rows (between-scene order counts), then the mean of within-scene AUCs
+        diffs[f"{mine} - {other}"] = paired_auc_diff(y, preds[mine], preds[other], args.bootstrap)
+        diffs[f"{mine} - {other} (per-scene)"] = paired_auc_diff(y, preds[mine], preds[other], args.bootstrap,
+                                                                 groups=scene_of)
     info = {"rows": int(len(y)), "clicks": int(y.sum()),
             "train_rows": _train_rows(manifest_path, scenes)}
     return {"metrics": rows, "paired_auc": diffs}, info
@@ -194,7 +205,29 @@ def _train_rows(manifest_path: str, scenes: list[str]) -> int:
     return int(sum(int(b[manifest.domain].shape[0]) for b in ds))
 
 
+SEGMENT_SETTINGS = ("shot_sizes", "algorithms", "meta_steps", "support", "query", "inner_steps", "inner_lr",
+                    "bootstrap")
+
+
 def segment_study(args, manifest_path: str, segments: list[str], v2_dirs: list[str]) -> dict:
+    """:func:`segment_result`, cached in ``<out>/segments.json`` by its settings and the V2 runs' keys."""
+    v2_keys = [json.load(open(os.path.join(os.path.dirname(d), "result.json")))["key"] for d in v2_dirs]
+    key = _digest({"settings": {k: getattr(args, k) for k in SEGMENT_SETTINGS}, "segments": segments,
+                   "v2": v2_keys})
+    path = os.path.join(args.out, "segments.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached["key"] == key:
+            print("segments: cached", flush=True)
+            return cached["result"]
+    result = segment_result(args, manifest_path, segments, v2_dirs)
+    with open(path, "w") as f:
+        json.dump({"key": key, "result": result}, f, default=float)
+    return result
+
+
+def segment_result(args, manifest_path: str, segments: list[str], v2_dirs: list[str]) -> dict:
     """none / finetune / meta-learners x k on the late segments' test-day rows, per seed, pooled over segments."""
     from tfads.core.manifest import load_manifest
     from tfads.jobs.maml import compiled_model

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -324,8 +325,14 @@ class AdaCalib(keras.layers.Layer):
         z = tf.clip_by_value(self.calibrated_logit(inputs, training=training), -MAX_LOGIT, MAX_LOGIT)
         return tf.reshape(tf.sigmoid(z), tf.shape(inputs[PREDICTION]))
 
+    @cached_property
+    def _stats_document(self) -> dict[str, Any]:
+        """``stats.to_dict()`` once: a SavedModel save asks for the config a dozen times, ~1 s each for large
+        vocabularies (a cached_property, which Keras does not track)."""
+        return self.stats.to_dict()
+
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "stats": self.stats.to_dict(), "fields": self.fields,
+        return {**super().get_config(), "stats": self._stats_document, "fields": self.fields,
                 "input_space": self.input_space, "selection": self.selection,
                 "temperature": self.temperature, "gumbel": self.gumbel,
                 "embedding_dim": self.embedding_dim, "hidden_units": self.hidden_units,

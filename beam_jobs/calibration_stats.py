@@ -4,7 +4,7 @@
         [--fields scenario advertiser_id] [--bin-counts 4 8 16 32] [--min-per-bin 50] [Beam flags]
 
 Writes ``OUT/calibration_stats_ctr.json`` (all calib rows) and ``OUT/calibration_stats_cvr.json``
-(clicked rows, label = conversion); format in docs/methods.md "AdaCalib".
+(clicked rows, label = conversion); format in docs/methods/calibration.md "AdaCalib".
 """
 
 from __future__ import annotations

@@ -48,13 +48,12 @@ import tfads  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from benchmarks.calibration import pcoc_target, top_value_pcoc
 from benchmarks.model_quality import (
     _digest,
+    cached_run,
     cvr_fields,
     cvr_rows,
     kept_columns,
-    load_cached_run,
     paired_auc_diff,
     prepare_data,
-    save_run,
     test_truth,
 )
 from benchmarks.results import add_results_argument, publish
@@ -133,17 +132,17 @@ def _fit(name: str, config: ExperimentConfig, manifest_path: str, run_dir: str) 
 
 def run_variant(name: str, config: ExperimentConfig, manifest_path: str, out: str, seed: int) -> dict[str, Any]:
     """Train (or load from the cache) one variant for one seed; its record with the scored test rows."""
+    run_dir = os.path.join(out, "runs", f"{name}-s{seed}")
+    return cached_run(out, run_dir, {"variant": name, "config": config.to_dict()}, f"{name} seed {seed}",
+                      lambda: _fit_variant(name, config, manifest_path, run_dir, seed))
+
+
+def _fit_variant(name: str, config: ExperimentConfig, manifest_path: str, run_dir: str,
+                 seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
     from tfads.core.manifest import load_manifest
     from tfads.model_io import load_trained_model
     from tfads.predict import predict_split
 
-    run_dir = os.path.join(out, "runs", f"{name}-s{seed}")
-    data = open(os.path.join(out, "data.json")).read()
-    key = _digest({"variant": name, "config": config.to_dict(), "data": data})
-    cached = load_cached_run(run_dir, key, f"{name} seed {seed}")
-    if cached is not None:
-        return cached
-    shutil.rmtree(run_dir, ignore_errors=True)
     print(f"\n=== {name} seed {seed}: training ===", flush=True)
     start = time.monotonic()
     model_dir, facts = _fit(name, config, manifest_path, run_dir)
@@ -155,8 +154,7 @@ def run_variant(name: str, config: ExperimentConfig, manifest_path: str, out: st
     for path in glob.glob(os.path.join(run_dir, "**", "checkpoints", "ckpt-*"), recursive=True):
         os.remove(path)  # the per-validation checkpoints; a model dir loads from checkpoints/final
     print(f"{name} seed {seed}: trained in {seconds:.0f} s", flush=True)
-    record = {"key": key, "variant": name, "seed": seed, "model_dir": model_dir, "train_seconds": seconds, **facts}
-    return save_run(run_dir, record, scored)
+    return {"variant": name, "seed": seed, "model_dir": model_dir, "train_seconds": seconds, **facts}, scored
 
 
 def calibrate_variant(run: dict[str, Any], manifest_path: str, truth_logs: str, holdout: float) -> dict[str, Any]:

@@ -56,7 +56,7 @@ import pandas as pd
 
 import tfads  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from benchmarks.model_quality import (
-    _digest, _test_day_world, generator_digest, load_cached_run, paired_auc_diff, save_run, test_truth,
+    _test_day_world, cached_run, generator_digest, paired_auc_diff, test_truth,
 )
 from benchmarks.results import RESULTS_DIR, add_results_argument, publish
 from tfads.core.experiment import DEFAULT_EXPERIMENT, ExperimentConfig, load_experiment
@@ -259,17 +259,17 @@ def _run_dir(out: str, name: str, seed_index: int) -> str:
 def run_variant(name: str, seed_index: int, config: ExperimentConfig, manifest_path: str, out: str) -> dict[str, Any]:
     """Train, score the test split and (first seed) export; the record plus the scored frame (cached)."""
     run_dir = _run_dir(out, name, seed_index)
-    with open(os.path.join(out, "data.json")) as f:
-        key = _digest({"config": config.to_dict(), "data": f.read()})
-    cached = load_cached_run(run_dir, key, f"{name} seed {seed_index}")
-    if cached is not None:
-        return cached
+    return cached_run(out, run_dir, {"config": config.to_dict()}, f"{name} seed {seed_index}",
+                      lambda: _fit_variant(name, seed_index, config, manifest_path, run_dir))
+
+
+def _fit_variant(name: str, seed_index: int, config: ExperimentConfig, manifest_path: str,
+                 run_dir: str) -> tuple[dict[str, Any], pd.DataFrame]:
     from serving.export import export_model
     from tfads.core.manifest import load_manifest
     from tfads.model_io import load_trained_model
     from tfads.train import summary_line, train
 
-    shutil.rmtree(run_dir, ignore_errors=True)  # never resume a stale BackupAndRestore state
     manifest = load_manifest(manifest_path)
     print(f"\n=== {name} seed {seed_index}: training ===", flush=True)
     t = time.monotonic()
@@ -282,7 +282,6 @@ def run_variant(name: str, seed_index: int, config: ExperimentConfig, manifest_p
         served = load_trained_model(os.path.join(run_dir, "model"), float32_matmuls=True)
         export = export_model(served, manifest, os.path.join(run_dir, "export"), version=1)
     record = {
-        "key": key,
         "config": config.to_dict(),
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -291,7 +290,7 @@ def run_variant(name: str, seed_index: int, config: ExperimentConfig, manifest_p
         "best_val_ctr_auc": max(result.history.get("val_ctr_auc", [float("nan")])),
         "export": export,
     }
-    return save_run(run_dir, record, scored)
+    return record, scored
 
 
 def history_coverage(manifest: Any) -> dict[str, dict[str, float]]:

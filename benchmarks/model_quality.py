@@ -7,7 +7,7 @@ interval of the AUC difference to DCNv2 (over test rows only: retraining the sam
 by up to about 0.003, see benchmarks/results/model_quality.md), and for the AdaSparse models the UPR: the share of
 scenarios whose test AUC beats DCNv2's (all scenarios with both labels, and those with >= 100
 clicks). MMoE and PLE run in their multi-scene use (one output for both towers, gates reading x0 and the
-domain embedding; docs/methods.md "MMoE and PLE"). Then three analyses: UPR per bin of scenario clicks
+domain embedding; docs/methods/models.md "MMoE and PLE"). Then three analyses: UPR per bin of scenario clicks
 beside a null (DCNv2 retrained against itself), the domain headroom (what each model carries of the true
 logit's domain-specific parts and what the rest would add, from the generator's own parameters) and, for
 the pruning AdaSparse models, whether their masks follow the generator's scenario clusters. For the CVR head
@@ -41,6 +41,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,8 +55,8 @@ from benchmarks.results import add_results_argument, publish
 
 BASELINE = "dcnv2"
 AGAINST_COLUMN = "--config's model - this"  # rows '<model>@<yaml>' of --against
-CVR_TITLE = ("pCVR on clicked test rows; pCVR over every test impression against the true pCVR (docs/methods.md "
-             "section 9); pCTCVR over every impression and per field value (impression-weighted mean AUC, Field-RCE)")
+CVR_TITLE = ("pCVR on clicked test rows; pCVR over every test impression against the true pCVR (docs/methods/"
+             "metrics.md); pCTCVR over every impression and per field value (impression-weighted mean AUC, Field-RCE)")
 MIN_CLICKS = 100  # scenarios with at least this many test clicks for the "UPR (>=100 clicks)" column
 VARIANTS: dict[str, dict[str, Any]] = {
     "dnn": {"backbone": "dnn", "adasparse": None},
@@ -201,6 +202,21 @@ def save_run(run_dir: str, record: dict[str, Any], scored: pd.DataFrame) -> dict
     return {**record, "scored": scored}
 
 
+def cached_run(out: str, run_dir: str, parts: dict[str, Any], label: str,
+               fit: Callable[[], tuple[dict[str, Any], pd.DataFrame]]) -> dict[str, Any]:
+    """The run under ``run_dir``, keyed by a digest of ``parts`` and the data (``out/data.json``): read back when
+    the key matches, else ``fit()`` (record, scored frame) in an emptied ``run_dir`` (never resuming a stale
+    BackupAndRestore state) and cached; the record, with its key and the frame."""
+    with open(os.path.join(out, "data.json")) as f:
+        key = _digest({**parts, "data": f.read()})
+    cached = load_cached_run(run_dir, key, label)
+    if cached is not None:
+        return cached
+    shutil.rmtree(run_dir, ignore_errors=True)
+    record, scored = fit()
+    return save_run(run_dir, {"key": key, **record}, scored)
+
+
 def cvr_fields(manifest: Any) -> list[str]:
     """The fields pCTCVR is tabled by: the domain and the calibration fields (scenario, advertiser)."""
     return list(dict.fromkeys([*([manifest.domain] if manifest.domain else []), *manifest.calibration_fields]))
@@ -213,30 +229,18 @@ def kept_columns(scored: pd.DataFrame, manifest: Any) -> pd.DataFrame:
 
 
 def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str, repeat: int = 0) -> dict[str, Any]:
-    """Train, score the test split and return metrics plus the scored frame's key columns (cached; a run cached
-    before the CVR heads were kept is re-scored from its saved model, not retrained)."""
+    """Train, score the test split and return metrics plus the scored frame's key columns (cached)."""
     run_dir = _run_dir(out, name, repeat)
-    key = _digest({"config": config.to_dict(), "data": open(os.path.join(out, "data.json")).read()})
-    cached = load_cached_run(run_dir, key, name)
-    model_dir = os.path.join(run_dir, "model")
-    if cached is not None and "cvr" not in cached["scored"] and os.path.isdir(model_dir):
-        from tfads.core.manifest import load_manifest
-        from tfads.model_io import load_trained_model
-        from tfads.predict import predict_split
+    return cached_run(out, run_dir, {"config": config.to_dict()}, name,
+                      lambda: _fit_model(name, config, manifest_path, run_dir))
 
-        manifest = load_manifest(manifest_path)
-        model = load_trained_model(model_dir)
-        if "cvr" in model.output_names:
-            record = {k: v for k, v in cached.items() if k != "scored"}
-            return save_run(run_dir, record, kept_columns(predict_split(model, manifest, "test"), manifest))
-    if cached is not None:
-        return cached
+
+def _fit_model(name: str, config: ExperimentConfig, manifest_path: str, run_dir: str) -> tuple[dict, pd.DataFrame]:
     from tfads.core.manifest import load_manifest
     from tfads.predict import predict_split
     from tfads.sparsity import scenario_sparsity
     from tfads.train import summary_line, train
 
-    shutil.rmtree(run_dir, ignore_errors=True)  # never resume a stale BackupAndRestore state
     t = time.monotonic()
     print(f"\n=== {name}: training ===", flush=True)
     result = train(config, manifest_path, os.path.join(run_dir, "model"), verbose=2)
@@ -250,7 +254,6 @@ def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str,
         matrix, layers, _ = sparsity
         pruned = {layer: float(share) for layer, share in zip(layers, matrix.mean(axis=1), strict=True)}
     record = {
-        "key": key,
         "config": config.to_dict(),
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -258,7 +261,7 @@ def run_model(name: str, config: ExperimentConfig, manifest_path: str, out: str,
         "best_val_ctr_auc": max(result.history.get("val_ctr_auc", [float("nan")])),
         "pruned_share_per_layer": pruned,
     }
-    return save_run(run_dir, record, scored)
+    return record, scored
 
 
 def test_truth(logs: str, manifest_path: str) -> pd.DataFrame:

@@ -98,9 +98,10 @@ def initial_manifest(manifest: Manifest, initial_days: int) -> Manifest:
 
 def train_static(manifest: Manifest, model_dir: Path, epochs: int) -> str:
     """The default experiment trained on the initial days (reused when already trained)."""
+    from tfads.model_io import RECORD
     from tfads.train import train
 
-    if not (model_dir / "model" / "saved_model.pb").exists():
+    if not (model_dir / RECORD).exists():
         config = load_experiment()
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs, batch_size=512))
         train(config, manifest, str(model_dir), verbose=0)

@@ -46,10 +46,9 @@ import pandas as pd
 
 from benchmarks.model_quality import (
     _digest,
+    cached_run,
     generator_digest,
-    load_cached_run,
     paired_auc_diff,
-    save_run,
     test_truth,
 )
 from benchmarks.results import add_results_argument, publish
@@ -141,24 +140,23 @@ def run_scene_model(name: str, seed: int, config: ExperimentConfig, init_from: s
                     out: str) -> dict[str, Any]:
     """Train (or fine-tune from ``init_from``), score the test split; cached by config and data."""
     run_dir = os.path.join(out, "runs", f"{name}-s{seed}")
-    with open(os.path.join(out, "data.json")) as f:
-        key = _digest({"config": config.to_dict(), "init_from": init_from, "data": f.read()})
-    cached = load_cached_run(run_dir, key, f"{name} seed {seed}")
-    if cached is not None:
-        return cached
+    return cached_run(out, run_dir, {"config": config.to_dict(), "init_from": init_from}, f"{name} seed {seed}",
+                      lambda: _fit_scene_model(name, seed, config, init_from, manifest_path, run_dir))
+
+
+def _fit_scene_model(name: str, seed: int, config: ExperimentConfig, init_from: str | None, manifest_path: str,
+                     run_dir: str) -> tuple[dict[str, Any], pd.DataFrame]:
     from tfads.core.manifest import load_manifest
     from tfads.predict import predict_split
     from tfads.train import summary_line, train
 
-    shutil.rmtree(run_dir, ignore_errors=True)
     print(f"\n=== {name} seed {seed} ===", flush=True)
     t = time.monotonic()
     result = train(config, manifest_path, os.path.join(run_dir, "model"), init_from=init_from, verbose=2)
     print(f"{name} seed {seed}: {summary_line(result.history)} ({time.monotonic() - t:.0f} s)", flush=True)
     scored = predict_split(result.model, load_manifest(manifest_path), "test")[["trace_id", "scenario", "click", "ctr"]]
-    record = {"key": key, "train_seconds": time.monotonic() - t, "epochs_run": result.epochs_run,
-              "model_dir": os.path.join(run_dir, "model")}
-    return save_run(run_dir, record, scored)
+    return {"train_seconds": time.monotonic() - t, "epochs_run": result.epochs_run,
+            "model_dir": os.path.join(run_dir, "model")}, scored
 
 
 def scene_study(args, base, logs, manifest_path, scenes) -> tuple[dict, dict]:

@@ -47,13 +47,20 @@ MODEL_CARD = "model_card.json"
 
 class ServingModule(tf.Module):
     """Wraps a Keras model with TF Serving signatures; the model's own preprocessing layers compute the
-    derived features and do the vocabulary lookups, so serving takes raw values exactly as logged."""
+    derived features and do the vocabulary lookups, so serving takes raw values exactly as logged.
+
+    The SavedModel tracks only what the signatures capture: the served Keras model's variables and lookup
+    tables (with their vocabulary assets) and the compiled calibration tables. Not the Keras model object:
+    TF Serving reads no Keras metadata, and Keras' own serialisation of it (every layer's call traced for
+    both ``training`` values, every nested config written) took most of an export's time.
+    """
 
     def __init__(self, model: keras.Model, manifest: Manifest) -> None:
         super().__init__()
-        self.model = model
-        # a calibrated model serves its AdaCalib layers as precomputed per-value tables (same outputs)
-        self.calibrated = compile_calibration(model)
+        self._hold(model, compile_calibration(model))
+        self.served_state = _variables_and_tables(self.calibrated[0] if self.calibrated else model)
+        if self.calibrated:
+            self.calibration_tables = dict(self.calibrated[1])
         self.manifest = manifest
         self.feature_names = list(manifest.model_inputs)  # raw fields (and histories) only
         self.derived = derived_parts(manifest)  # a calibration field may be derived (scenario)
@@ -69,6 +76,12 @@ class ServingModule(tf.Module):
         self.predict_examples = self._examples_fn.get_concrete_function(examples)
         self.regress = tf.function(self._regress).get_concrete_function(inputs)
         self.classify = tf.function(self._classify).get_concrete_function(inputs)
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _hold(self, model: keras.Model, calibrated: tuple[keras.Model, dict[str, Any]] | None) -> None:
+        """Keep the Keras model (and, for a calibrated model, its base and compiled AdaCalib layers: same
+        outputs from precomputed per-value tables) without making them SavedModel children."""
+        self.model, self.calibrated = model, calibrated
 
     def _outputs(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         features = {k: features[k] for k in self.feature_names}
@@ -104,6 +117,16 @@ class ServingModule(tf.Module):
         scores = tf.stack([1.0 - p, p], axis=1)
         classes = tf.tile(tf.constant([["0", "1"]]), [tf.shape(p)[0], 1])
         return {"scores": scores, "classes": classes}
+
+
+def _variables_and_tables(model: keras.Model) -> list[tf.Variable | tf.saved_model.experimental.TrackableResource]:
+    """Every variable (weights, and metric state a layer updates) and resource (e.g. each StringLookup's
+    vocabulary table) reachable from ``model``."""
+    layers = (model, *model.submodules)  # submodules include a layer's metrics (not checkpointed)
+    variables = [v for layer in layers for v in layer.variables]
+    tables = [o for o in tf.train.TrackableView(model).descendants()
+              if isinstance(o, tf.saved_model.experimental.TrackableResource)]
+    return list({id(o): o for o in [*variables, *tables]}.values())
 
 
 def next_version(model_base_path: str) -> int:

@@ -43,6 +43,7 @@ from serving.client import BidClient, with_derived
 from serving.traffic import opportunities
 from tfads.core.manifest import load_manifest
 from tfads.metrics import bootstrap_ci
+from tfads.truth import TRUTH_KEY, read_truth
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +126,12 @@ def make_environment(
     """
     if bid_type and bid_type not in BID_TYPES:
         raise ValueError(f"bid_type must be one of {', '.join(BID_TYPES)} (or empty: as logged). Got {bid_type!r}.")
-    by_trace = truth.set_index("trace_id")[["p_ctr", "p_cvr"]]
+    by_trace = truth.set_index(TRUTH_KEY)[["p_ctr", "p_cvr"]]
     traces = [[str(c[key]) for c in r["candidates"]] for r in requests]
     flat = [t for row in traces for t in row]
     missing = sorted(set(flat) - set(by_trace.index))
     if missing:
-        raise ValueError(f"no truth for trace_id {missing[0]!r} ({len(missing)} candidates lack truth)")
+        raise ValueError(f"no truth for {key} {missing[0]!r} ({len(missing)} candidates lack truth)")
     shape = (len(traces), len(traces[0]))
     true = by_trace.loc[flat].to_numpy(np.float64)
     logged_type = np.array([[c["bid_type"] for c in r["candidates"]] for r in requests], dtype=object)
@@ -363,10 +364,8 @@ def write_report(summary: Mapping[str, Any], settings: Mapping[str, Any], out_di
 def read_truth_file(path: str) -> pd.DataFrame:
     """A truth JSONL (optionally .gz) or a `tfads datagen` logs directory as (trace_id, p_ctr, p_cvr)."""
     if os.path.isdir(path):
-        from tfads.truth import read_truth
-
         return read_truth(path)
-    return pd.read_json(path, lines=True, dtype={"trace_id": str})
+    return pd.read_json(path, lines=True, dtype={TRUTH_KEY: str})
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """AutoHERI's one-shot search inside ``tfads.train.train``: architecture steps on the gates between weight steps,
-and the pruning of the searched gates to a fixed edge set (docs/methods.md "AutoHERI")."""
+and the pruning of the searched gates to a fixed edge set (docs/methods/conversion.md "AutoHERI")."""
 
 from __future__ import annotations
 

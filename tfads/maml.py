@@ -1,6 +1,6 @@
 """MAML for cold-start units: tasks are user segments (the values of a field), the inner loop adapts the
 embedding tables and the task towers by SGD on a few rows, the outer loop learns an initialisation that
-adapts well (first-order MAML or Reptile; Finn et al. 2017, Nichol et al. 2018; docs/methods.md "MAML").
+adapts well (first-order MAML or Reptile; Finn et al. 2017, Nichol et al. 2018; docs/methods/data.md "MAML").
 
 The meta-initialisation is a normal model; :func:`adapt` runs the same inner loop on a new segment's rows.
 """
@@ -43,7 +43,7 @@ class MamlConfig:
         from their own trained rows. Only for a segment field that is a model input.
     """
 
-    segment_field: str = "city"
+    segment_field: str
     algorithm: Literal["fomaml", "reptile"] = "fomaml"
     meta_steps: int = 300
     tasks_per_step: int = 8

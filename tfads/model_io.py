@@ -1,17 +1,17 @@
 """Save and load trained models as (record, experiment config, weights) so a loaded model is rebuilt
 from its manifest exactly as it was trained.
 
-Rebuilding (rather than reviving the Keras SavedModel) matters for export: a revived Keras model keeps
+Rebuilding (rather than reviving a Keras SavedModel) matters for export: a revived Keras model keeps
 its lookup tables but not their vocabulary files, so a SavedModel written from it would carry no
 assets and point at the old model directory. A rebuilt model reads the manifest's vocabulary files,
-which TensorFlow then copies into every export's ``assets/``.
+which TensorFlow then copies into every export's ``assets/``. So a model dir holds no Keras SavedModel
+(decision 0010): `tfads export` writes the SavedModel that serves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from typing import Any
 
@@ -24,8 +24,6 @@ from tfads.calibration.combined import combined_model
 from tfads.core.experiment import ExperimentConfig, experiment_from_dict
 from tfads.core.manifest import load_manifest
 
-log = logging.getLogger(__name__)
-MODEL_SUBDIR = "model"
 CHECKPOINT_SUBDIR = "checkpoints"
 FINAL_CHECKPOINT = "final"
 RECORD = "model.json"
@@ -40,40 +38,37 @@ def save_trained_model(
     *,
     calibration: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """Write ``model/`` (Keras SavedModel), ``checkpoints/final`` (the kept weights), ``experiment.yaml``
-    and ``model.json`` (manifest path and AdaCalib layer configs, if any); return the ``model/`` path."""
-    model_path = os.path.join(model_dir, MODEL_SUBDIR)
-    model.save(model_path, include_optimizer=False)
+    """Write ``checkpoints/final`` (the kept weights), ``experiment.yaml`` and ``model.json`` (manifest path
+    and AdaCalib layer configs, if any): what :func:`load_trained_model` rebuilds the model from. Return
+    ``model_dir``."""
     model.save_weights(os.path.join(model_dir, CHECKPOINT_SUBDIR, FINAL_CHECKPOINT))
     with tf.io.gfile.GFile(os.path.join(model_dir, EXPERIMENT), "w") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
     with tf.io.gfile.GFile(os.path.join(model_dir, RECORD), "w") as f:
         json.dump({"manifest": os.path.abspath(manifest_path), "calibration": calibration}, f, default=json_plain)
-    return model_path
+    return model_dir
 
 
 def load_trained_model(model_dir: str, *, float32_matmuls: bool = False) -> keras.Model:
     """The model a `tfads train` / `tfads calibrate` run saved under ``model_dir``.
 
-    Rebuilt from its record when the record, config, weights and manifest are all present; otherwise
-    (e.g. a bare Keras SavedModel dir) revived with ``keras.models.load_model``. ``float32_matmuls``
-    rebuilds a ``model.matmul_dtype: bfloat16`` model with float32 matmuls (same weights): what
-    `tfads export` serves, since bfloat16-rounded outputs differ with each kernel's summation order.
-    """
-    import tfads.layers  # noqa: F401  (registers the custom layers)
+    Rebuilt from its record (``model.json``: the manifest it was trained on), its experiment config and
+    its final weights. ``float32_matmuls`` rebuilds a ``model.matmul_dtype: bfloat16`` model with float32
+    matmuls (same weights): what `tfads export` serves, since bfloat16-rounded outputs differ with each
+    kernel's summation order.
 
+    Raises:
+      FileNotFoundError: ``model_dir`` is not a training output, or the manifest it names is gone.
+    """
     record_path = os.path.join(model_dir, RECORD)
-    if tf.io.gfile.exists(record_path):
-        with tf.io.gfile.GFile(record_path) as f:
-            record = json.load(f)
-        if tf.io.gfile.exists(record["manifest"]):
-            return _rebuild(model_dir, record, float32_matmuls)
-        log.warning("%s: manifest %s is gone; reviving the Keras SavedModel instead", model_dir, record["manifest"])
-    is_saved_model = tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb"))
-    path = model_dir if is_saved_model else os.path.join(model_dir, MODEL_SUBDIR)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path}: no trained model (run `tfads train` first)")
-    return keras.models.load_model(path, compile=False)
+    if not tf.io.gfile.exists(record_path):
+        raise FileNotFoundError(f"{model_dir}: no trained model here (no {RECORD}; run `tfads train` first)")
+    with tf.io.gfile.GFile(record_path) as f:
+        record = json.load(f)
+    if not tf.io.gfile.exists(record["manifest"]):
+        raise FileNotFoundError(f"{model_dir}: the manifest it was trained on, {record['manifest']}, is gone; the "
+                                "model is rebuilt from it and its vocabularies: restore the data directory")
+    return _rebuild(model_dir, record, float32_matmuls)
 
 
 def read_saved_experiment(model_dir: str) -> ExperimentConfig:

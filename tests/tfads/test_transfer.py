@@ -170,4 +170,4 @@ def test_bad_segments_and_settings_are_named(meta_dir, trained_model_dir, manife
     assert main(["meta-train", "--model-dir", trained_model_dir, *common, "--segment-field", "planet"]) == 2
     assert "segment field 'planet' is not a feature" in capsys.readouterr().err
     with pytest.raises(ValueError, match="inner_lr must be > 0"):
-        MamlConfig(inner_lr=0)
+        MamlConfig("city", inner_lr=0)

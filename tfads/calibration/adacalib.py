@@ -1,6 +1,6 @@
 """The AdaCalib layer: field-value-adaptive, posterior-guided, monotone calibration (Wei et al., 2022).
 
-Method as built and the choices the paper leaves open: docs/methods.md "AdaCalib".
+Method as built and the choices the paper leaves open: docs/methods/calibration.md "AdaCalib".
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ def fit_adacalib(
     """Fit an ``AdaCalib`` layer by minimising log loss of its calibrated output.
 
     Args:
-      stats: posterior statistics (ideally from rows disjoint from the training rows, see docs/methods.md "AdaCalib").
+      stats: posterior statistics (ideally from rows disjoint from the training rows, see
+        docs/methods/calibration.md "AdaCalib").
       p_calib: uncalibrated probabilities ``[n]`` (logits if ``input_space="logit"`` is passed).
       y_calib: 0/1 labels ``[n]``.
       field_calib: calibration field name -> values ``[n]``; its keys are the layer's fields.

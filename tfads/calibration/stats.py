@@ -1,7 +1,7 @@
 """Posterior calibration statistics: per field value, equal-frequency bins of the predictions and their
 observed rates, for every candidate bin count (the tables the AdaCalib layer is built from).
 
-Pure numpy; the JSON format (``FORMAT_VERSION``) is documented in docs/methods.md "AdaCalib".
+Pure numpy; the JSON format (``FORMAT_VERSION``) is documented in docs/methods/calibration.md "AdaCalib".
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class CalibStats:
     fields: dict[str, dict[str, ValueStats]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        """Serialise to the versioned JSON text (see docs/methods.md "AdaCalib")."""
+        """Serialise to the versioned JSON text (see docs/methods/calibration.md "AdaCalib")."""
         doc = asdict(self)
         doc["format_version"] = FORMAT_VERSION
         doc["global"] = doc.pop("global_stats")

@@ -33,9 +33,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tfads adapt: error: {args.model_dir} is not a `tfads meta-train` output: give --segment-field",
               file=sys.stderr)
         return 2
-    cfg = cfg or MamlConfig()
     if args.segment_field:
-        cfg = dataclasses.replace(cfg, segment_field=args.segment_field)
+        cfg = dataclasses.replace(cfg, segment_field=args.segment_field) if cfg else MamlConfig(args.segment_field)
     try:
         done = run_adapt(args.model_dir, args.data, args.out, segment=args.segment, shots=args.shots,
                          split=args.split, cfg=cfg)

@@ -8,7 +8,9 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", required=True, help="the base model: a `tfads train` output dir")
     parser.add_argument("--data", required=True, help="manifest.json of the Beam data job")
-    parser.add_argument("--out", required=True, help="output dir: model/ (raw + calibrated outputs) and report/")
+    parser.add_argument("--out", required=True,
+                        help="output dir: the combined model (raw + calibrated outputs; a model dir that `tfads "
+                        "export` takes) and report/")
     parser.add_argument("--fields", nargs="+", default=None,
                         help="fields AdaCalib calibrates per value (default: the first field marked "
                         "`calibration: true` in the schema, a domain-aware one first)")

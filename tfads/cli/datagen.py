@@ -1,4 +1,4 @@
-"""``tfads datagen``: write synthetic ad logs with ground truth (see docs/methods.md "Synthetic data")."""
+"""``tfads datagen``: write synthetic ad logs with ground truth (see docs/methods/data.md "Synthetic data")."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tfads.jobs.demo import DemoSettings, run_demo
 
@@ -21,7 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(DemoSettings(out=args.out, days=args.days, impressions_per_day=args.impressions_per_day,
-                          epochs=args.epochs, opportunities=args.opportunities, seed=args.seed,
-                          federated=args.federated))
+    from tfads.federated.channel import PeerLost
+
+    try:
+        run_demo(DemoSettings(out=args.out, days=args.days, impressions_per_day=args.impressions_per_day,
+                              epochs=args.epochs, opportunities=args.opportunities, seed=args.seed,
+                              federated=args.federated))
+    except PeerLost as e:  # the federated step's other process failed: its log says why
+        print(f"tfads demo: error: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-dir", required=True, help="a `tfads train` output dir (or a model/ dir)")
+    parser.add_argument("--model-dir", required=True, help="a `tfads train` or `tfads calibrate` output dir")
     parser.add_argument("--data", required=True, help="manifest.json of the Beam job")
     parser.add_argument("--split", default="test", choices=["train", "valid", "calib", "test"])
     parser.add_argument("--logs", default=None, help="the datagen logs dir: adds the oracle metrics of the true "
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_trained_model(args.model_dir)
     scored = predict_split(model, manifest, args.split)
     if args.logs:
-        scored = attach_truth(scored, args.logs)
+        scored = attach_truth(scored, args.logs, manifest.key)
     by = args.by or list(dict.fromkeys([*manifest.domain_features, *manifest.calibration_fields]))
     unknown = [f for f in by if f not in manifest.features]
     if unknown:

@@ -29,7 +29,7 @@ class CrossConfig:
 
 @dataclass(frozen=True)
 class AdaSparseConfig:
-    """AdaSparse domain-aware pruners on the deep layers (docs/methods.md "AdaSparse")."""
+    """AdaSparse domain-aware pruners on the deep layers (docs/methods/models.md "AdaSparse")."""
 
     enabled: bool = True
     form: Literal["fusion", "binarization", "scaling"] = "fusion"
@@ -71,7 +71,7 @@ class HistoryConfig:
 
 @dataclass(frozen=True)
 class MoEConfig:
-    """The ``mmoe`` and ``ple`` backbones (docs/methods.md "MMoE and PLE").
+    """The ``mmoe`` and ``ple`` backbones (docs/methods/models.md "MMoE and PLE").
 
     ``use``: ``tasks`` gives each ESMM tower (CTR, CVR; CTR alone for click-only data) its own gate (PLE:
     its own experts too) and the tower reads its group's output; ``scenes`` makes one output for every
@@ -107,7 +107,7 @@ class MoEConfig:
 
 @dataclass(frozen=True)
 class HeriConfig:
-    """AutoHERI (docs/methods.md "AutoHERI"): the CVR tower reads the CTR tower's hidden layers through edges.
+    """AutoHERI (docs/methods/conversion.md): the CVR tower reads the CTR tower's hidden layers through edges.
 
     Only with a conversion label (ESMM; click-only data builds the plain CTR tower and logs it). Both towers
     have the widths ``tower_units``; every CTR layer i may feed every CVR layer j (L x L candidate edges, so

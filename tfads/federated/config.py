@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Clipping and Gaussian noise on what crosses the channel (docs/methods.md "Federated media embeddings").
+    """Clipping and Gaussian noise on what crosses the channel (docs/methods/federated.md "Federated media embeddings").
 
     Args:
       embedding_clip: L2 bound of each row's media embedding (the media party clips before sending).

@@ -29,8 +29,11 @@ class MediaTable:
         """Read a gzipped JSON-lines table of ``{key, field: [floats]}`` (``tfads datagen --media-features``).
 
         Raises:
+          FileNotFoundError: no file at ``path``.
           ValueError: a row without ``key`` or with a feature vector of another length (names the line).
         """
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"{path}: no media table here (`tfads datagen --media-features` writes one)")
         keys, rows = [], []
         with tf.io.gfile.GFile(path, "rb") as raw, gzip.open(raw, "rt") as f:
             for i, line in enumerate(f, 1):

@@ -5,7 +5,7 @@ mechanism with L2 sensitivity 2C for a change of that row's media features (repl
 rho = (2C)^2 / (2 (sigma C)^2) = 2 / sigma^2 zero-concentrated DP (Bun & Steinke 2016) per release. A
 user's releases compose: rho adds up over every row of theirs sent in every epoch, and
 epsilon = rho + 2 sqrt(rho ln(1/delta)) bounds (epsilon, delta)-DP. The same holds for each example's
-clipped loss gradient and its label (label DP). What the noise does not cover is in docs/methods.md.
+clipped loss gradient and its label (label DP). What the noise does not cover is in docs/methods/federated.md.
 """
 
 from __future__ import annotations

@@ -272,8 +272,8 @@ def calibrate_and_report(
     splits = [split for split in EVALUATIONS if split in manifest.data["splits"]]
     evaluated = {split: predict_split(model, manifest, split) for split in splits}
     if logs:
-        calib = attach_truth(calib, logs)
-        evaluated = {split: attach_truth(frame, logs) for split, frame in evaluated.items()}
+        calib = attach_truth(calib, logs, manifest.key)
+        evaluated = {split: attach_truth(frame, logs, manifest.key) for split, frame in evaluated.items()}
     baselines = fit_baselines(calib, fields[0])
     results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {}

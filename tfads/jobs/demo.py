@@ -139,7 +139,7 @@ def _evaluate(models: dict, manifest_path: str, paths: dict[str, str]) -> None:
     manifest = load_manifest(manifest_path)
     rows: dict[str, dict] = {}
     for name, model in models.items():
-        scored = attach_truth(predict_split(model, manifest, "test"), paths["logs"])
+        scored = attach_truth(predict_split(model, manifest, "test"), paths["logs"], manifest.key)
         evaluation = evaluate_frame(scored, field=manifest.domain, users=manifest.user_key)
         sparsity = scenario_sparsity(model, manifest)
         files = write_report(evaluation, scored, os.path.join(paths["eval"], name), model_name=name, sparsity=sparsity)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from tfads.core.experiment import ModelConfig
 from tfads.datagen.media import MEDIA_TABLE
+from tfads.federated.channel import PeerLost
 from tfads.federated.config import SplitConfig
 
 MEDIA_MODEL, AD_MODEL = "media", "fedctr"  # TF Serving model names of the two parties' exports
@@ -35,7 +36,10 @@ def split_flags(cfg: SplitConfig) -> list[str]:
 @contextlib.contextmanager
 def media_party_process(table: str, state: str, cfg: SplitConfig, export_base: str) -> Iterator[str]:
     """``tfads media-party`` as a subprocess (its log in ``<state>/media_party.log``); yields its target once
-    it listens. On leaving, waits for its clean exit (the ad party said Stop: it exports), else kills it."""
+    it listens. On leaving, waits for its clean exit (the ad party said Stop: it exports), else kills it.
+
+    Raises:
+      PeerLost: the media party did not start or did not exit cleanly (the message names its log)."""
     os.makedirs(state, exist_ok=True)
     log_path = os.path.join(state, "media_party.log")
     cmd = [sys.executable, "-m", "tfads.cli", "media-party", "--media", table, "--state", state, *split_flags(cfg),
@@ -45,11 +49,11 @@ def media_party_process(table: str, state: str, cfg: SplitConfig, export_base: s
     try:
         line = proc.stdout.readline()  # blocks until it listens, or EOF when it exits
         if not line.startswith("listening on "):
-            raise RuntimeError(f"the media party did not start (exit {proc.wait()}); see {log_path}")
+            raise PeerLost(f"the media party did not start (exit {proc.wait()}); see {log_path}")
         yield line.split()[-1]
         code = proc.wait(timeout=300)
         if code != 0:
-            raise RuntimeError(f"the media party exited {code}; see {log_path}")
+            raise PeerLost(f"the media party exited {code}; see {log_path}")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -89,7 +93,7 @@ def train_and_export(logs: str, manifest_path: str, model_cfg: ModelConfig, work
           f"{result['matched_train_share']:.0%} of train rows matched, the rest use the learned default embedding")
     print(f"exchanged {result['training_bytes_per_epoch'] / 2**20:.1f} MiB per epoch; embedding noise "
           f"{result['privacy']['config']['embedding_noise']} gives epsilon {privacy['epsilon']:.3g} per user "
-          f"(delta {privacy['delta']:g}; docs/methods.md section 14 says what it does and does not guarantee)")
+          f"(delta {privacy['delta']:g}; docs/methods/federated.md says what it does and does not guarantee)")
     print("test split (compare with step 5's DCNv2 rows, trained without the media embedding): "
           + json.dumps({k: round(v, 4) for k, v in result["metrics"].items()}))
     print(f"exported {result['export']} and the media party's embedding model under {bases[MEDIA_MODEL]}")

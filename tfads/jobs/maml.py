@@ -92,8 +92,13 @@ def run_adapt(
     cfg: MamlConfig | None = None,
 ) -> Adaptation:
     """Adapt ``model_dir`` to ``segment``'s first ``shots`` rows of ``split`` with the inner loop (its
-    meta-training settings when it has them, else ``cfg`` or the defaults); write the model to ``out``."""
-    cfg = cfg or read_maml_config(model_dir) or MamlConfig()
+    meta-training settings when it has them, else ``cfg``); write the model to ``out``.
+
+    Raises:
+      ValueError: when ``model_dir`` has no meta-training settings and ``cfg`` is not given."""
+    cfg = cfg or read_maml_config(model_dir)
+    if cfg is None:
+        raise ValueError(f"adapt: {model_dir} is not a `tfads meta-train` output; give the segment field")
     manifest = load_manifest(data)
     model, config = compiled_model(model_dir, manifest, cfg.outer_lr)
     shots_rows = segment_shots(load_rows(manifest, split, cfg.segment_field), segment, shots)

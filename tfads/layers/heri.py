@@ -1,5 +1,6 @@
 """AutoHERI (Wei et al., CIKM 2021): CTR and CVR towers where the CVR tower reads the CTR tower's hidden layers
-through gated edges, the gates searched one-shot and then pruned to a fixed edge set (docs/methods.md "AutoHERI").
+through gated edges, the gates searched one-shot and then pruned to a fixed edge set (docs/methods/conversion.md
+"AutoHERI").
 """
 
 from __future__ import annotations

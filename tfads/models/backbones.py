@@ -81,7 +81,7 @@ def backbone(
 def mixture_of_experts(
     x: tf.Tensor, feats: EmbeddedFeatures, cfg: ModelConfig, tasks: Sequence[str]
 ) -> tf.Tensor | dict[str, tf.Tensor]:
-    """MMoE or PLE on ``x`` (docs/methods.md "MMoE and PLE"): with ``moe.use: tasks`` one group per task
+    """MMoE or PLE on ``x`` (docs/methods/models.md "MMoE and PLE"): with ``moe.use: tasks`` one group per task
     (a dict task -> tensor); with ``scenes`` one group for every task, its gates reading the domain
     embedding or, for ``gate_input: features``, weighted per scene by the row's domain index."""
     m = cfg.moe

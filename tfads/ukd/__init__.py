@@ -1,5 +1,5 @@
 """UKD (Xu et al., WWW 2022): a click-adaptive teacher's pseudo-conversion labels for unclicked impressions,
-weighted by its uncertainty, train an ordinary ESMM student over the entire space (docs/methods.md "UKD")."""
+weighted by its uncertainty, train an ordinary ESMM student over the entire space (docs/methods/conversion.md "UKD")."""
 
 from tfads.ukd.config import UkdConfig
 from tfads.ukd.pseudo import pseudo_label_targets, reference_uncertainty, symmetric_kl, uncertainty_weight

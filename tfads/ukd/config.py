@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class UkdConfig:
-    """Settings of a UKD run (docs/methods.md "UKD").
+    """Settings of a UKD run (docs/methods/conversion.md "UKD").
 
     Attributes:
       teacher_epochs: the teacher's epochs cap (it early-stops on its validation pCVR AUC); None takes the

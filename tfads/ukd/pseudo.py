@@ -1,5 +1,5 @@
 """UKD's pseudo labels: the frozen teacher labels the unclicked rows in the input pipeline, each row weighted
-down by the disagreement of the teacher's two pCVR heads (docs/methods.md "UKD")."""
+down by the disagreement of the teacher's two pCVR heads (docs/methods/conversion.md "UKD")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """UKD's click-adaptive teacher: two pCVR heads trained on clicked rows and a click / non-click
-discriminator behind a gradient reversal, all on one shared representation (docs/methods.md "UKD")."""
+discriminator behind a gradient reversal, all on one shared representation (docs/methods/conversion.md "UKD")."""
 
 from __future__ import annotations
 

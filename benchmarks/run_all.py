@@ -16,6 +16,7 @@ import time
 BENCHMARKS = [
     "beam_build",
     "train_throughput",
+    "save_export",
     "host_idle",
     "serving_latency",
     "bidding",

@@ -173,3 +173,27 @@ def test_a_parquet_table_with_both_labels_trains_esmm_and_serves(logs_dir, small
     assert f"Field-RCE[{DOMAIN}]" in report.rows["AdaCalib"]
     model = load_trained_model(str(tmp_path / "cal"), float32_matmuls=True)
     _export_and_serve(model, manifest, tmp_path / "models", {"ctr", "cvr", "ctcvr", "ctr_raw", "cvr_raw", "ctcvr_raw"})
+
+
+def test_importance_and_maml_take_the_users_field_names(click_only, click_only_model, tmp_path):
+    """`tfads importance`, `tfads meta-train` and `tfads adapt` on the click-only logs in the user's names: the
+    features are the user's (site, placement), the tasks are the user's site values."""
+    from tfads.core.manifest import load_manifest
+
+    _, manifest_path = click_only
+    out = tmp_path / "importance"
+    assert cli.main(["importance", "--model-dir", click_only_model, "--data", manifest_path, "--out", str(out),
+                     "--methods", "permutation,embedding", "--max-rows", "2000", "--repeats", "1"]) == 0
+    features = {row["feature"] for row in json.loads((out / "importance.json").read_text())["features"]}
+    assert {RENAMED["media"], RENAMED["slot"]} <= features and not {"media", "slot", "click"} & features
+
+    meta = str(tmp_path / "meta")
+    assert cli.main(["meta-train", "--model-dir", click_only_model, "--data", manifest_path, "--out", meta,
+                     "--segment-field", RENAMED["media"], "--algorithm", "reptile", "--meta-steps", "2",
+                     "--tasks-per-step", "2", "--support", "16", "--query", "16", "--no-progress"]) == 0
+    with open(load_manifest(manifest_path).vocab_path(RENAMED["media"])) as f:
+        site = f.readline().strip()
+    assert cli.main(["adapt", "--model-dir", meta, "--data", manifest_path, "--out", str(tmp_path / "adapted"),
+                     "--segment", site, "--shots", "8"]) == 0
+    done = json.loads((tmp_path / "adapted" / "adaptation.json").read_text())
+    assert done["rows"] == 8 and done["config"]["segment_field"] == RENAMED["media"]

@@ -59,7 +59,7 @@ def join_impressions(
     key, ts = schema.key, schema.timestamp
     imps = imps.sort_values(ORDER, kind="stable")
     dup = imps.duplicated(key, keep="first").to_numpy()
-    dead = _dead_reserialised(imps[dup], "duplicate_impression", "impressions", files, "repeated trace_id")
+    dead = _dead_reserialised(imps[dup], "duplicate_impression", "impressions", files, f"repeated {key}")
     imps = imps[~dup]
     imp_ts = pd.Series(imps[ts].to_numpy(), index=imps[key].to_numpy())
     clicks = clicks[clicks[key].isin(imp_ts.index).to_numpy()]
@@ -130,12 +130,12 @@ def table_examples(rows: pd.DataFrame, schema: Schema, files: list[str]) -> tupl
 
 
 def feed_examples(feed: pd.DataFrame, schema: Schema, files: list[str]) -> tuple[pd.DataFrame, list[dict]]:
-    """Organic-feed impressions as examples: label ``click`` = ``clicked``, no conversion, feed weight and
-    source; impression fields the feed does not carry get ``FEED_DEFAULTS`` by type. Repeated trace_ids
-    are dead-lettered as ``duplicate_impression``."""
+    """Organic-feed impressions as examples: label ``click`` = the feed's ``cold_start.feed_label``, no
+    conversion, feed weight and source; impression fields the feed does not carry get ``FEED_DEFAULTS`` by
+    type. Repeated keys are dead-lettered as ``duplicate_impression``."""
     feed = feed.sort_values(ORDER, kind="stable")
     dup = feed.duplicated(schema.key, keep="first").to_numpy()
-    dead = _dead_reserialised(feed[dup], "duplicate_impression", "feed", files, "repeated trace_id")
+    dead = _dead_reserialised(feed[dup], "duplicate_impression", "feed", files, f"repeated {schema.key}")
     feed = feed[~dup]
     n = len(feed)
     out = {}
@@ -147,7 +147,7 @@ def feed_examples(feed: pd.DataFrame, schema: Schema, files: list[str]) -> tuple
     frame = pd.DataFrame(out)
     frame[FILE] = feed[FILE].to_numpy()
     frame[LINE] = feed[LINE].to_numpy()
-    frame[schema.labels.click] = feed["clicked"].to_numpy().astype(np.int64)
+    frame[schema.labels.click] = feed[schema.cold_start.feed_label].to_numpy().astype(np.int64)
     if schema.labels.conversion:
         frame[schema.labels.conversion] = np.zeros(n, dtype=np.int64)
     frame[schema.weight_feature] = float(schema.cold_start.feed_weight)

@@ -64,7 +64,7 @@ def log_columns(schema: Schema, log: str) -> list[Column]:
         rules = f if f is not None and f.type == typ else None
         values = tuple(rules.values) if rules and rules.values else None
         lo, hi = (rules.min, rules.max) if rules else (None, None)
-        if log == "feed" and name == "clicked":
+        if log == "feed" and name == schema.cold_start.feed_label:
             lo, hi = 0, 1
         cols.append(Column(name, typ, name not in spec.optional, values, lo, hi))
     return cols

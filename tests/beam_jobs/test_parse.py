@@ -56,3 +56,21 @@ def test_optional_conversion_value_may_be_absent():
     result = _parse(lines, "conversions")
     assert [d["reason"] for d in result.dead] == ["wrong_type"]
     assert result.rows["trace_id"].tolist() == ["a", "b"] and pd.isna(result.rows["value"].iloc[0])
+
+
+def test_a_feed_click_field_of_the_users_name_labels_the_feed_rows():
+    import dataclasses
+
+    from beam_jobs.join import FILE, feed_examples
+
+    feed_fields = {k: v for k, v in SCHEMA.feed.fields.items() if k != "clicked"} | {"liked": "int"}
+    schema = dataclasses.replace(SCHEMA, feed=dataclasses.replace(SCHEMA.feed, fields=feed_fields),
+                                 cold_start=dataclasses.replace(SCHEMA.cold_start, enabled=True, feed_label="liked"))
+    lines = [json.dumps({"trace_id": f"f{i}", "ts": 5 + i, "user_id": 1, "media": "m1", "slot": "s1",
+                         "category": "cat1", "hour": 3, "weekday": 2, "liked": like}).encode()
+             for i, like in enumerate([1, 0, 2])]
+    parsed = parse_lines(lines, log_columns(schema, "feed"), log="feed", source="feed.jsonl.gz", keep_raw=False)
+    assert [d["reason"] for d in parsed.dead] == ["out_of_range"]  # a 0/1 field
+    examples, dead = feed_examples(parsed.rows.assign(**{FILE: 0}), schema, ["feed.jsonl.gz"])
+    assert examples[schema.labels.click].tolist() == [1, 0] and not dead
+    assert set(examples[schema.source_feature]) == {"feed"}

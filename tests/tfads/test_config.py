@@ -79,6 +79,7 @@ def test_missing_file_is_clear(tmp_path):
         (lambda s: s.update(domain="city"), "domain 'city' must be a feature marked domain_aware"),
         (lambda s: s.update(user_key="uid"), "user_key 'uid' must be listed under fields"),
         (lambda s: s["cold_start"].update(enabled=True) or s.pop("feed"), "cold_start.enabled needs a feed section"),
+        (lambda s: s["cold_start"].update(feed_label="liked"), r"the click field cold_start.feed_label \('liked'\)"),
         (lambda s: s.update(labels={"click": "hour"}), r"label column\(s\) \['hour'\] are also listed under fields"),
         (lambda s: s["derived"]["scenario"].update(concat=["media", "price"]),
          r"derived.scenario.concat joins float field\(s\) \['price'\]"),

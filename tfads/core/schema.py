@@ -228,10 +228,12 @@ class VocabSpec:
 @dataclass(frozen=True)
 class ColdStart:
     """Organic-feed augmentation (seed article): feed impressions joined by user, marked by
-    ``sample_source`` = ``feed``, weighted by ``feed_weight``."""
+    ``sample_source`` = ``feed``, weighted by ``feed_weight``; ``feed_label`` is the feed log's 0/1 field
+    that becomes their click label."""
 
     enabled: bool = False
     feed_weight: float = 0.3
+    feed_label: str = "clicked"
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,9 @@ class Schema:
                 raise ValueError(f"{log_name}.fields must include {self.key!r} and {self.timestamp!r}")
         if self.cold_start.enabled and self.feed is None:
             raise ValueError("cold_start.enabled needs a feed section (the organic-feed log)")
+        if self.feed is not None and self.feed.fields.get(self.cold_start.feed_label) != "int":
+            raise ValueError(f"feed.fields must include the click field cold_start.feed_label "
+                             f"({self.cold_start.feed_label!r}) as int")
         if self.user_key is not None and self.user_key not in self.fields:
             raise ValueError(f"user_key {self.user_key!r} must be listed under fields")
         if self.domain is not None and self.domain not in self.domain_features:

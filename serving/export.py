@@ -57,10 +57,10 @@ class ServingModule(tf.Module):
 
     def __init__(self, model: keras.Model, manifest: Manifest) -> None:
         super().__init__()
-        self._hold(model, compile_calibration(model))
-        self.served_state = _variables_and_tables(self.calibrated[0] if self.calibrated else model)
-        if self.calibrated:
-            self.calibration_tables = dict(self.calibrated[1])
+        # a calibrated model serves its base and its AdaCalib layers as precomputed per-value tables (same outputs)
+        base, self.compiled = compile_calibration(model) or (model, {})
+        self._hold(base)
+        self.served_state = _variables_and_tables(base)
         self.manifest = manifest
         self.feature_names = list(manifest.model_inputs)  # raw fields (and histories) only
         self.derived = derived_parts(manifest)  # a calibration field may be derived (scenario)
@@ -78,26 +78,24 @@ class ServingModule(tf.Module):
         self.classify = tf.function(self._classify).get_concrete_function(inputs)
 
     @tf.__internal__.tracking.no_automatic_dependency_tracking
-    def _hold(self, model: keras.Model, calibrated: tuple[keras.Model, dict[str, Any]] | None) -> None:
-        """Keep the Keras model (and, for a calibrated model, its base and compiled AdaCalib layers: same
-        outputs from precomputed per-value tables) without making them SavedModel children."""
-        self.model, self.calibrated = model, calibrated
+    def _hold(self, served: keras.Model) -> None:
+        """Keep the Keras model the signatures call without making it a SavedModel child."""
+        self.served = served
 
     def _outputs(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         features = {k: features[k] for k in self.feature_names}
-        out = self._calibrated_outputs(features) if self.calibrated else self.model(features, training=False)
+        out = self._calibrated_outputs(features) if self.compiled else self.served(features, training=False)
         result = {k: tf.reshape(out[k], [-1]) for k in self.heads}
         for k in self.heads:
             result[k + RAW_SUFFIX] = tf.reshape(out[k + RAW_SUFFIX], [-1]) if k + RAW_SUFFIX in out else result[k]
         return result
 
     def _calibrated_outputs(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        base, compiled = self.calibrated
-        raw = base(features, training=False)
+        raw = self.served(features, training=False)
         values = add_derived(features, self.derived)  # the base model's own function (tfads.layers.derived)
         out = {k + RAW_SUFFIX: raw[k] for k in self.heads}
         for task in calibrated_tasks(self.heads):
-            calibrate = compiled.get(task)
+            calibrate = self.compiled.get(task)
             out[task] = calibrate(raw[task], {f: values[f] for f in calibrate.fields}) if calibrate else raw[task]
         if CTCVR in self.heads:
             out[CTCVR] = out[CTR] * out[CVR]

@@ -91,8 +91,8 @@ def run_adapt(
     model_dir: str, data: str, out: str, *, segment: str, shots: int, split: str = "train",
     cfg: MamlConfig | None = None,
 ) -> Adaptation:
-    """Adapt ``model_dir`` to ``segment``'s first ``shots`` rows of ``split`` with the inner loop (its
-    meta-training settings when it has them, else ``cfg``); write the model to ``out``.
+    """Adapt ``model_dir`` to ``segment``'s first ``shots`` rows of ``split`` with the inner loop (``cfg``,
+    else the model's meta-training settings); write the model to ``out``.
 
     Raises:
       ValueError: when ``model_dir`` has no meta-training settings and ``cfg`` is not given."""
